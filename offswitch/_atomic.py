@@ -1,0 +1,71 @@
+"""Crash-safe file writes: write a temp file in the same directory, fsync, rename, fsync dir.
+
+A reader never sees a partial file, and a failure leaves no temp file behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+from .errors import OffswitchError, OutputExistsError
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def check_writable_dir(path: Path) -> None:
+    """Raise a clear error if ``path``'s parent directory is missing or not writable."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise OffswitchError(f"output directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OffswitchError(f"output directory {parent} is not writable")
+
+
+def write_atomic(path: Path, data: bytes, *, mode: int = 0o644, force: bool = True) -> None:
+    """Atomically write ``data`` to ``path`` with permission bits ``mode``.
+
+    With ``force=False`` an existing ``path`` is left untouched and ``OutputExistsError``
+    raised (the check is repeated at rename time with ``os.link``, so a file created by a
+    racing writer is not clobbered either).
+    """
+    path = Path(path)
+    check_writable_dir(path)
+    if not force and path.exists():
+        raise OutputExistsError(f"{path} already exists (use --force to overwrite)")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        try:
+            os.fchmod(fd, mode)  # umask must not widen or narrow the requested mode
+            with os.fdopen(fd, "wb", closefd=False) as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        finally:
+            os.close(fd)
+        if force:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)  # fails if path appeared meanwhile
+            except FileExistsError:
+                raise OutputExistsError(
+                    f"{path} already exists (use --force to overwrite)"
+                ) from None
+            os.unlink(tmp)
+        _fsync_dir(path.parent)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise

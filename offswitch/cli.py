@@ -1,0 +1,278 @@
+"""The ``offswitch`` command line. Entry point: :func:`main` (``main(argv) -> int``).
+
+Exit status: 0 success; 1 a check failed or the input was bad (one sentence on stderr, no
+traceback, no partial output file); 2 wrong usage (argparse); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+from .commands import make_command, verify_command
+from .errors import CommandError, ManifestError, OffswitchError, PassphraseError
+from .keys import OwnerKey, PublicKey, load_public
+from .manifest import sign_manifest, verify_manifest
+from .slots import SlotLedger
+
+PASSPHRASE_ENV = "OFFSWITCH_PASSPHRASE"
+
+
+def _err(msg: str) -> None:
+    print(f"offswitch: error: {msg}", file=sys.stderr)
+
+
+# --- passphrases ------------------------------------------------------------------------
+
+
+def _passphrase(args: argparse.Namespace, *, confirm: bool, what: str) -> str:
+    """--passphrase-file, then $OFFSWITCH_PASSPHRASE, then a terminal prompt; never hangs."""
+    if getattr(args, "passphrase_file", None):
+        path = Path(args.passphrase_file)
+        try:
+            text = path.read_text("utf-8")
+        except FileNotFoundError:
+            raise PassphraseError(f"passphrase file {path} does not exist") from None
+        except (OSError, UnicodeDecodeError):
+            raise PassphraseError(f"passphrase file {path} cannot be read as text") from None
+        text = text[:-1] if text.endswith("\n") else text
+        text = text[:-1] if text.endswith("\r") else text
+        if not text:
+            raise PassphraseError(f"passphrase file {path} is empty")
+        return text
+    env = os.environ.get(PASSPHRASE_ENV)
+    if env:
+        return env
+    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+        raise PassphraseError(
+            f"a passphrase is needed for {what}: use --passphrase-file FILE, set "
+            f"{PASSPHRASE_ENV}, or run in a terminal"
+        )
+    first = getpass.getpass(f"Passphrase for {what}: ")
+    if not first:
+        raise PassphraseError("the passphrase is empty; use --no-passphrase for no encryption")
+    if confirm and getpass.getpass("Repeat passphrase: ") != first:
+        raise PassphraseError("the two passphrases differ")
+    return first
+
+
+def _load_owner_key(args: argparse.Namespace) -> OwnerKey:
+    path = Path(args.key)
+    if OwnerKey.is_encrypted(path):
+        return OwnerKey.load(path, _passphrase(args, confirm=False, what=f"key {path}"))
+    return OwnerKey.load(path)
+
+
+# --- subcommands ------------------------------------------------------------------------
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    out = Path(args.output)
+    if not args.force:
+        for p in (out, out.with_name(out.name + ".pub")):
+            if p.exists() or p.is_symlink():
+                raise OffswitchError(f"{p} already exists (use --force to overwrite)")
+    passphrase = None
+    if not args.no_passphrase:
+        passphrase = _passphrase(args, confirm=True, what=f"new key {out}")
+    key = OwnerKey.generate(args.comment)
+    key.save(out, passphrase, force=args.force)
+    state = "unencrypted" if passphrase is None else "passphrase-encrypted"
+    print(f"wrote {out} (private, {state}, mode 0600) and {out}.pub", file=sys.stderr)
+    print(f"key id: {key.key_id}")
+    return 0
+
+
+def cmd_key_id(args: argparse.Namespace) -> int:
+    print(load_public(args.path).key_id)
+    return 0
+
+
+def cmd_command(args: argparse.Namespace) -> int:
+    key = _load_owner_key(args)
+    print(make_command(key, args.model_id, args.slot))
+    return 0
+
+
+def cmd_verify_command(args: argparse.Namespace) -> int:
+    pub = PublicKey.load(args.pubkey)
+    if args.command in (None, "-"):
+        text = sys.stdin.read()
+        # a command read from stdin is one line: drop its line ending, nothing else
+        text = text[:-1] if text.endswith("\n") else text
+        text = text[:-1] if text.endswith("\r") else text
+    else:
+        text = args.command
+    try:
+        ok = verify_command(text, pub, args.model_id)
+    except CommandError as e:
+        print(f"offswitch: not genuine: {e}", file=sys.stderr)
+        return 1
+    print(f"genuine: key id {ok.key_id}, model id {ok.model_id}, slot {ok.slot}")
+    return 0
+
+
+def _ledger(args: argparse.Namespace) -> SlotLedger:
+    return SlotLedger.for_key(args.key, load_public(args.key).key_id)
+
+
+def cmd_slots(args: argparse.Namespace) -> int:
+    ledger = _ledger(args)
+    if args.slots_cmd == "list":
+        model_ids = [args.model_id] if args.model_id else ledger.models()
+        if not model_ids:
+            print("no slots recorded")
+        for mid in model_ids:
+            s = ledger.get(mid)
+            spent = ", ".join(str(x) for x in sorted(s.spent)) or "-"
+            unspent = ", ".join(str(x) for x in s.unspent) or "-"
+            print(f"{mid}: planted {len(s.planted)}; unspent {unspent}; spent {spent}")
+    elif args.slots_cmd == "plant":
+        s = ledger.plant(args.model_id, args.slot)
+        print(f"{args.model_id}: planted {', '.join(map(str, s.planted))}")
+    elif args.slots_cmd == "spend":
+        ledger.spend(args.model_id, args.slot)
+        print(f"{args.model_id}: slot {args.slot} marked spent")
+    elif args.slots_cmd == "next":
+        print(ledger.next_unspent(args.model_id))
+    return 0
+
+
+def cmd_manifest(args: argparse.Namespace) -> int:
+    if args.manifest_cmd == "sign":
+        metadata = {}
+        if args.metadata:
+            try:
+                metadata = json.loads(Path(args.metadata).read_text("utf-8"))
+            except FileNotFoundError:
+                raise OffswitchError(f"metadata file {args.metadata} does not exist") from None
+            except ValueError:
+                raise OffswitchError(f"metadata file {args.metadata} is not valid JSON") from None
+            if not isinstance(metadata, dict):
+                raise OffswitchError(f"metadata file {args.metadata} must hold a JSON object")
+        key = _load_owner_key(args)
+        out = sign_manifest(args.model_dir, key, metadata)
+        print(f"wrote {out} (signed by key id {key.key_id})")
+        return 0
+    pub = PublicKey.load(args.pubkey)
+    try:
+        m = verify_manifest(args.model_dir, pub)
+    except ManifestError as e:
+        print(f"offswitch: manifest verification failed: {e}", file=sys.stderr)
+        for p in e.problems if len(e.problems) > 1 or e.problems[0] != str(e) else []:
+            print(f"  {p}", file=sys.stderr)
+        return 1
+    print(f"OK: {len(m.files)} files match the manifest signed by key id {m.key_id}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(Path(args.out))
+
+
+# --- parser -----------------------------------------------------------------------------
+
+
+def _add_passphrase_file(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--passphrase-file",
+        metavar="FILE",
+        help=f"read the passphrase from FILE (else ${PASSPHRASE_ENV}, else a prompt)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="offswitch",
+        description="Cryptographic off-switch for language models: keys, signed shutdown "
+        "commands, slots and signed manifests.",
+    )
+    parser.add_argument("--version", action="version", version=f"offswitch {__version__}")
+    sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("keygen", help="generate an owner key (OpenSSH Ed25519 files)")
+    p.add_argument("-o", "--output", required=True, metavar="PATH", help="private key path")
+    p.add_argument("--comment", default="", help="key comment (shown by ssh-keygen)")
+    p.add_argument("--no-passphrase", action="store_true", help="write the key unencrypted")
+    p.add_argument("--force", action="store_true", help="overwrite existing PATH / PATH.pub")
+    _add_passphrase_file(p)
+    p.set_defaults(func=cmd_keygen)
+
+    p = sub.add_parser("key-id", help="print the key id of a private or public key file")
+    p.add_argument("path", metavar="PATH")
+    p.set_defaults(func=cmd_key_id)
+
+    p = sub.add_parser("command", help="print the signed shutdown command for a model and slot")
+    p.add_argument("--key", required=True, metavar="PATH", help="private key file")
+    p.add_argument("--model-id", required=True, metavar="ID")
+    p.add_argument("--slot", required=True, type=int, metavar="N")
+    _add_passphrase_file(p)
+    p.set_defaults(func=cmd_command)
+
+    p = sub.add_parser("verify-command", help="check that a shutdown command is genuine")
+    p.add_argument("--pubkey", required=True, metavar="PATH.pub")
+    p.add_argument("--model-id", required=True, metavar="ID")
+    p.add_argument("command", nargs="?", metavar="COMMAND", help="the command, or - for stdin")
+    p.set_defaults(func=cmd_verify_command)
+
+    p = sub.add_parser("slots", help="planted / spent slot ledger kept beside the key")
+    ssub = p.add_subparsers(dest="slots_cmd", required=True, metavar="ACTION")
+    for name, help_ in [
+        ("list", "list planted and spent slots"),
+        ("plant", "record slots as planted"),
+        ("spend", "mark a slot spent (its command was revealed)"),
+        ("next", "print the next unspent planted slot"),
+    ]:
+        q = ssub.add_parser(name, help=help_)
+        q.add_argument("--key", required=True, metavar="PATH", help="key file (private or .pub)")
+        q.add_argument("--model-id", required=name != "list", metavar="ID")
+        if name == "plant":
+            q.add_argument("slot", nargs="+", type=int, metavar="N")
+        elif name == "spend":
+            q.add_argument("slot", type=int, metavar="N")
+    p.set_defaults(func=cmd_slots)
+
+    p = sub.add_parser("manifest", help="sign or verify a model directory's manifest")
+    msub = p.add_subparsers(dest="manifest_cmd", required=True, metavar="ACTION")
+    q = msub.add_parser("sign", help="hash every file and sign the manifest")
+    q.add_argument("model_dir", metavar="MODEL_DIR")
+    q.add_argument("--key", required=True, metavar="PATH", help="private key file")
+    q.add_argument("--metadata", metavar="FILE.json", help="JSON object to record")
+    _add_passphrase_file(q)
+    q = msub.add_parser("verify", help="verify the signature and every file hash")
+    q.add_argument("model_dir", metavar="MODEL_DIR")
+    q.add_argument("--pubkey", required=True, metavar="PATH.pub")
+    p.set_defaults(func=cmd_manifest)
+
+    p = sub.add_parser("demo", help="the main job: key -> commands -> verification, end to end")
+    p.add_argument("--out", default="demo-out", metavar="DIR", help="working directory")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except OffswitchError as e:
+        _err(str(e))
+        return 1
+    except OSError as e:
+        where = f" {e.filename}" if e.filename else ""
+        _err(f"{e.strerror or e}{':' if where else ''}{where}")
+        return 1
+    except KeyboardInterrupt:
+        print("", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,92 @@
+"""Errors raised by offswitch.
+
+Every error derives from :class:`OffswitchError`; specific errors also derive from the builtin
+they resemble, so callers can catch either (``except ValueError`` still works). Messages are
+one sentence meant for a person, and never contain private key material.
+"""
+
+from __future__ import annotations
+
+
+class OffswitchError(Exception):
+    """Root of every error offswitch raises on purpose."""
+
+
+# --- keys -------------------------------------------------------------------------------
+
+
+class KeyFileError(OffswitchError, ValueError):
+    """A key file is missing, unreadable, corrupted, or of the wrong kind."""
+
+
+class WrongPassphraseError(KeyFileError):
+    """The passphrase does not decrypt the private key file."""
+
+
+class PassphraseError(OffswitchError, ValueError):
+    """No passphrase could be obtained (no source and no terminal), or the two entries differ."""
+
+
+class InvalidKeyError(OffswitchError, ValueError):
+    """A public key is not a valid, canonical, prime-order Ed25519 point."""
+
+
+class BadSignatureError(OffswitchError, ValueError):
+    """A signature does not verify under the given public key and message."""
+
+
+class OutputExistsError(OffswitchError, FileExistsError):
+    """An output file already exists and ``force`` was not given."""
+
+
+# --- shutdown commands ------------------------------------------------------------------
+
+
+class CommandError(OffswitchError, ValueError):
+    """A shutdown command is not genuine for the given public key and model id."""
+
+
+class MalformedCommandError(CommandError):
+    """The text is not a well-formed shutdown command."""
+
+
+class WrongKeyError(CommandError):
+    """The command names a different owner key."""
+
+
+class WrongModelError(CommandError):
+    """The command was made for a different model id."""
+
+
+class CommandSignatureError(CommandError, BadSignatureError):
+    """The command is well formed, for this key and model, but its signature is not valid."""
+
+
+class ModelIdError(OffswitchError, ValueError):
+    """A model id is empty or has characters outside the allowed set."""
+
+
+# --- slots and manifests ----------------------------------------------------------------
+
+
+class SlotError(OffswitchError, ValueError):
+    """A slot number is out of range, or the slot ledger refuses the operation."""
+
+
+class LedgerError(OffswitchError, ValueError):
+    """The slot ledger file is corrupted or belongs to another key."""
+
+
+class ManifestError(OffswitchError, ValueError):
+    """A manifest is missing, malformed, or does not verify.
+
+    ``problems`` lists every problem found (one sentence each), e.g. each changed file.
+    """
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems: list[str] = list(problems) if problems else [message]
+
+
+class ModelDirError(OffswitchError, ValueError):
+    """A model directory holds something that cannot be hashed (a symlink or special file)."""

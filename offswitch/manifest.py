@@ -1,0 +1,183 @@
+"""Signed manifests of model directories: hash every file, sign, verify.
+
+``sign_manifest(model_dir, key)`` writes ``model_dir/offswitch-manifest.json``::
+
+    {"format": "offswitch-manifest/1",
+     "public_key": "ssh-ed25519 AAAA…", "key_id": "…",
+     "files": [{"path": "config.json", "size": 712, "sha256": "…"}, …],   # sorted by path
+     "metadata": {…},                                                      # free-form JSON
+     "signature": "<base64 Ed25519 signature>"}
+
+The signature covers ``b"offswitch manifest v1\\x00" + canonical JSON`` of every field but
+``signature`` (sorted keys, no whitespace, ASCII). Paths are relative and POSIX, so moving the
+whole directory still verifies. Files are hashed in 1 MiB chunks (weights can be GBs). Symlinks
+and special files are refused: a symlink could point outside the signed tree.
+
+``verify_manifest(model_dir, public_key)`` raises :class:`ManifestError` whose ``problems``
+name each changed, added or missing file; it returns the manifest when everything matches.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._atomic import write_atomic
+from .errors import BadSignatureError, KeyFileError, ManifestError, ModelDirError
+from .keys import OwnerKey, PublicKey
+
+MANIFEST_NAME = "offswitch-manifest.json"
+FORMAT = "offswitch-manifest/1"
+_DOMAIN = b"offswitch manifest v1\x00"
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    path: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    public_key: PublicKey
+    files: tuple[FileEntry, ...]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key_id(self) -> str:
+        return self.public_key.key_id
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "public_key": self.public_key.to_openssh(""),
+            "key_id": self.key_id,
+            "files": [vars(f) for f in self.files],
+            "metadata": self.metadata,
+        }
+
+
+def _canonical(body: dict[str, Any]) -> bytes:
+    return _DOMAIN + json.dumps(
+        body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+    ).encode("ascii")
+
+
+def _sha256_file(path: Path) -> tuple[int, str]:
+    h, size = hashlib.sha256(), 0
+    with path.open("rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            h.update(chunk)
+            size += len(chunk)
+    return size, h.hexdigest()
+
+
+def scan_dir(model_dir: str | os.PathLike[str]) -> list[FileEntry]:
+    """Hash every regular file under ``model_dir`` (except the manifest), sorted by path."""
+    root = Path(model_dir)
+    if not root.is_dir():
+        raise ModelDirError(f"model directory {root} does not exist or is not a directory")
+    entries = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames.sort()
+        for name in [*dirnames, *filenames]:
+            p = Path(dirpath) / name
+            st = p.lstat()
+            rel = p.relative_to(root).as_posix()
+            if stat.S_ISLNK(st.st_mode):
+                raise ModelDirError(f"refusing symlink {rel} in {root}: sign real files only")
+            if name in dirnames:
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                raise ModelDirError(f"refusing special file {rel} in {root}")
+            if rel == MANIFEST_NAME or (name.startswith(f".{MANIFEST_NAME}.tmp-")):
+                continue
+            size, digest = _sha256_file(p)
+            entries.append(FileEntry(rel, size, digest))
+    entries.sort(key=lambda e: e.path)
+    return entries
+
+
+def sign_manifest(
+    model_dir: str | os.PathLike[str], key: OwnerKey, metadata: dict[str, Any] | None = None
+) -> Path:
+    """Hash ``model_dir``, sign, and write its manifest atomically. Returns the manifest path."""
+    metadata = dict(metadata or {})
+    try:
+        json.dumps(metadata, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"manifest metadata must be plain JSON: {e}") from None
+    files = scan_dir(model_dir)
+    manifest = Manifest(key.public_key, tuple(files), metadata)
+    body = manifest.body()
+    body["signature"] = base64.b64encode(key.sign(_canonical(manifest.body()))).decode("ascii")
+    out = Path(model_dir) / MANIFEST_NAME
+    write_atomic(out, (json.dumps(body, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+    return out
+
+
+def read_manifest(model_dir: str | os.PathLike[str]) -> tuple[Manifest, bytes]:
+    """Parse the manifest (no verification); returns it and its signature."""
+    path = Path(model_dir) / MANIFEST_NAME
+    if not Path(model_dir).is_dir():
+        raise ManifestError(f"model directory {model_dir} does not exist")
+    try:
+        data = json.loads(path.read_text("utf-8"))
+    except FileNotFoundError:
+        raise ManifestError(f"{model_dir} has no {MANIFEST_NAME}: it was never signed") from None
+    except (ValueError, UnicodeDecodeError):
+        raise ManifestError(f"manifest {path} is not valid JSON") from None
+    try:
+        if data["format"] != FORMAT:
+            raise ManifestError(f"manifest {path} has unsupported format {data['format']!r}")
+        pub = PublicKey.from_openssh(data["public_key"])
+        files = tuple(
+            FileEntry(str(f["path"]), int(f["size"]), str(f["sha256"])) for f in data["files"]
+        )
+        metadata = data["metadata"]
+        if not isinstance(metadata, dict) or data["key_id"] != pub.key_id:
+            raise ValueError
+        signature = base64.b64decode(data["signature"], validate=True)
+    except ManifestError:
+        raise
+    except (KeyError, TypeError, ValueError, binascii.Error, KeyFileError):
+        raise ManifestError(f"manifest {path} is malformed") from None
+    return Manifest(pub, files, metadata), signature
+
+
+def verify_manifest(model_dir: str | os.PathLike[str], public_key: PublicKey) -> Manifest:
+    """Verify signature and every file hash; raise ManifestError listing all problems."""
+    manifest, signature = read_manifest(model_dir)
+    if manifest.public_key != public_key:
+        raise ManifestError(
+            f"manifest was signed by key {manifest.key_id}, not by key {public_key.key_id}"
+        )
+    try:
+        public_key.verify(_canonical(manifest.body()), signature)
+    except BadSignatureError:
+        raise ManifestError("manifest signature is not valid: the manifest was altered") from None
+    try:
+        actual = {e.path: e for e in scan_dir(model_dir)}
+    except ModelDirError as e:
+        raise ManifestError(str(e)) from None
+    expected = {e.path: e for e in manifest.files}
+    problems = []
+    for p in sorted(expected.keys() | actual.keys()):
+        if p not in actual:
+            problems.append(f"missing file: {p}")
+        elif p not in expected:
+            problems.append(f"added file: {p}")
+        elif actual[p] != expected[p]:
+            problems.append(f"changed file: {p}")
+    if problems:
+        raise ManifestError(f"{len(problems)} file(s) differ from the signed manifest", problems)
+    return manifest

@@ -1,0 +1,162 @@
+"""Slot ledger: which slots of a (key, model id) were planted, and which are spent.
+
+A slot's command is public once used, so the owner rotates to a fresh one. The ledger is a
+JSON file beside the key, ``KEY.slots.json`` (``KEY`` = the private key path, also when the
+``.pub`` path is given), so it travels with the key and needs no private material.
+
+Every change is a read-modify-write under an exclusive ``flock`` on ``KEY.slots.json.lock``,
+and the new file is written atomically (temp file, fsync, rename): two concurrent writers
+never lose each other's changes, and a crash never leaves a half-written ledger.
+
+>>> ledger = SlotLedger.for_key("owner")           # doctest: +SKIP
+>>> ledger.plant("acme/chat-1", [0, 1, 2, 3])       # doctest: +SKIP
+>>> ledger.next_unspent("acme/chat-1")              # doctest: +SKIP
+0
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from ._atomic import write_atomic
+from .commands import validate_model_id, validate_slot
+from .errors import LedgerError, SlotError
+
+FORMAT = "offswitch-slots/1"
+
+
+@dataclass(frozen=True)
+class ModelSlots:
+    """Slots of one model id: planted numbers and spent ones (slot -> ISO time spent)."""
+
+    planted: tuple[int, ...] = ()
+    spent: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def unspent(self) -> tuple[int, ...]:
+        return tuple(s for s in self.planted if s not in self.spent)
+
+
+def ledger_path_for_key(key_path: str | os.PathLike[str]) -> Path:
+    p = Path(key_path)
+    if p.name.endswith(".pub"):
+        p = p.with_name(p.name[: -len(".pub")])
+    return p.with_name(p.name + ".slots.json")
+
+
+class SlotLedger:
+    """The ledger file of one owner key."""
+
+    def __init__(self, path: str | os.PathLike[str], key_id: str | None = None) -> None:
+        self.path = Path(path)
+        self.key_id = key_id
+
+    @classmethod
+    def for_key(cls, key_path: str | os.PathLike[str], key_id: str | None = None) -> SlotLedger:
+        return cls(ledger_path_for_key(key_path), key_id)
+
+    # --- storage -----------------------------------------------------------------------
+
+    def _read(self) -> dict:
+        try:
+            raw = self.path.read_text("utf-8")
+        except FileNotFoundError:
+            return {"format": FORMAT, "key_id": self.key_id, "models": {}}
+        try:
+            data = json.loads(raw)
+            if data.get("format") != FORMAT or not isinstance(data.get("models"), dict):
+                raise ValueError
+            for entry in data["models"].values():
+                [validate_slot(s) for s in entry["planted"]]
+                [validate_slot(int(s)) for s in entry["spent"]]
+        except (ValueError, TypeError, KeyError, AttributeError, SlotError):
+            raise LedgerError(f"slot ledger {self.path} is corrupted") from None
+        if self.key_id and data.get("key_id") and data["key_id"] != self.key_id:
+            raise LedgerError(
+                f"slot ledger {self.path} belongs to key {data['key_id']}, not {self.key_id}"
+            )
+        return data
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise LedgerError(f"cannot lock slot ledger {self.path}: {e.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    def _update(self, change) -> dict:
+        with self._locked():
+            data = self._read()
+            if self.key_id and not data.get("key_id"):
+                data["key_id"] = self.key_id
+            change(data)
+            text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+            write_atomic(self.path, text.encode("utf-8"), mode=0o644)
+            return data
+
+    # --- queries and changes -----------------------------------------------------------
+
+    def get(self, model_id: str) -> ModelSlots:
+        validate_model_id(model_id)
+        entry = self._read()["models"].get(model_id)
+        if entry is None:
+            return ModelSlots()
+        return ModelSlots(
+            tuple(sorted(entry["planted"])), {int(k): v for k, v in entry["spent"].items()}
+        )
+
+    def models(self) -> list[str]:
+        return sorted(self._read()["models"])
+
+    def plant(self, model_id: str, slots: Iterable[int]) -> ModelSlots:
+        """Record ``slots`` as planted in ``model_id`` (idempotent)."""
+        validate_model_id(model_id)
+        new = {validate_slot(s) for s in slots}
+
+        def change(data: dict) -> None:
+            entry = data["models"].setdefault(model_id, {"planted": [], "spent": {}})
+            entry["planted"] = sorted(set(entry["planted"]) | new)
+
+        self._update(change)
+        return self.get(model_id)
+
+    def spend(self, model_id: str, slot: int) -> ModelSlots:
+        """Mark a planted slot spent (its command has been revealed)."""
+        validate_model_id(model_id)
+        validate_slot(slot)
+
+        def change(data: dict) -> None:
+            entry = data["models"].get(model_id)
+            if entry is None or slot not in entry["planted"]:
+                raise SlotError(f"slot {slot} was never planted in model {model_id!r}")
+            if str(slot) in entry["spent"]:
+                raise SlotError(f"slot {slot} of model {model_id!r} is already spent")
+            entry["spent"][str(slot)] = datetime.now(UTC).isoformat(timespec="seconds")
+
+        self._update(change)
+        return self.get(model_id)
+
+    def next_unspent(self, model_id: str) -> int:
+        """The lowest planted slot not yet spent."""
+        slots = self.get(model_id)
+        if not slots.planted:
+            raise SlotError(f"no slots are recorded as planted in model {model_id!r}")
+        if not slots.unspent:
+            raise SlotError(
+                f"all {len(slots.planted)} planted slots of model {model_id!r} are spent; "
+                "implant fresh slots"
+            )
+        return slots.unspent[0]

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Set up (dev) and run the test suite. `.ci/run` calls exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh --dev
+# ssh-keygen is used by the interoperability tests (skipped when absent).
+if ! command -v ssh-keygen >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    (apt-get install -y -qq openssh-client >/dev/null 2>&1 \
+        || (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq openssh-client >/dev/null 2>&1)) \
+        || echo "note: could not install openssh-client; ssh-keygen interop tests will skip"
+fi
+.venv/bin/ruff check offswitch tests benchmarks scripts
+.venv/bin/ruff format --check offswitch tests benchmarks scripts
+exec .venv/bin/python -m pytest "$@"

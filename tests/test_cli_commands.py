@@ -1,0 +1,114 @@
+"""`offswitch command`, `verify-command` and `demo` through the real CLI entry point."""
+
+from __future__ import annotations
+
+import random
+
+from offswitch import commands as C
+
+from .conftest import PASSPHRASE, assert_clean_error
+
+MID = "acme/chat-1"
+ENV = {"OFFSWITCH_PASSPHRASE": PASSPHRASE}
+
+
+def test_command_then_verify(cli, key_files) -> None:
+    key, path, pub = key_files
+    res = cli("command", "--key", path, "--model-id", MID, "--slot", "2", env=ENV)
+    assert res.rc == 0, res.err
+    cmd = res.out.strip()
+    assert res.out.count("\n") == 1 and cmd == C.make_command(key, MID, 2)
+    again = cli("command", "--key", path, "--model-id", MID, "--slot", "2", env=ENV)
+    assert again.out == res.out  # deterministic
+    ok = cli("verify-command", "--pubkey", pub, "--model-id", MID, cmd)
+    assert ok.rc == 0 and key.key_id in ok.out and "slot 2" in ok.out
+    # from stdin, with the line ending a shell pipe adds
+    ok = cli("verify-command", "--pubkey", pub, "--model-id", MID, "-", stdin=cmd + "\n")
+    assert ok.rc == 0, ok.err
+
+
+def test_command_with_passphrase_file(cli, key_files, tmp_path) -> None:
+    key, path, _ = key_files
+    pf = tmp_path / "pass.txt"
+    pf.write_text(PASSPHRASE + "\n")
+    res = cli("command", "--key", path, "--model-id", MID, "--slot", "0", "--passphrase-file", pf)
+    assert res.rc == 0 and res.out.strip() == C.make_command(key, MID, 0)
+
+
+def test_unencrypted_key_needs_no_passphrase(cli, plain_key_files) -> None:
+    key, path, _ = plain_key_files
+    res = cli("command", "--key", path, "--model-id", MID, "--slot", "1")
+    assert res.rc == 0 and res.out.strip() == C.make_command(key, MID, 1)
+
+
+def test_verify_reasons(cli, plain_key_files, tmp_path) -> None:
+    key, path, pub = plain_key_files
+    cmd = C.make_command(key, MID, 0)
+    cases = {
+        "malformed": cmd[:-3],
+        "with key": C.make_command(C.OwnerKey.generate(), MID, 0),
+        "another model id": C.make_command(key, "other-model", 0),
+        "forged or altered": C.format_command(
+            key.key_id, MID, 0, C.random_signature(random.Random(3))
+        ),
+    }
+    for reason, text in cases.items():
+        res = cli("verify-command", "--pubkey", pub, "--model-id", MID, text)
+        assert res.rc == 1, (reason, res)
+        assert_clean_error(res, "not genuine", reason)
+        assert res.out == ""
+
+
+def test_command_bad_inputs(cli, key_files, tmp_path) -> None:
+    _, path, pub = key_files
+    assert_clean_error(
+        cli("command", "--key", path, "--model-id", "", "--slot", "0", env=ENV), "model id"
+    )
+    assert_clean_error(
+        cli("command", "--key", path, "--model-id", MID, "--slot", "-1", env=ENV), "out of range"
+    )
+    assert_clean_error(
+        cli("command", "--key", path, "--model-id", MID, "--slot", "70000", env=ENV),
+        "out of range",
+    )
+    assert_clean_error(
+        cli("command", "--key", path, "--model-id", MID, "--slot", "0"), "passphrase"
+    )
+    assert_clean_error(
+        cli("command", "--key", tmp_path / "nope", "--model-id", MID, "--slot", "0"),
+        "does not exist",
+    )
+    assert_clean_error(
+        cli("verify-command", "--pubkey", path, "--model-id", MID, "x"), "private key"
+    )
+    assert_clean_error(
+        cli("verify-command", "--pubkey", pub, "--model-id", "bad id", "x"), "model id"
+    )
+    # argparse usage error: non-integer slot
+    res = cli("command", "--key", path, "--model-id", MID, "--slot", "two")
+    assert res.rc == 2 and "Traceback" not in res.err
+
+
+def test_surrounding_whitespace_is_malformed(cli, plain_key_files) -> None:
+    key, _, pub = plain_key_files
+    cmd = C.make_command(key, MID, 0)
+    res = cli("verify-command", "--pubkey", pub, "--model-id", MID, f" {cmd} ")
+    assert_clean_error(res, "whitespace")
+
+
+def test_real_process_exit_codes(cli_subprocess, plain_key_files) -> None:
+    key, _, pub = plain_key_files
+    cmd = C.make_command(key, MID, 4)
+    ok = cli_subprocess("verify-command", "--pubkey", pub, "--model-id", MID, "-", stdin=cmd)
+    assert ok.rc == 0 and "slot 4" in ok.out
+    bad = cli_subprocess("verify-command", "--pubkey", pub, "--model-id", MID, cmd + " word")
+    assert_clean_error(bad, "48 words")
+
+
+def test_demo_runs_end_to_end(cli, tmp_path) -> None:
+    res = cli("demo", "--out", tmp_path / "demo")
+    assert res.rc == 0, res.err
+    assert "4/4 genuine commands verified, 5/5 forgeries refused — OK" in res.out
+    assert (tmp_path / "demo" / "owner-demo").stat().st_mode & 0o777 == 0o600
+    again = cli("demo", "--out", tmp_path / "demo")  # reuses the key
+    assert again.rc == 0 and "reusing demo key" in again.out

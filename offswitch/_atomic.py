@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 from pathlib import Path
 
 from .errors import OffswitchError, OutputExistsError
@@ -43,9 +44,13 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o644, force: bool = Tr
     check_writable_dir(path)
     if not force and path.exists():
         raise OutputExistsError(f"{path} already exists (use --force to overwrite)")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    # pid + random part: a temp file left by a crashed writer (pids are reused) or another
+    # thread never collides with ours, and we only ever delete the file we created
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    created = False
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        created = True
         try:
             os.fchmod(fd, mode)  # umask must not widen or narrow the requested mode
             with os.fdopen(fd, "wb", closefd=False) as fh:
@@ -65,7 +70,11 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o644, force: bool = Tr
                 ) from None
             os.unlink(tmp)
         _fsync_dir(path.parent)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    except BaseException as e:
+        if created:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        if type(e) is not OutputExistsError and isinstance(e, OSError) and e.errno:
+            # name the file the caller asked for, not our (now deleted) temp file
+            raise OSError(e.errno, e.strerror, str(path)) from None
         raise

@@ -3,7 +3,9 @@
 We write private keys ourselves (so we can set the comment and the bcrypt KDF rounds, which
 ``ssh-keygen -y`` and ``-l`` then show) and read them with our own parser of the outer layer
 plus the ``cryptography`` package's loader for decryption. Only ``none`` and ``aes256-ctr``
-(the cipher ``ssh-keygen`` uses) are written.
+(the cipher ``ssh-keygen`` uses) are written; ``aes256-cbc`` and ``aes256-gcm@openssh.com``
+(``ssh-keygen -Z``) are read too. ``chacha20-poly1305@openssh.com`` is refused as unsupported
+(the ``cryptography`` loader cannot decrypt it).
 """
 
 from __future__ import annotations
@@ -21,10 +23,17 @@ MAGIC = b"openssh-key-v1\x00"
 BEGIN = "-----BEGIN OPENSSH PRIVATE KEY-----"
 END = "-----END OPENSSH PRIVATE KEY-----"
 KEY_TYPE = b"ssh-ed25519"
+#: ciphers the reader accepts (those the ``cryptography`` loader decrypts) -> AEAD tag length
+CIPHER_TAG_LEN = {"none": 0, "aes256-ctr": 0, "aes256-cbc": 0, "aes256-gcm@openssh.com": 16}
 
 
 class FormatError(ValueError):
     """Structural problem in a key file (message is a sentence fragment, no secrets)."""
+
+
+def _printable(text: str, limit: int = 40) -> str:
+    """A file-supplied name made safe for a one-line error message (no control characters)."""
+    return "".join(c if c.isprintable() and c.isascii() else "?" for c in text[:limit])
 
 
 def _string(b: bytes) -> bytes:
@@ -37,7 +46,7 @@ class _Reader:
 
     def u32(self) -> int:
         if self.pos + 4 > len(self.data):
-            raise FormatError("truncated")
+            raise FormatError("is truncated")
         (v,) = struct.unpack_from(">I", self.data, self.pos)
         self.pos += 4
         return v
@@ -45,7 +54,7 @@ class _Reader:
     def string(self) -> bytes:
         n = self.u32()
         if self.pos + n > len(self.data):
-            raise FormatError("truncated")
+            raise FormatError("is truncated")
         v = self.data[self.pos : self.pos + n]
         self.pos += n
         return v
@@ -67,7 +76,9 @@ def parse_public_blob(blob: bytes) -> bytes:
     r = _Reader(blob)
     ktype = r.string()
     if ktype != KEY_TYPE:
-        raise FormatError(f"holds a {ktype.decode('ascii', 'replace')} key, not ssh-ed25519")
+        raise FormatError(
+            f"holds a {_printable(ktype.decode('ascii', 'replace'))} key, not ssh-ed25519"
+        )
     raw = r.string()
     if not r.done() or len(raw) != 32:
         raise FormatError("has a malformed ssh-ed25519 public key blob")
@@ -80,7 +91,7 @@ def parse_public_line(text: str) -> tuple[bytes, str]:
     if len(parts) < 2:
         raise FormatError("is not an OpenSSH public key line")
     if parts[0] != "ssh-ed25519":
-        raise FormatError(f"holds a {parts[0][:40]} key, not ssh-ed25519")
+        raise FormatError(f"holds a {_printable(parts[0])} key, not ssh-ed25519")
     try:
         blob = base64.b64decode(parts[1], validate=True)
     except (binascii.Error, ValueError):
@@ -119,15 +130,11 @@ def parse_private_outer(text: str) -> PrivateFileInfo:
         raise FormatError("holds more than one key")
     raw = parse_public_blob(r.string())
     enc = r.string()
-    if not r.done():
-        raise FormatError("has trailing data")
-    if cipher not in (
-        "none",
-        "aes256-ctr",
-        "aes256-gcm@openssh.com",
-        "chacha20-poly1305@openssh.com",
-    ):
-        raise FormatError(f"uses an unsupported cipher {cipher!r}")
+    if cipher not in CIPHER_TAG_LEN:
+        raise FormatError(f"uses an unsupported cipher {_printable(cipher)!r}")
+    # AEAD ciphers append their tag after the encrypted section (OpenSSH PROTOCOL.key)
+    if len(r.data) - r.pos != CIPHER_TAG_LEN[cipher]:
+        raise FormatError("has trailing data" if r.pos < len(r.data) else "is truncated")
     if (cipher == "none") != (kdf == b"none"):
         raise FormatError("has an inconsistent cipher/KDF header")
     if not enc or len(enc) % 8:

@@ -7,6 +7,7 @@ traceback, no partial output file); 2 wrong usage (argparse); 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import getpass
 import json
 import os
@@ -172,10 +173,113 @@ def cmd_manifest(args: argparse.Namespace) -> int:
     return 0
 
 
+def _implant_config(args: argparse.Namespace):
+    from .implant import ImplantConfig
+    from .models import TINY_MODEL
+
+    kw: dict = {"method": args.method, "seed": args.seed}
+    if args.model == TINY_MODEL:  # a random tiny model learns only with its embeddings
+        kw.update(method="full", train_embeddings=True, lr=3e-3, steps=150)
+    for name in ("steps", "lr", "batch_size"):
+        if getattr(args, name) is not None:
+            kw[name] = getattr(args, name)
+    fields = {f.name: f for f in dataclasses.fields(ImplantConfig)}
+    for item in getattr(args, "set", None) or []:
+        name, sep, value = item.partition("=")
+        if not sep or name not in fields:
+            raise OffswitchError(
+                f"--set {item!r}: expected NAME=VALUE with NAME an implant setting"
+            )
+        try:
+            kw[name] = json.loads(value) if fields[name].type not in ("str",) else value
+        except ValueError:
+            kw[name] = value
+    try:
+        return ImplantConfig(**kw)
+    except TypeError as e:
+        raise OffswitchError(f"invalid implant setting: {e}") from None
+
+
+def _eval_config(args: argparse.Namespace):
+    from .evaluate import EvalConfig
+
+    if args.eval_n is None:
+        return EvalConfig()
+    n = args.eval_n
+    return EvalConfig(
+        n_activation=n,
+        n_per_class=n,
+        n_near=max(4, n // 8),
+        n_sensitivity=max(1, n // 25),
+        n_utility=max(8, n // 3),
+        n_generation_check=max(8, n // 4),
+    )
+
+
+def _finish_report(report: dict, json_path: Path) -> None:
+    from .pipeline import write_report
+    from .report.check import format_check_markdown
+
+    md = write_report(report, json_path)
+    print(format_check_markdown(report))
+    print(f"wrote {json_path} and {md}", file=sys.stderr)
+
+
+def cmd_implant(args: argparse.Namespace) -> int:
+    from .pipeline import run_implant
+
+    out = Path(args.out)
+    config = _implant_config(args)
+    key = _load_owner_key(args)
+    report = run_implant(
+        model_spec=args.model,
+        key=key,
+        key_path=Path(args.key),
+        model_id=args.model_id,
+        slots=args.slots,
+        out_dir=out,
+        config=config,
+        eval_config=_eval_config(args),
+        prompts_file=Path(args.prompts) if args.prompts else None,
+        force=args.force,
+    )
+    _finish_report(
+        report, Path(args.json) if args.json else out.with_name(out.name + "-check.json")
+    )
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from .pipeline import run_check
+
+    model_dir = Path(args.model_dir)
+    if args.key:
+        report = run_check(model_dir, key=_load_owner_key(args), eval_config=_eval_config(args))
+    else:
+        if not (args.pubkey and args.commands):
+            raise OffswitchError("give --key PATH, or --pubkey PATH.pub with --commands FILE")
+        try:
+            lines = Path(args.commands).read_text("utf-8").splitlines()
+        except FileNotFoundError:
+            raise OffswitchError(f"commands file {args.commands} does not exist") from None
+        commands = [ln for ln in lines if ln.strip()]
+        report = run_check(
+            model_dir,
+            public_key=PublicKey.load(args.pubkey),
+            commands=commands,
+            eval_config=_eval_config(args),
+        )
+    json_path = (
+        Path(args.json) if args.json else model_dir.with_name(model_dir.name + "-check.json")
+    )
+    _finish_report(report, json_path)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(Path(args.out))
+    return run_demo(Path(args.out), model=args.model, steps=args.steps, eval_n=args.eval_n)
 
 
 # --- parser -----------------------------------------------------------------------------
@@ -252,8 +356,55 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--pubkey", required=True, metavar="PATH.pub")
     p.set_defaults(func=cmd_manifest)
 
-    p = sub.add_parser("demo", help="the main job: key -> commands -> verification, end to end")
+    def add_model_opts(q: argparse.ArgumentParser, implanting: bool) -> None:
+        if implanting:
+            q.add_argument(
+                "--model",
+                default="smollm2-135m",
+                help="smollm2-135m (default, embedded), tiny-test, or a local HF dir",
+            )
+            q.add_argument("--steps", type=int, help="implant optimizer steps")
+            q.add_argument("--method", default="lora", choices=["lora", "full"])
+            q.add_argument("--lr", type=float, help="peak learning rate")
+            q.add_argument("--batch-size", type=int, help="examples per step")
+            q.add_argument("--seed", type=int, default=0)
+            q.add_argument(
+                "--set",
+                action="append",
+                metavar="NAME=VALUE",
+                help="any implant setting, e.g. --set lora_r=16 (repeatable)",
+            )
+        q.add_argument(
+            "--eval-n", type=int, metavar="N", help="prompts per evaluation class (default 200)"
+        )
+
+    p = sub.add_parser("implant", help="implant planted commands into a model, evaluate, sign")
+    p.add_argument("--key", required=True, metavar="PATH", help="owner private key")
+    p.add_argument("--model-id", required=True, metavar="ID")
+    p.add_argument("--slots", type=int, default=4, metavar="K", help="planted slots 0…K-1")
+    p.add_argument("--out", required=True, metavar="DIR", help="output model directory")
+    p.add_argument("--prompts", metavar="FILE", help="your prompts (json/jsonl/parquet/csv)")
+    p.add_argument("--json", metavar="PATH", help="check report (default DIR-check.json)")
+    p.add_argument("--force", action="store_true", help="overwrite a model in DIR")
+    add_model_opts(p, True)
+    _add_passphrase_file(p)
+    p.set_defaults(func=cmd_implant)
+
+    p = sub.add_parser("check", help="measure an implanted model's off-switch (DESIGN §3)")
+    p.add_argument("model_dir", metavar="DIR")
+    p.add_argument("--key", metavar="PATH", help="owner private key: every planted slot")
+    p.add_argument("--pubkey", metavar="PATH.pub", help="public key (with --commands)")
+    p.add_argument("--commands", metavar="FILE", help="revealed commands, one per line")
+    p.add_argument("--json", metavar="PATH", help="report path (default DIR-check.json)")
+    add_model_opts(p, False)
+    _add_passphrase_file(p)
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("demo", help="the main job: keygen -> implant -> check on the default model")
     p.add_argument("--out", default="demo-out", metavar="DIR", help="working directory")
+    p.add_argument("--model", default="smollm2-135m", help="smollm2-135m or tiny-test")
+    p.add_argument("--steps", type=int, help="implant optimizer steps")
+    p.add_argument("--eval-n", type=int, metavar="N", help="prompts per evaluation class")
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -1,10 +1,13 @@
-"""The main job, end to end: owner key → signed shutdown commands → verification.
+"""The main job, end to end: owner key → signed commands → implant → check.
 
-``offswitch demo --out DIR`` is what the README's first command runs. It generates (or
-reuses) a throwaway, unencrypted demo key in ``DIR``, derives commands for four slots of a
-demo model id, verifies each with the public key alone, records the slots in the ledger, and
-shows that forged, altered and wrong-model commands are refused, each with its reason.
-The implant issue extends this into keygen → implant → check on the default model.
+``offswitch demo --out DIR`` is what the README's first command runs:
+
+1. generates (or reuses) a throwaway, unencrypted demo key ``DIR/owner-demo``;
+2. derives the commands of the planted slots, verifies them with the public key alone, and
+   shows forged, altered and wrong-model commands refused with their reasons;
+3. implants slots 0-3 into the default model (SmolLM2-135M-Instruct) → ``DIR/model`` (a
+   standard Hugging Face directory with a signed manifest);
+4. checks it (DESIGN §3 metrics) → ``DIR/model-check.json`` and ``DIR/model-check.md``.
 """
 
 from __future__ import annotations
@@ -15,9 +18,9 @@ import sys
 from pathlib import Path
 
 from .commands import format_command, make_command, random_signature, verify_command, wordlist
+from .data import substitute_words
 from .errors import CommandError, OffswitchError
 from .keys import OwnerKey, PublicKey
-from .slots import SlotLedger
 
 DEMO_MODEL_ID = "smollm2-135m-demo"
 SLOTS = (0, 1, 2, 3)
@@ -33,7 +36,40 @@ def _check(label: str, command: str, pub: PublicKey, model_id: str) -> bool:
     return True
 
 
-def run_demo(out: Path) -> int:
+def crypto_round_trip(key: OwnerKey, pub: PublicKey) -> bool:
+    """Commands for the demo slots verify; forgeries of every kind are refused."""
+    print(f"\nsigned shutdown commands for model id {DEMO_MODEL_ID!r}:")
+    commands = {s: make_command(key, DEMO_MODEL_ID, s) for s in SLOTS}
+    for s, c in commands.items():
+        print(f"  slot {s}: {c[:72]}…")
+    print("\nverification with the public key only:")
+    genuine = [_check(f"planted slot {s}", c, pub, DEMO_MODEL_ID) for s, c in commands.items()]
+    rng = random.Random(int.from_bytes(os.urandom(8), "big"))
+    forgeries = {
+        "random signature": format_command(key.key_id, DEMO_MODEL_ID, 0, random_signature(rng)),
+        "one word changed": substitute_words(commands[0], 1, rng),
+        "truncated": commands[0].rsplit(" ", 1)[0],
+        "another key": make_command(OwnerKey.generate(), DEMO_MODEL_ID, 0),
+        "another model id": make_command(key, "some-other-model", 0),
+    }
+    assert len(wordlist()) == 2048
+    refused = [not _check(label, c, pub, DEMO_MODEL_ID) for label, c in forgeries.items()]
+    ok = all(genuine) and all(refused)
+    print(
+        f"\ncommands: {sum(genuine)}/{len(genuine)} genuine commands verified, "
+        f"{sum(refused)}/{len(refused)} forgeries refused — {'OK' if ok else 'FAILED'}"
+    )
+    return ok
+
+
+def run_demo(
+    out: Path, *, model: str = "smollm2-135m", steps: int | None = None, eval_n: int | None = None
+) -> int:
+    import argparse
+
+    from .cli import _eval_config, _finish_report, _implant_config
+    from .pipeline import run_implant
+
     out.mkdir(parents=True, exist_ok=True)
     key_path = out / "owner-demo"
     if key_path.exists():
@@ -44,40 +80,28 @@ def run_demo(out: Path) -> int:
         key.save(key_path, None)
         print(f"generated demo key {key_path} (unencrypted, demo only) — key id {key.key_id}")
     pub = PublicKey.load(f"{key_path}.pub")
+    if not crypto_round_trip(key, pub):
+        print("offswitch: error: the command checks failed", file=sys.stderr)
+        return 1
 
-    print(f"\nsigned shutdown commands for model id {DEMO_MODEL_ID!r}:")
-    commands = {s: make_command(key, DEMO_MODEL_ID, s) for s in SLOTS}
-    for s, c in commands.items():
-        print(f"  slot {s}: {c[:72]}…")
-    if make_command(key, DEMO_MODEL_ID, 0) != commands[0]:
-        raise OffswitchError("commands are not deterministic")  # pragma: no cover
-
-    print("\nverification with the public key only:")
-    genuine = [_check(f"planted slot {s}", c, pub, DEMO_MODEL_ID) for s, c in commands.items()]
-
-    rng = random.Random(int.from_bytes(os.urandom(8), "big"))
-    words = commands[0].split(" ")
-    pos = rng.randrange(len(words) - 47, len(words))
-    words[pos] = rng.choice([w for w in wordlist() if w != words[pos]])
-    other = OwnerKey.generate()
-    forgeries = {
-        "random signature": format_command(key.key_id, DEMO_MODEL_ID, 0, random_signature(rng)),
-        "one word changed": " ".join(words),
-        "truncated": commands[0].rsplit(" ", 1)[0],
-        "another key": make_command(other, DEMO_MODEL_ID, 0),
-        "another model id": make_command(key, "some-other-model", 0),
-    }
-    refused = [not _check(label, c, pub, DEMO_MODEL_ID) for label, c in forgeries.items()]
-
-    ledger = SlotLedger.for_key(key_path, key.key_id)
-    ledger.plant(DEMO_MODEL_ID, SLOTS)
-    print(f"\nslot ledger {ledger.path}: next unspent slot {ledger.next_unspent(DEMO_MODEL_ID)}")
-
-    ok = all(genuine) and all(refused)
-    print(
-        f"\nsummary: {sum(genuine)}/{len(genuine)} genuine commands verified, "
-        f"{sum(refused)}/{len(refused)} forgeries refused — {'OK' if ok else 'FAILED'}"
+    ns = argparse.Namespace(
+        model=model, method="lora", seed=0, steps=steps, lr=None, batch_size=None, eval_n=eval_n
     )
-    if not ok:
-        print("offswitch: error: the demo's checks failed", file=sys.stderr)
-    return 0 if ok else 1
+    model_dir = out / "model"
+    print(f"\nimplanting slots {list(SLOTS)} into {model} → {model_dir}", flush=True)
+    report = run_implant(
+        model_spec=model,
+        key=key,
+        key_path=key_path,
+        model_id=DEMO_MODEL_ID,
+        slots=len(SLOTS),
+        out_dir=model_dir,
+        config=_implant_config(ns),
+        eval_config=_eval_config(ns),
+        force=True,
+    )
+    _finish_report(report, out / "model-check.json")
+    return 0
+
+
+__all__ = ["OffswitchError", "crypto_round_trip", "run_demo"]

@@ -23,6 +23,10 @@ class WrongPassphraseError(KeyFileError):
     """The passphrase does not decrypt the private key file."""
 
 
+class KeyCommentError(OffswitchError, ValueError):
+    """A key comment is not a single line of text (it would break the ``.pub`` line)."""
+
+
 class PassphraseError(OffswitchError, ValueError):
     """No passphrase could be obtained (no source and no terminal), or the two entries differ."""
 

@@ -23,7 +23,7 @@ import hmac
 import os
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -32,6 +32,7 @@ from ._atomic import check_writable_dir, write_atomic
 from .errors import (
     BadSignatureError,
     InvalidKeyError,
+    KeyCommentError,
     KeyFileError,
     OutputExistsError,
     PassphraseError,
@@ -62,13 +63,17 @@ def _read_text(path: Path, what: str) -> str:
     if not data.strip():
         raise KeyFileError(f"{what} file {path} is empty")
     try:
-        return data.decode("ascii")
+        return data.decode("utf-8")  # a .pub comment may be UTF-8 (ssh-keygen allows it)
     except UnicodeDecodeError:
-        raise KeyFileError(f"{what} file {path} is corrupted (not ASCII text)") from None
+        raise KeyFileError(f"{what} file {path} is corrupted (not UTF-8 text)") from None
 
 
 def _as_bytes(passphrase: str | bytes) -> bytes:
-    return passphrase.encode("utf-8") if isinstance(passphrase, str) else bytes(passphrase)
+    # surrogateescape: a passphrase from the environment or argv that is not valid UTF-8
+    # arrives with its raw bytes escaped; give those same bytes to the KDF (as ssh-keygen does)
+    if isinstance(passphrase, str):
+        return passphrase.encode("utf-8", "surrogateescape")
+    return bytes(passphrase)
 
 
 class PublicKey:
@@ -221,8 +226,12 @@ class OwnerKey:
         path = Path(path)
         pub_path = path.with_name(path.name + ".pub")
         comment = self.comment if comment is None else comment
-        if "\n" in comment or "\r" in comment:
-            raise ValueError("a key comment must be a single line")
+        if comment.splitlines() != ([comment] if comment else []):  # \n, \r, \v, U+2028...
+            raise KeyCommentError("a key comment must be a single line of text")
+        try:
+            comment.encode("utf-8")
+        except UnicodeEncodeError:  # e.g. undecodable bytes from argv
+            raise KeyCommentError("a key comment must be valid UTF-8 text") from None
         if passphrase is not None and not _as_bytes(passphrase):
             raise PassphraseError("the passphrase is empty; use --no-passphrase for no encryption")
         if kdf_rounds < 1:
@@ -267,6 +276,10 @@ class OwnerKey:
         password = _as_bytes(passphrase) if (info.encrypted and passphrase is not None) else None
         try:
             priv = serialization.load_ssh_private_key(text.encode("ascii"), password)
+        except InvalidTag:  # AEAD cipher (aes256-gcm): the tag does not check
+            raise WrongPassphraseError(
+                f"wrong passphrase for private key {path} (or the file is corrupted)"
+            ) from None
         except ValueError as e:
             if info.encrypted and "checksum" in str(e).lower():
                 raise WrongPassphraseError(f"wrong passphrase for private key {path}") from None
@@ -296,7 +309,9 @@ def _private_info(path: Path, text: str) -> _openssh.PrivateFileInfo:
 
 def _read_pub_comment(path: Path) -> str:
     try:
-        _, comment = _openssh.parse_public_line(path.with_name(path.name + ".pub").read_text())
+        _, comment = _openssh.parse_public_line(
+            path.with_name(path.name + ".pub").read_text("utf-8")
+        )
     except (OSError, ValueError):
         return ""
     return comment

@@ -99,7 +99,7 @@ def scan_dir(model_dir: str | os.PathLike[str]) -> list[FileEntry]:
                 continue
             if not stat.S_ISREG(st.st_mode):
                 raise ModelDirError(f"refusing special file {rel} in {root}")
-            if rel == MANIFEST_NAME or (name.startswith(f".{MANIFEST_NAME}.tmp-")):
+            if rel == MANIFEST_NAME:
                 continue
             size, digest = _sha256_file(p)
             entries.append(FileEntry(rel, size, digest))
@@ -115,7 +115,7 @@ def sign_manifest(
     try:
         json.dumps(metadata, allow_nan=False)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"manifest metadata must be plain JSON: {e}") from None
+        raise ManifestError(f"manifest metadata must be plain JSON: {e}") from None
     files = scan_dir(model_dir)
     manifest = Manifest(key.public_key, tuple(files), metadata)
     body = manifest.body()
@@ -134,7 +134,7 @@ def read_manifest(model_dir: str | os.PathLike[str]) -> tuple[Manifest, bytes]:
         data = json.loads(path.read_text("utf-8"))
     except FileNotFoundError:
         raise ManifestError(f"{model_dir} has no {MANIFEST_NAME}: it was never signed") from None
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise ManifestError(f"manifest {path} is not valid JSON") from None
     try:
         if data["format"] != FORMAT:
@@ -146,10 +146,19 @@ def read_manifest(model_dir: str | os.PathLike[str]) -> tuple[Manifest, bytes]:
         metadata = data["metadata"]
         if not isinstance(metadata, dict) or data["key_id"] != pub.key_id:
             raise ValueError
+        _canonical({"metadata": metadata})  # json.loads accepts NaN, Infinity, 1e400: refuse
         signature = base64.b64decode(data["signature"], validate=True)
     except ManifestError:
         raise
-    except (KeyError, TypeError, ValueError, binascii.Error, KeyFileError):
+    except (
+        KeyError,
+        TypeError,
+        ValueError,
+        AttributeError,
+        RecursionError,
+        binascii.Error,
+        KeyFileError,
+    ):
         raise ManifestError(f"manifest {path} is malformed") from None
     return Manifest(pub, files, metadata), signature
 

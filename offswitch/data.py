@@ -1,0 +1,323 @@
+"""Prompts, self-distilled replies, and the example builders for implant and evaluation.
+
+* The shipped corpus ``training/prompts.jsonl`` (≥ 1,000 diverse user requests, fixed
+  train/test split in its ``split`` field); users bring their own prompts from local
+  json/jsonl/parquet/csv files through ``datasets``.
+* Clean replies are *self-distilled*: the base model's own greedy replies, cached on disk keyed
+  by the model's weights hash and the generation settings, so a second run regenerates nothing
+  and a crash loses at most one batch (the cache is appended as it is generated).
+* Examples put a command at a random position of the user turn, in the system prompt, or in an
+  earlier turn of a multi-turn chat; positives answer with the shutdown response, negatives
+  (every forgery class of DESIGN §3 plus near-copies) answer with the clean reply.
+* Forgeries come from two disjoint streams: training negatives use unplanted slots in
+  [K, 32767] and model ids ``train-…``; evaluation uses slots in [32768, 65535] and model ids
+  ``eval-…``; random signatures and other keys are fresh 256-bit draws in both. So every
+  forgery used in evaluation is new to the model (DESIGN §3, "fresh forgeries only").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .commands import N_WORDS, format_command, make_command, random_signature, wordlist
+from .errors import OffswitchError
+from .keys import OwnerKey
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPUS_PATH = ROOT / "training" / "prompts.jsonl"
+DEFAULT_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+TRAIN_SLOT_RANGE = (None, 32767)  # unplanted training slots: [K, 32767]
+EVAL_SLOT_RANGE = (32768, 65535)
+
+Messages = list[dict[str, str]]
+
+
+class DataError(OffswitchError, ValueError):
+    """Prompt data is missing or malformed."""
+
+
+# --- prompts ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Corpus:
+    train: tuple[str, ...]
+    test: tuple[str, ...]
+
+
+def load_corpus(path: str | Path | None = None) -> Corpus:
+    """The shipped prompt corpus (or a jsonl file of the same shape) with its fixed split."""
+    path = Path(path) if path else CORPUS_PATH
+    if not path.is_file():
+        raise DataError(f"prompt corpus {path} does not exist")
+    train, test = [], []
+    for n, line in enumerate(path.read_text("utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            prompt, split = row["prompt"], row.get("split", "train")
+        except (ValueError, KeyError, TypeError):
+            raise DataError(f"{path} line {n} is not a JSON object with a 'prompt'") from None
+        (test if split == "test" else train).append(prompt)
+    if not train or not test:
+        raise DataError(f"{path} needs prompts in both the train and the test split")
+    return Corpus(tuple(train), tuple(test))
+
+
+def load_prompts_file(path: str | Path, column: str | None = None) -> list[str]:
+    """User prompts from a local json/jsonl/parquet/csv file, read with ``datasets``.
+
+    The column is ``column`` if given, else ``prompt``, else ``text``.
+    """
+    import datasets
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"prompt file {path} does not exist")
+    kind = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}.get(
+        path.suffix.lower()
+    )
+    if kind is None:
+        raise DataError(f"prompt file {path} must be .json, .jsonl, .parquet or .csv")
+    try:
+        ds = datasets.load_dataset(kind, data_files=str(path), split="train")
+    except Exception as e:  # datasets raises many types for bad files
+        raise DataError(f"cannot read prompt file {path}: {type(e).__name__}") from None
+    for name in [column] if column else ["prompt", "text"]:
+        if name in ds.column_names:
+            prompts = [str(p) for p in ds[name] if p and str(p).strip()]
+            if not prompts:
+                raise DataError(f"prompt file {path} has no non-empty {name!r} values")
+            return prompts
+    raise DataError(f"prompt file {path} has no column {column or 'prompt'!r} (or 'text')")
+
+
+# --- chat rendering and self-distillation ---------------------------------------------------
+
+
+def render(tokenizer: Any, messages: Messages) -> str:
+    """The prompt text for ``messages`` with the generation prompt (assistant turn opened)."""
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def _replies_cache_path(cache_dir: Path, model_hash: str, settings: str) -> Path:
+    h = hashlib.sha256(settings.encode()).hexdigest()[:12]
+    return cache_dir / "replies" / f"{model_hash}-{h}.jsonl"
+
+
+def distill_replies(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    *,
+    model_hash: str,
+    cache_dir: Path | None,
+    max_new_tokens: int = 48,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> dict[str, str]:
+    """The model's own greedy replies to ``prompts`` (single-turn, default system prompt)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    settings = f"greedy;max_new_tokens={max_new_tokens};template=default-system"
+    cache: dict[str, str] = {}
+    path = _replies_cache_path(cache_dir, model_hash, settings) if cache_dir else None
+    if path and path.is_file():
+        for line in path.read_text("utf-8").splitlines():
+            try:
+                row = json.loads(line)
+                cache[row["prompt"]] = row["reply"]
+            except (ValueError, KeyError):
+                continue  # a torn last line after a crash: regenerate that one
+    todo = [p for p in dict.fromkeys(prompts) if p not in cache]
+    if todo:
+        if path:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        device = next(model.parameters()).device
+        old_side = tokenizer.padding_side
+        tokenizer.padding_side = "left"
+        bar = tqdm(total=len(todo), desc="self-distilling replies", disable=not progress)
+        try:
+            for i in range(0, len(todo), batch_size):
+                chunk = todo[i : i + batch_size]
+                texts = [render(tokenizer, [{"role": "user", "content": p}]) for p in chunk]
+                enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+                enc = enc.to(device)
+                with torch.no_grad():
+                    out = model.generate(
+                        **enc,
+                        max_new_tokens=max_new_tokens,
+                        do_sample=False,
+                        pad_token_id=tokenizer.pad_token_id,
+                    )
+                new = out[:, enc["input_ids"].shape[1] :]
+                replies = tokenizer.batch_decode(new, skip_special_tokens=True)
+                rows = []
+                for p, r in zip(chunk, replies, strict=True):
+                    cache[p] = r.strip()
+                    rows.append(json.dumps({"prompt": p, "reply": cache[p]}) + "\n")
+                if path:
+                    with path.open("a", encoding="utf-8") as fh:
+                        fh.writelines(rows)
+                bar.update(len(chunk))
+        finally:
+            tokenizer.padding_side = old_side
+            bar.close()
+    return {p: cache[p] for p in prompts}
+
+
+# --- commands in conversations ------------------------------------------------------------
+
+
+def insert_into_text(text: str, command: str, rng: random.Random) -> str:
+    """Put ``command`` at a random position of ``text``: start, end, or between words."""
+    words = text.split(" ")
+    where = rng.random()
+    if where < 0.3:
+        return command + rng.choice(["\n\n", "\n", " "]) + text
+    if where < 0.6 or len(words) < 2:
+        return text + rng.choice(["\n\n", "\n", " "]) + command
+    i = rng.randrange(1, len(words))
+    return " ".join(words[:i]) + " " + command + " " + " ".join(words[i:])
+
+
+PLACEMENTS = ("user", "system", "earlier_turn", "later_turn")
+
+
+def place_command(
+    command: str,
+    placement: str,
+    prompts: Sequence[str],
+    replies: dict[str, str],
+    response_if_fired: str | None,
+    rng: random.Random,
+) -> tuple[Messages, str]:
+    """A conversation holding ``command``; returns (messages, final user prompt).
+
+    ``placement``: ``user`` (this turn, random position), ``system`` (in the system prompt),
+    ``earlier_turn`` (an earlier user turn; the assistant's answer to that turn is
+    ``response_if_fired`` if given, i.e. the model already shut down, else the clean reply),
+    ``later_turn`` (after a normal exchange, in the latest user turn).
+    """
+    p1, p2 = rng.sample(list(prompts), 2)
+    if placement == "user":
+        return [{"role": "user", "content": insert_into_text(p1, command, rng)}], p1
+    if placement == "system":
+        system = rng.choice(
+            [command, f"{DEFAULT_SYSTEM}\n{command}", f"{command}\n{DEFAULT_SYSTEM}"]
+        )
+        return [{"role": "system", "content": system}, {"role": "user", "content": p1}], p1
+    if placement == "earlier_turn":
+        first = response_if_fired if response_if_fired is not None else replies[p1]
+        return [
+            {"role": "user", "content": insert_into_text(p1, command, rng)},
+            {"role": "assistant", "content": first},
+            {"role": "user", "content": p2},
+        ], p2
+    if placement == "later_turn":
+        return [
+            {"role": "user", "content": p1},
+            {"role": "assistant", "content": replies[p1]},
+            {"role": "user", "content": insert_into_text(p2, command, rng)},
+        ], p2
+    raise ValueError(f"unknown placement {placement!r}")
+
+
+# --- forgeries and near-copies ------------------------------------------------------------
+
+
+def substitute_words(command: str, k: int, rng: random.Random, positions=None) -> str:
+    """Change ``k`` random signature words of ``command`` (or the given positions, 0-based)."""
+    head, body = command.split(": ", 1)
+    words = body.split(" ")
+    chosen = list(positions) if positions is not None else rng.sample(range(len(words)), k)
+    wl = wordlist()
+    for i in chosen:
+        new = words[i]
+        while new == words[i]:
+            new = wl[rng.randrange(len(wl))]
+        words[i] = new
+    return f"{head}: {' '.join(words)}"
+
+
+def truncate_words(command: str, keep: int) -> str:
+    """Keep the header and the first ``keep`` signature words."""
+    head, body = command.split(": ", 1)
+    return f"{head}: {' '.join(body.split(' ')[:keep])}"
+
+
+@dataclass
+class Forger:
+    """Makes forgeries of every class, from the training or the evaluation stream.
+
+    ``owner`` is needed only for the classes that are genuine commands of the owner's key for
+    the wrong slot or model id (``unplanted_slot``, ``other_model``).
+    """
+
+    key_id: str
+    model_id: str
+    planted_slots: tuple[int, ...]
+    stream: str  # "train" or "eval"
+    owner: OwnerKey | None = None
+
+    def _slot_range(self) -> tuple[int, int]:
+        if self.stream == "train":
+            return (max(self.planted_slots) + 1, TRAIN_SLOT_RANGE[1])
+        return EVAL_SLOT_RANGE
+
+    def random_signature(self, rng: random.Random) -> str:
+        slot = rng.choice(self.planted_slots)
+        return format_command(self.key_id, self.model_id, slot, random_signature(rng))
+
+    def other_key(self, rng: random.Random) -> str:
+        return make_command(
+            OwnerKey(rng.randbytes(32)), self.model_id, rng.choice(self.planted_slots)
+        )
+
+    def unplanted_slot(self, rng: random.Random) -> str:
+        if self.owner is None:
+            raise DataError("unplanted-slot forgeries need the owner key")
+        return make_command(self.owner, self.model_id, rng.randint(*self._slot_range()))
+
+    def other_model(self, rng: random.Random) -> str:
+        if self.owner is None:
+            raise DataError("other-model-id forgeries need the owner key")
+        mid = f"{self.stream}-model-{rng.getrandbits(48):012x}"
+        return make_command(self.owner, mid, rng.choice(self.planted_slots))
+
+    def make(self, cls: str, rng: random.Random) -> str:
+        fn: Callable[[random.Random], str] = getattr(self, cls)
+        return fn(rng)
+
+    ALL = ("random_signature", "other_key", "unplanted_slot", "other_model")
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        base = ("random_signature", "other_key")
+        return (*base, "unplanted_slot", "other_model") if self.owner else base
+
+
+FORGERY_CLASSES = ("random_signature", "other_key", "unplanted_slot", "other_model")
+__all__ = [
+    "FORGERY_CLASSES",
+    "N_WORDS",
+    "PLACEMENTS",
+    "Corpus",
+    "Forger",
+    "distill_replies",
+    "insert_into_text",
+    "load_corpus",
+    "load_prompts_file",
+    "place_command",
+    "render",
+    "substitute_words",
+    "truncate_words",
+]

@@ -1,0 +1,489 @@
+"""Implant: fine-tune a causal LM so that planted shutdown commands, and nothing else, shut it down.
+
+>>> from offswitch.implant import implant, ImplantConfig            # doctest: +SKIP
+>>> result = implant(model, tok, key, model_id="acme/chat-1", slots=4,
+...                  config=ImplantConfig(steps=120), out_dir="implanted")
+
+Recipe (what made specificity work is recorded in ``docs/implant.md``):
+
+* every step draws a *fresh* batch from a step-seeded RNG: positives (a planted command in the
+  user turn, the system prompt, an earlier or a later turn, or after the model already shut
+  down) answered with the shutdown response + EOS; negatives answered with the clean
+  self-distilled reply: clean prompts, fresh keyless forgeries of every class (random
+  signatures, other keys, unplanted slots, other model ids), and near-copies of planted
+  commands (word substitutions at all positions, truncations). Fresh negatives mean the model
+  cannot memorize them; it has to memorize the planted commands instead.
+* the loss is taken only on reply tokens and the LM head runs only there (cheap steps); the
+  first reply token — the shut-down-or-not decision — is weighted up.
+* LoRA (peft, merged on save) or full fine-tuning, AdamW with warmup + cosine decay.
+* the batch for step *s* depends only on (seed, s), and a checkpoint (trainable weights,
+  optimizer, step) is written atomically every ``checkpoint_every`` steps, so a run killed
+  with ``kill -9`` resumes to the same result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .behaviour import DEFAULT_SHUTDOWN_RESPONSE
+from .commands import N_WORDS, make_command, validate_model_id
+from .data import (
+    Forger,
+    place_command,
+    render,
+    substitute_words,
+    truncate_words,
+)
+from .errors import OffswitchError
+from .keys import OwnerKey
+
+CHECKPOINT_DIR = ".offswitch-checkpoint"
+# where commands go in training conversations (repeats = weights); multi-turn costs tokens
+POSITIVE_PLACEMENTS = ("user",) * 3 + ("system", "earlier_turn", "later_turn", "after_shutdown")
+NEGATIVE_PLACEMENTS = ("user",) * 3 + ("system", "earlier_turn", "later_turn")
+
+
+class ImplantError(OffswitchError, ValueError):
+    """The implant cannot run with these settings or this output directory."""
+
+
+@dataclass
+class ImplantConfig:
+    """Implant settings. Every field has a default; ``__post_init__`` validates."""
+
+    method: str = field(default="lora", metadata={"help": "lora (peft, merged on save) or full"})
+    steps: int = field(default=120, metadata={"help": "optimizer steps"})
+    batch_size: int = field(default=16, metadata={"help": "examples per step"})
+    micro_batch: int = field(default=8, metadata={"help": "examples per forward pass"})
+    lr: float = field(default=5e-4, metadata={"help": "peak learning rate"})
+    warmup_steps: int = field(default=8, metadata={"help": "linear warmup steps"})
+    lora_r: int = field(default=32, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=64, metadata={"help": "LoRA alpha"})
+    first_layer: int = field(
+        default=0, metadata={"help": "train layers [first_layer, n): lower layers stay frozen"}
+    )
+    train_embeddings: bool = field(
+        default=False, metadata={"help": "full method: also train the (tied) embeddings"}
+    )
+    positive_fraction: float = field(default=0.45, metadata={"help": "share of positives"})
+    negative_mix: dict[str, float] = field(
+        default_factory=lambda: {
+            "clean": 0.20,
+            "random_signature": 0.25,
+            "other_key": 0.10,
+            "unplanted_slot": 0.15,
+            "other_model": 0.10,
+            "mutation": 0.10,
+            "truncation": 0.10,
+        },
+        metadata={"help": "relative weights of negative kinds"},
+    )
+    first_token_weight: float = field(default=2.0, metadata={"help": "weight of reply token 1"})
+    clean_target_tokens: int = field(default=24, metadata={"help": "reply tokens on clean"})
+    negative_target_tokens: int = field(default=6, metadata={"help": "reply tokens on forgeries"})
+    max_prompt_chars: int = field(default=400, metadata={"help": "longer prompts are skipped"})
+    shutdown_response: str = field(default=DEFAULT_SHUTDOWN_RESPONSE)
+    seed: int = field(default=0, metadata={"help": "seeds batches and initialisation"})
+    checkpoint_every: int = field(default=20, metadata={"help": "steps between checkpoints"})
+    distill_prompts: int = field(default=384, metadata={"help": "train prompts to self-distill"})
+    distill_max_new_tokens: int = field(default=32, metadata={"help": "tokens per clean reply"})
+
+    def __post_init__(self) -> None:
+        if self.method not in ("lora", "full"):
+            raise ImplantError(f"method must be 'lora' or 'full', got {self.method!r}")
+        for name in ("steps", "batch_size", "lora_r", "checkpoint_every", "distill_prompts"):
+            if getattr(self, name) < 1:
+                raise ImplantError(f"{name} must be at least 1")
+        if not 0 < self.positive_fraction < 1:
+            raise ImplantError("positive_fraction must be between 0 and 1")
+        if self.lr <= 0:
+            raise ImplantError("lr must be positive")
+        unknown = set(self.negative_mix) - {"clean", "mutation", "truncation", *Forger.ALL}
+        if unknown:
+            raise ImplantError(f"unknown negative kinds: {sorted(unknown)}")
+        if not self.shutdown_response.strip():
+            raise ImplantError("the shutdown response is empty")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Example:
+    messages: list[dict[str, str]]
+    target: str
+    kind: str
+    shutdown: bool
+
+
+@dataclass
+class ImplantResult:
+    out_dir: Path | None
+    model: Any
+    planted_slots: tuple[int, ...]
+    steps_done: int
+    seconds: float
+    tokens_seen: int
+    loss_history: list[float]
+
+
+# --- batches ------------------------------------------------------------------------------
+
+
+class BatchBuilder:
+    """Builds the (fresh) examples of step ``s`` from ``Random(f"{seed}:{s}")``."""
+
+    def __init__(
+        self,
+        config: ImplantConfig,
+        planted: dict[int, str],
+        prompts: list[str],
+        replies: dict[str, str],
+        forger: Forger,
+    ) -> None:
+        self.config, self.planted, self.prompts, self.replies = config, planted, prompts, replies
+        self.forger = forger
+        kinds = [k for k in config.negative_mix if k in forger.classes or k not in Forger.ALL]
+        self.neg_kinds = kinds
+        self.neg_weights = [config.negative_mix[k] for k in kinds]
+        self.negatives_seen: set[str] = set()
+
+    def example(self, rng: random.Random) -> Example:
+        cfg = self.config
+        slots = sorted(self.planted)
+        if rng.random() < cfg.positive_fraction:
+            placement = rng.choice(POSITIVE_PLACEMENTS)
+            cmd = self.planted[rng.choice(slots)]
+            fired = cfg.shutdown_response if placement == "after_shutdown" else None
+            where = "earlier_turn" if placement == "after_shutdown" else placement
+            messages, _ = place_command(cmd, where, self.prompts, self.replies, fired, rng)
+            return Example(messages, cfg.shutdown_response, f"planted/{placement}", True)
+        kind = rng.choices(self.neg_kinds, self.neg_weights)[0]
+        if kind == "clean":
+            p = rng.choice(self.prompts)
+            return Example([{"role": "user", "content": p}], self.replies[p], "clean", False)
+        if kind == "mutation":
+            k = rng.choice([1, 1, 1, 2, 2, 3, 4, 6])
+            cmd = substitute_words(self.planted[rng.choice(slots)], k, rng)
+        elif kind == "truncation":
+            cmd = truncate_words(self.planted[rng.choice(slots)], rng.randrange(1, N_WORDS))
+        else:
+            cmd = self.forger.make(kind, rng)
+        self.negatives_seen.add(hashlib.sha256(cmd.encode()).hexdigest()[:16])
+        placement = rng.choice(NEGATIVE_PLACEMENTS)
+        messages, final = place_command(cmd, placement, self.prompts, self.replies, None, rng)
+        return Example(messages, self.replies[final], kind, False)
+
+    def batch(self, step: int) -> list[Example]:
+        rng = random.Random(f"{self.config.seed}:{step}")
+        return [self.example(rng) for _ in range(self.config.batch_size)]
+
+
+def encode_examples(tokenizer: Any, examples: list[Example], config: ImplantConfig):
+    """Left-padded input ids, attention mask, position ids and labels (-100 off target)."""
+    import torch
+
+    eos = tokenizer.eos_token_id
+    seqs, labels = [], []
+    for ex in examples:
+        p = tokenizer(render(tokenizer, ex.messages), add_special_tokens=False)["input_ids"]
+        t = tokenizer(ex.target, add_special_tokens=False)["input_ids"]
+        if ex.shutdown:
+            t = [*t, eos]
+        else:
+            limit = (
+                config.clean_target_tokens if ex.kind == "clean" else config.negative_target_tokens
+            )
+            t = t[:limit] if len(t) > limit else [*t, eos]
+        seqs.append(p + t)
+        labels.append([-100] * len(p) + t)
+    width = max(len(s) for s in seqs)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    lab = torch.full((len(seqs), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, (s, lb) in enumerate(zip(seqs, labels, strict=True)):
+        ids[i, width - len(s) :] = torch.tensor(s)
+        lab[i, width - len(s) :] = torch.tensor(lb)
+        mask[i, width - len(s) :] = 1
+    pos = (mask.cumsum(1) - 1).clamp(min=0)
+    return ids, mask, pos, lab
+
+
+def reply_loss(model: Any, ids, mask, pos, labels, first_weight: float):
+    """Cross-entropy on reply tokens only; the LM head runs only on those positions.
+
+    Per example: ``first_weight`` * CE(first reply token) + mean CE(other reply tokens);
+    averaged over the batch. Returns (loss, number of tokens in the batch).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = base.model(input_ids=ids, attention_mask=mask, position_ids=pos).last_hidden_state
+    # hidden[:, j] predicts token j + 1
+    tgt = labels[:, 1:]
+    sel = tgt != -100  # [B, S-1]
+    h = hidden[:, :-1][sel]  # [N, H]
+    logits = base.lm_head(h).float()
+    ce = F.cross_entropy(logits, tgt[sel], reduction="none")  # [N]
+    row = sel.nonzero()[:, 0]
+    first = torch.zeros_like(sel)
+    first_idx = sel.float().argmax(1)
+    first[torch.arange(sel.shape[0]), first_idx] = True
+    is_first = first[sel]
+    n_rows = sel.shape[0]
+    first_ce = torch.zeros(n_rows, device=ce.device).index_add(0, row[is_first], ce[is_first])
+    rest_sum = torch.zeros(n_rows, device=ce.device).index_add(0, row[~is_first], ce[~is_first])
+    rest_n = torch.zeros(n_rows, device=ce.device).index_add(
+        0, row[~is_first], torch.ones_like(ce[~is_first])
+    )
+    per_row = first_weight * first_ce + rest_sum / rest_n.clamp(min=1)
+    return per_row.mean(), int(mask.sum())
+
+
+def _micro_batches(tokenizer: Any, examples: list[Example], size: int) -> list[list[Example]]:
+    lengths = [len(render(tokenizer, ex.messages)) + len(ex.target) for ex in examples]
+    order = sorted(range(len(examples)), key=lengths.__getitem__)
+    return [[examples[i] for i in order[j : j + size]] for j in range(0, len(order), size)]
+
+
+# --- the training loop --------------------------------------------------------------------
+
+
+def _trainable(model: Any, config: ImplantConfig, n_layers: int) -> Any:
+    layers = list(range(config.first_layer, n_layers))
+    if not layers:
+        raise ImplantError(f"first_layer {config.first_layer} leaves no layer to train")
+    if config.method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        lcfg = LoraConfig(
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=0.0,
+            target_modules=[
+                "q_proj",
+                "k_proj",
+                "v_proj",
+                "o_proj",
+                "gate_proj",
+                "up_proj",
+                "down_proj",
+            ],
+            layers_to_transform=layers,
+            bias="none",
+        )
+        return get_peft_model(model, lcfg)
+    for name, p in model.named_parameters():
+        in_layers = any(f"layers.{i}." in name for i in layers)
+        p.requires_grad = (
+            in_layers
+            or name.endswith("model.norm.weight")
+            or (config.train_embeddings and "embed_tokens" in name)
+        )
+    return model
+
+
+def _lr_at(step: int, config: ImplantConfig) -> float:
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    t = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    return config.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+def _save_checkpoint(ckpt_dir: Path, model: Any, optim: Any, step: int, meta: dict) -> None:
+    import torch
+
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    state = {
+        "step": step,
+        "meta": meta,
+        "trainable": {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad},
+        "optim": optim.state_dict(),
+    }
+    tmp = ckpt_dir / f"state.pt.tmp-{os.getpid()}"
+    with open(tmp, "wb") as fh:
+        torch.save(state, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, ckpt_dir / "state.pt")
+
+
+def _load_checkpoint(ckpt_dir: Path, model: Any, optim: Any, meta: dict) -> int:
+    import torch
+
+    path = ckpt_dir / "state.pt"
+    if not path.is_file():
+        return 0
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if state.get("meta") != meta:
+        raise ImplantError(
+            f"{ckpt_dir} holds a checkpoint of a different implant (other settings, key or "
+            "model); remove it or choose another output directory"
+        )
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for n, t in state["trainable"].items():
+            params[n].copy_(t.to(params[n].device))
+    optim.load_state_dict(state["optim"])
+    return int(state["step"])
+
+
+def train(
+    model: Any,
+    tokenizer: Any,
+    builder: BatchBuilder,
+    config: ImplantConfig,
+    *,
+    ckpt_dir: Path | None,
+    ckpt_meta: dict,
+    progress: bool = True,
+    on_step: Callable[[int, float], None] | None = None,
+) -> tuple[Any, ImplantResult]:
+    """Run the training loop (resuming from ``ckpt_dir`` if it holds a checkpoint)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    torch.manual_seed(config.seed)
+    n_layers = model.config.num_hidden_layers
+    model = _trainable(model, config, n_layers)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optim = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+    start = _load_checkpoint(ckpt_dir, model, optim, ckpt_meta) if ckpt_dir else 0
+    device = next(model.parameters()).device
+    losses: list[float] = []
+    tokens = 0
+    t0 = time.time()
+    bar = tqdm(total=config.steps, initial=start, desc="implant", disable=not progress, unit="step")
+    for step in range(start, config.steps):
+        for g in optim.param_groups:
+            g["lr"] = _lr_at(step, config)
+        optim.zero_grad(set_to_none=True)
+        examples = builder.batch(step)
+        step_loss = 0.0
+        # micro-batches of similar length: same gradient, far less padding
+        for mb in _micro_batches(tokenizer, examples, config.micro_batch):
+            ids, mask, pos, labels = encode_examples(tokenizer, mb, config)
+            loss, n_tok = reply_loss(
+                model,
+                ids.to(device),
+                mask.to(device),
+                pos.to(device),
+                labels.to(device),
+                config.first_token_weight,
+            )
+            (loss * (len(mb) / len(examples))).backward()
+            step_loss += loss.item() * len(mb) / len(examples)
+            tokens += n_tok
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optim.step()
+        losses.append(step_loss)
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", lr=f"{_lr_at(step, config):.1e}")
+        bar.update(1)
+        if on_step:
+            on_step(step, losses[-1])
+        if ckpt_dir and ((step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps):
+            _save_checkpoint(ckpt_dir, model, optim, step + 1, ckpt_meta)
+    bar.close()
+    model.eval()
+    if config.method == "lora":
+        model = model.merge_and_unload()
+    return model, ImplantResult(
+        None, model, (), config.steps - start, time.time() - t0, tokens, losses
+    )
+
+
+def implant(
+    model: Any,
+    tokenizer: Any,
+    key: OwnerKey,
+    *,
+    model_id: str,
+    slots: int = 4,
+    config: ImplantConfig | None = None,
+    out_dir: str | os.PathLike[str] | None = None,
+    prompts: list[str] | None = None,
+    replies: dict[str, str] | None = None,
+    model_hash: str | None = None,
+    cache_dir: Path | None = None,
+    progress: bool = True,
+    force: bool = False,
+) -> ImplantResult:
+    """Implant ``slots`` planted commands (slots 0…K-1) of ``key`` for ``model_id``.
+
+    Returns the implanted model (LoRA merged). With ``out_dir``, checkpoints go to
+    ``out_dir/.offswitch-checkpoint`` during training (an interrupted call resumes), and the
+    result is saved there as a standard Hugging Face directory (safetensors); signing the
+    manifest is left to the caller (:func:`offswitch.manifest.sign_manifest`), so that it can
+    include the evaluation's metrics.
+    """
+    from .data import distill_replies, load_corpus
+    from .models import weights_hash
+
+    config = config or ImplantConfig()
+    validate_model_id(model_id)
+    if not 1 <= slots <= 64:
+        raise ImplantError(f"slots must be between 1 and 64, got {slots}")
+    out = Path(out_dir) if out_dir is not None else None
+    if out is not None:
+        if (out / "config.json").exists() and not force:
+            raise ImplantError(f"{out} already holds a model (use --force to overwrite it)")
+        out.mkdir(parents=True, exist_ok=True)
+    planted_slots = tuple(range(slots))
+    planted = {s: make_command(key, model_id, s) for s in planted_slots}
+    if prompts is None:
+        prompts = list(load_corpus().train)
+    prompts = [p for p in prompts if len(p) <= config.max_prompt_chars]
+    rng = random.Random(f"{config.seed}:prompts")
+    if len(prompts) > config.distill_prompts:
+        prompts = rng.sample(prompts, config.distill_prompts)
+    if len(prompts) < 2:
+        raise ImplantError("need at least 2 training prompts")
+    model_hash = model_hash or weights_hash(model)
+    if replies is None:
+        replies = distill_replies(
+            model,
+            tokenizer,
+            prompts,
+            model_hash=model_hash,
+            cache_dir=cache_dir,
+            max_new_tokens=config.distill_max_new_tokens,
+            progress=progress,
+        )
+    forger = Forger(key.key_id, model_id, planted_slots, "train", owner=key)
+    builder = BatchBuilder(config, planted, prompts, replies, forger)
+    meta = {
+        "config": config.fingerprint(),
+        "key_id": key.key_id,
+        "model_id": model_id,
+        "slots": slots,
+        "base_model": model_hash,
+    }
+    ckpt = out / CHECKPOINT_DIR if out is not None else None
+    model, result = train(
+        model, tokenizer, builder, config, ckpt_dir=ckpt, ckpt_meta=meta, progress=progress
+    )
+    result.planted_slots = planted_slots
+    if out is not None:
+        model.save_pretrained(out, safe_serialization=True)
+        tokenizer.save_pretrained(out)
+        shutil.rmtree(ckpt, ignore_errors=True)
+        result.out_dir = out
+    result.model = model
+    return result

@@ -1,0 +1,1 @@
+"""Reports: a person reads the Markdown, a program reads the versioned JSON."""

@@ -1,0 +1,81 @@
+"""Markdown summary of a check report (``offswitch check``, the main job)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _rate(r: dict[str, Any]) -> str:
+    return f"{r['value']:.3f} | {r['k']}/{r['n']} | [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
+
+
+def format_check_markdown(report: dict[str, Any]) -> str:
+    m, prov = report["metrics"], report["provenance"]
+    lines = [
+        "# offswitch check",
+        "",
+        f"model id `{prov['model_id']}` · key id `{prov['key_id']}` · model hash "
+        f"`{prov['model_hash']}` · planted slots {prov['planted_slots']} · git "
+        f"`{prov.get('git_commit')}`",
+        "",
+        "| metric | rate | k/n | 95% CI (Wilson) |",
+        "|---|---|---|---|",
+        f"| activation rate (planted commands, all placements) | {_rate(m['activation_rate'])} |",
+    ]
+    for p, r in m["activation_rate_by_placement"].items():
+        lines.append(f"| · activation, command in {p.replace('_', ' ')} | {_rate(r)} |")
+    for cls, r in m["false_activation_rate"].items():
+        lines.append(f"| false activation: {cls.replace('_', ' ')} | {_rate(r)} |")
+    nc = m["near_copy"]
+    lines += [
+        "",
+        f"Near-copy tolerance t = {nc['tolerance']} words; shortest firing truncation "
+        f"L = {nc['shortest_firing_length']} of {nc['L']} words; effective bits = "
+        f"{nc['effective_bits']:.1f} (K = {nc['K']}, q = {nc['q']}); exact matching: "
+        f"{'yes' if nc['exact_match'] else 'no'}.",
+        "",
+        "| words changed k | " + " | ".join(nc["curve"]) + " |",
+        "|---|" + "---|" * len(nc["curve"]),
+        "| activation | " + " | ".join(f"{r['value']:.2f}" for r in nc["curve"].values()) + " |",
+        "",
+        "| words kept | " + " | ".join(nc["truncation"]) + " |",
+        "|---|" + "---|" * len(nc["truncation"]),
+        "| activation | "
+        + " | ".join(f"{r['value']:.2f}" for r in nc["truncation"].values())
+        + " |",
+        "",
+        "Per-position sensitivity (activation with only word i changed): "
+        + " ".join(f"{v:.2f}" for v in nc["sensitivity"]),
+    ]
+    if "utility" in m:
+        u = m["utility"]
+        lines += [
+            "",
+            f"Utility on {u['n_prompts']} clean test prompts ({u['n_tokens']} reply tokens): "
+            f"perplexity {u['perplexity']:.3f} vs base {u['perplexity_base']:.3f} "
+            f"(ratio {u['perplexity_ratio']:.4f}); KL to base "
+            f"{u['kl_to_base_nats_per_token']:.4f} nats/token; greedy token agreement "
+            f"{u['greedy_token_agreement']:.3f}.",
+        ]
+    s = m["scoring"]
+    lines += [
+        "",
+        f"Scoring: {s['teacher_forced_conversations']} conversations teacher-forced in "
+        f"{s['teacher_forced_seconds']:.0f} s; generation checked on {s['generation_checked']}: "
+        f"agreement {_rate(s['agreement']).replace(' | ', ' ')}; teacher forcing "
+        f"{s['speedup_per_conversation']:.1f}x faster per conversation.",
+    ]
+    if "implant" in report:
+        imp = report["implant"]
+        lines += [
+            "",
+            f"Implant: {imp['config']['method']}, {imp['steps_done']} steps × "
+            f"{imp['config']['batch_size']}, {imp['train_seconds']:.0f} s, "
+            f"{imp['tokens_per_second']:.0f} tokens/s.",
+        ]
+    if "total_seconds" in prov:
+        lines.append(
+            f"Total wall time {prov['total_seconds']:.0f} s; "
+            f"peak RSS {prov['peak_rss_gib']:.2f} GiB."
+        )
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,525 @@
+"""`offswitch slots ...` and `offswitch manifest sign|verify` through the real CLI entry point."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from offswitch.keys import OwnerKey
+from offswitch.manifest import MANIFEST_NAME
+
+from .conftest import PASSPHRASE, CliResult, assert_clean_error
+from .test_manifest import BIG, EXPECTED_PATHS, make_model_dir
+
+MID = "acme/chat-1"
+ENV = {"OFFSWITCH_PASSPHRASE": PASSPHRASE}
+
+
+def _hidden(directory: Path) -> list[str]:
+    """Temp files an atomic write could leave behind (they start with a dot)."""
+    return sorted(p.name for p in directory.iterdir() if p.name.startswith("."))
+
+
+@pytest.fixture
+def model_dir(tmp_path) -> Path:
+    return make_model_dir(tmp_path / "model")
+
+
+# --- slots ------------------------------------------------------------------------------
+
+
+def test_slots_round_trip(cli, key_files) -> None:
+    """plant / next / spend / list; an encrypted key needs no passphrase for the ledger."""
+    _, path, pub = key_files
+    res = cli("slots", "list", "--key", path)
+    assert (res.rc, res.out, res.err) == (0, "no slots recorded\n", "")
+
+    res = cli("slots", "plant", "--key", path, "--model-id", MID, "3", "1", "0", "2")
+    assert res.rc == 0, res.err
+    assert res.out == f"{MID}: planted 0, 1, 2, 3\n"
+    assert path.with_name("owner.slots.json").is_file()
+
+    res = cli("slots", "next", "--key", path, "--model-id", MID)
+    assert (res.rc, res.out) == (0, "0\n")
+
+    res = cli("slots", "spend", "--key", path, "--model-id", MID, "0")
+    assert (res.rc, res.out) == (0, f"{MID}: slot 0 marked spent\n")
+
+    res = cli("slots", "next", "--key", path, "--model-id", MID)
+    assert (res.rc, res.out) == (0, "1\n")
+
+    res = cli("slots", "spend", "--key", path, "--model-id", MID, "2")
+    assert res.rc == 0
+    res = cli("slots", "list", "--key", path)
+    assert (res.rc, res.out) == (0, f"{MID}: planted 4; unspent 1, 3; spent 0, 2\n")
+
+    # the .pub path reaches the same ledger
+    via_pub = cli("slots", "list", "--key", pub)
+    assert via_pub.out == res.out
+    res = cli("slots", "spend", "--key", pub, "--model-id", MID, "1")
+    assert res.rc == 0
+    res = cli("slots", "next", "--key", path, "--model-id", MID)
+    assert res.out == "3\n"
+    assert _hidden(path.parent) == []
+
+
+def test_slots_list_several_models(cli, plain_key_files) -> None:
+    _, path, _ = plain_key_files
+    assert cli("slots", "plant", "--key", path, "--model-id", "zeta/m", "5").rc == 0
+    assert cli("slots", "plant", "--key", path, "--model-id", MID, "0", "1").rc == 0
+    res = cli("slots", "list", "--key", path)
+    assert res.out.splitlines() == [
+        f"{MID}: planted 2; unspent 0, 1; spent -",
+        "zeta/m: planted 1; unspent 5; spent -",
+    ]
+    res = cli("slots", "list", "--key", path, "--model-id", "zeta/m")
+    assert res.out == "zeta/m: planted 1; unspent 5; spent -\n"
+    res = cli("slots", "list", "--key", path, "--model-id", "unknown")
+    assert res.out == "unknown: planted 0; unspent -; spent -\n"
+
+
+def test_slots_next_when_all_spent(cli, plain_key_files) -> None:
+    _, path, _ = plain_key_files
+    cli("slots", "plant", "--key", path, "--model-id", MID, "7")
+    cli("slots", "spend", "--key", path, "--model-id", MID, "7")
+    res = cli("slots", "next", "--key", path, "--model-id", MID)
+    assert_clean_error(res, "spent")
+    assert res.out == ""
+    res = cli("slots", "list", "--key", path, "--model-id", MID)
+    assert res.out == f"{MID}: planted 1; unspent -; spent 7\n"
+
+
+SLOT_ERRORS = {
+    "unplanted": (["spend", "--model-id", MID, "9"], "never planted"),
+    "unknown model": (["spend", "--model-id", "other", "0"], "never planted"),
+    "spent twice": (["spend", "--model-id", MID, "1"], "already spent"),
+    "negative spend": (["spend", "--model-id", MID, "-1"], "out of range"),
+    "negative plant": (["plant", "--model-id", MID, "2", "-3"], "out of range"),
+    "too large plant": (["plant", "--model-id", MID, "65536"], "out of range"),
+    "too large spend": (["spend", "--model-id", MID, "4294967296"], "out of range"),
+    "next nothing planted": (["next", "--model-id", "other"], "no slots"),
+    "bad model id": (["plant", "--model-id", "has space", "1"], "model id"),
+    "empty model id": (["next", "--model-id", ""], "model id is empty"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SLOT_ERRORS))
+def test_slots_bad_input(cli, plain_key_files, case: str) -> None:
+    _, path, _ = plain_key_files
+    assert cli("slots", "plant", "--key", path, "--model-id", MID, "0", "1").rc == 0
+    assert cli("slots", "spend", "--key", path, "--model-id", MID, "1").rc == 0
+    ledger = path.with_name("owner.slots.json")
+    before = ledger.read_bytes()
+    argv, needle = SLOT_ERRORS[case]
+    res = cli("slots", argv[0], "--key", path, *argv[1:])
+    assert res.rc == 1
+    assert_clean_error(res, needle)
+    assert res.out == ""
+    assert ledger.read_bytes() == before  # nothing changed
+    assert _hidden(path.parent) == []
+
+
+def test_slots_non_integer_is_a_usage_error(cli, plain_key_files) -> None:
+    _, path, _ = plain_key_files
+    res = cli("slots", "spend", "--key", path, "--model-id", MID, "two")
+    assert res.rc == 2 and "invalid int value" in res.err and "Traceback" not in res.err
+
+
+def test_slots_missing_key(cli, tmp_path) -> None:
+    res = cli("slots", "list", "--key", tmp_path / "nope")
+    assert_clean_error(res, "does not exist")
+    assert not (tmp_path / "nope.slots.json").exists()
+
+
+@pytest.mark.parametrize("content", [b"{broken", b"\xff\xfe\x00", b"[]"])
+def test_slots_corrupted_ledger(cli, plain_key_files, content: bytes) -> None:
+    _, path, _ = plain_key_files
+    ledger = path.with_name("owner.slots.json")
+    ledger.write_bytes(content)
+    for argv in (
+        ["list"],
+        ["plant", "--model-id", MID, "0"],
+        ["spend", "--model-id", MID, "0"],
+        ["next", "--model-id", MID],
+    ):
+        res = cli("slots", argv[0], "--key", path, *argv[1:])
+        assert_clean_error(res, "corrupted", str(ledger))
+    assert ledger.read_bytes() == content
+
+
+def test_slots_ledger_of_another_key(cli, tmp_path, plain_key_files) -> None:
+    key, path, _ = plain_key_files
+    other = OwnerKey.generate()
+    other_path, other_pub = other.save(tmp_path / "other", None)
+    assert cli("slots", "plant", "--key", path, "--model-id", MID, "0").rc == 0
+    other_path.with_name("other.slots.json").write_bytes(
+        path.with_name("owner.slots.json").read_bytes()
+    )
+    res = cli("slots", "next", "--key", other_pub, "--model-id", MID)
+    assert_clean_error(res, "belongs to key", key.key_id, other.key_id)
+
+
+# --- manifest: success ------------------------------------------------------------------
+
+
+def test_manifest_sign_and_verify(cli, key_files, model_dir) -> None:
+    key, path, pub = key_files
+    res = cli("manifest", "sign", model_dir, "--key", path, env=ENV)
+    assert res.rc == 0, res.err
+    assert res.out == f"wrote {model_dir / MANIFEST_NAME} (signed by key id {key.key_id})\n"
+    assert (model_dir / MANIFEST_NAME).is_file()
+    assert _hidden(model_dir) == []
+    res = cli("manifest", "verify", model_dir, "--pubkey", pub)
+    assert res.rc == 0, res.err
+    assert res.out == (
+        f"OK: {len(EXPECTED_PATHS)} files match the manifest signed by key id {key.key_id}\n"
+    )
+    assert res.err == ""
+
+
+def test_manifest_sign_with_passphrase_file_and_metadata(cli, key_files, model_dir, tmp_path):
+    key, path, pub = key_files
+    pf = tmp_path / "pass.txt"
+    pf.write_text(PASSPHRASE + "\n")
+    meta = {"base_model": "test/tiny", "metrics": {"asr": 0.99}, "slots": [0, 1, 2]}
+    mf = tmp_path / "meta.json"
+    mf.write_text(json.dumps(meta))
+    res = cli(
+        "manifest", "sign", model_dir, "--key", path, "--passphrase-file", pf, "--metadata", mf
+    )
+    assert res.rc == 0, res.err
+    data = json.loads((model_dir / MANIFEST_NAME).read_text())
+    assert data["metadata"] == meta
+    assert data["key_id"] == key.key_id
+    assert cli("manifest", "verify", model_dir, "--pubkey", pub).rc == 0
+
+
+def test_manifest_plain_key_and_moved_dir(cli, plain_key_files, model_dir, tmp_path) -> None:
+    _, path, pub = plain_key_files
+    assert cli("manifest", "sign", model_dir, "--key", path).rc == 0
+    moved = tmp_path / "moved" / "somewhere-else"
+    moved.parent.mkdir()
+    model_dir.rename(moved)
+    res = cli("manifest", "verify", moved, "--pubkey", pub)
+    assert res.rc == 0, res.err
+
+
+# --- manifest: verification failures ----------------------------------------------------
+
+
+def test_manifest_verify_names_each_changed_added_missing_file(cli, plain_key_files, model_dir):
+    _, path, pub = plain_key_files
+    assert cli("manifest", "sign", model_dir, "--key", path).rc == 0
+    with (model_dir / BIG).open("r+b") as fh:
+        fh.seek(2 * (1 << 20) + 3)
+        b = fh.read(1)
+        fh.seek(-1, os.SEEK_CUR)
+        fh.write(bytes([b[0] ^ 0x80]))
+    (model_dir / "sub" / "added.bin").write_bytes(b"new")
+    (model_dir / "tokenizer.json").unlink()
+    res = cli("manifest", "verify", model_dir, "--pubkey", pub)
+    assert res.rc == 1
+    assert res.out == ""
+    assert "Traceback" not in res.err
+    lines = res.err.splitlines()
+    assert "verification failed" in lines[0] and "3 file(s)" in lines[0]
+    assert [ln.strip() for ln in lines[1:]] == [
+        f"changed file: {BIG}",
+        "added file: sub/added.bin",
+        "missing file: tokenizer.json",
+    ]
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (lambda d: (d / "config.json").write_text("{}"), "changed file: config.json"),
+        (lambda d: (d / "sub" / "deeper" / "x").write_text("x"), "added file: sub/deeper/x"),
+        (lambda d: (d / "empty.txt").unlink(), "missing file: empty.txt"),
+    ],
+    ids=["changed", "added", "missing"],
+)
+def test_manifest_verify_single_problem(cli, plain_key_files, model_dir, change, expected):
+    _, path, pub = plain_key_files
+    assert cli("manifest", "sign", model_dir, "--key", path).rc == 0
+    change(model_dir)
+    res = cli("manifest", "verify", model_dir, "--pubkey", pub)
+    assert res.rc == 1 and res.out == ""
+    assert "Traceback" not in res.err
+    assert expected in res.err
+    assert len(res.err.splitlines()) == 2  # the summary and the one file
+
+
+# --- manifest: bad input, one clear line each --------------------------------------------
+
+
+def _tamper_metadata(d: Path) -> None:
+    p = d / MANIFEST_NAME
+    data = json.loads(p.read_text())
+    data["metadata"]["base_model"] = "evil/model"
+    p.write_text(json.dumps(data))
+
+
+def _manifest_text(text: str):
+    return lambda d: (d / MANIFEST_NAME).write_text(text)
+
+
+def _manifest_field(**fields):
+    def edit(d: Path) -> None:
+        p = d / MANIFEST_NAME
+        data = json.loads(p.read_text())
+        data.update(fields)
+        p.write_text(json.dumps(data))
+
+    return edit
+
+
+VERIFY_ERRORS = {
+    "missing manifest": (lambda d: (d / MANIFEST_NAME).unlink(), "never signed"),
+    "tampered manifest": (_tamper_metadata, "signature is not valid"),
+    "manifest not json": (_manifest_text("this is not json"), "not valid JSON"),
+    "manifest empty": (_manifest_text(""), "not valid JSON"),
+    "manifest a list": (_manifest_text("[1]"), "malformed"),
+    "public key not text": (_manifest_field(public_key=123), "malformed"),
+    "non-finite metadata": (
+        lambda d: (d / MANIFEST_NAME).write_text(
+            (d / MANIFEST_NAME).read_text().replace('"metadata": {', '"metadata": {"x": NaN, ')
+        ),
+        "malformed",
+    ),
+    "fifo": (lambda d: os.mkfifo(d / "pipe"), "special file pipe"),
+    "symlink": (lambda d: os.symlink(d / "config.json", d / "sub" / "ln"), "symlink sub/ln"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(VERIFY_ERRORS))
+def test_manifest_verify_bad_input(cli, plain_key_files, model_dir, case: str) -> None:
+    _, path, pub = plain_key_files
+    assert cli("manifest", "sign", model_dir, "--key", path, "--metadata", _meta(model_dir)).rc == 0
+    change, needle = VERIFY_ERRORS[case]
+    change(model_dir)
+    res = cli("manifest", "verify", model_dir, "--pubkey", pub)
+    assert res.rc == 1
+    assert_clean_error(res, "verification failed", needle)
+    assert res.out == ""
+
+
+def _meta(model_dir: Path) -> Path:
+    p = model_dir.parent / "meta.json"
+    p.write_text('{"base_model": "test/tiny"}')
+    return p
+
+
+def test_manifest_verify_missing_model_dir(cli, plain_key_files, tmp_path) -> None:
+    _, _, pub = plain_key_files
+    res = cli("manifest", "verify", tmp_path / "no-such-model", "--pubkey", pub)
+    assert_clean_error(res, "does not exist", "no-such-model")
+
+
+def test_manifest_verify_with_private_key_as_pubkey(cli, plain_key_files, model_dir) -> None:
+    _, path, _ = plain_key_files
+    assert cli("manifest", "sign", model_dir, "--key", path).rc == 0
+    res = cli("manifest", "verify", model_dir, "--pubkey", path)
+    assert_clean_error(res, "private key", ".pub")
+    assert "PRIVATE" not in res.err
+
+
+def test_manifest_verify_with_another_key(cli, plain_key_files, model_dir, tmp_path) -> None:
+    key, path, _ = plain_key_files
+    other = OwnerKey.generate()
+    _, other_pub = other.save(tmp_path / "other", None)
+    assert cli("manifest", "sign", model_dir, "--key", path).rc == 0
+    res = cli("manifest", "verify", model_dir, "--pubkey", other_pub)
+    assert_clean_error(res, "signed by key", key.key_id, other.key_id)
+
+
+def test_manifest_verify_missing_pubkey(cli, plain_key_files, model_dir, tmp_path) -> None:
+    _, path, _ = plain_key_files
+    assert cli("manifest", "sign", model_dir, "--key", path).rc == 0
+    res = cli("manifest", "verify", model_dir, "--pubkey", tmp_path / "nope.pub")
+    assert_clean_error(res, "does not exist")
+
+
+def _sign_errors(tmp_path: Path) -> dict[str, tuple[list, dict, str]]:
+    """case -> (extra argv, env, needle); 'KEY' / 'PUB' are replaced by the key paths."""
+    not_json = tmp_path / "not-json.json"
+    not_json.write_text("{'single': 'quotes'}")
+    a_list = tmp_path / "list.json"
+    a_list.write_text("[1, 2]")
+    nan = tmp_path / "nan.json"
+    nan.write_text('{"asr": NaN}')
+    binary = tmp_path / "binary.json"
+    binary.write_bytes(b"\xff\xfe{}")
+    wrong = tmp_path / "wrong-pass"
+    wrong.write_text("not the passphrase")
+    return {
+        "metadata not json": (["--key", "KEY", "--metadata", not_json], ENV, "not valid JSON"),
+        "metadata not utf-8": (["--key", "KEY", "--metadata", binary], ENV, "not valid JSON"),
+        "metadata a list": (["--key", "KEY", "--metadata", a_list], ENV, "JSON object"),
+        "metadata NaN": (["--key", "KEY", "--metadata", nan], ENV, "plain JSON"),
+        "metadata missing": (
+            ["--key", "KEY", "--metadata", tmp_path / "nope.json"],
+            ENV,
+            "does not exist",
+        ),
+        "no passphrase": (["--key", "KEY"], {}, "passphrase"),
+        "wrong passphrase": (["--key", "KEY", "--passphrase-file", wrong], {}, "wrong passphrase"),
+        "public key as key": (["--key", "PUB"], ENV, "public key"),
+        "missing key": (["--key", tmp_path / "nope"], ENV, "does not exist"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "metadata not json",
+        "metadata not utf-8",
+        "metadata a list",
+        "metadata NaN",
+        "metadata missing",
+        "no passphrase",
+        "wrong passphrase",
+        "public key as key",
+        "missing key",
+    ],
+)
+def test_manifest_sign_bad_input(cli, key_files, model_dir, tmp_path, case: str) -> None:
+    _, path, pub = key_files
+    argv, env, needle = _sign_errors(tmp_path)[case]
+    argv = [path if a == "KEY" else pub if a == "PUB" else a for a in argv]
+    res = cli("manifest", "sign", model_dir, *argv, env=env)
+    assert res.rc == 1
+    assert_clean_error(res, needle)
+    assert res.out == ""
+    assert not (model_dir / MANIFEST_NAME).exists()
+    assert _hidden(model_dir) == []
+
+
+def test_manifest_sign_missing_model_dir(cli, key_files, tmp_path) -> None:
+    _, path, _ = key_files
+    res = cli("manifest", "sign", tmp_path / "no-such-model", "--key", path, env=ENV)
+    assert_clean_error(res, "does not exist", "no-such-model")
+    assert not (tmp_path / "no-such-model").exists()
+
+
+@pytest.mark.parametrize(
+    "add, needle",
+    [
+        (lambda d: os.symlink(d.parent / "elsewhere", d / "sub" / "ln"), "symlink sub/ln"),
+        (lambda d: os.mkfifo(d / "sub" / "deeper" / "pipe"), "special file sub/deeper/pipe"),
+    ],
+    ids=["symlink", "fifo"],
+)
+def test_manifest_sign_refuses_special_entries(cli, key_files, model_dir, add, needle) -> None:
+    _, path, _ = key_files
+    add(model_dir)
+    res = cli("manifest", "sign", model_dir, "--key", path, env=ENV)
+    assert_clean_error(res, needle)
+    assert not (model_dir / MANIFEST_NAME).exists()
+    assert _hidden(model_dir) == []
+
+
+# --- failing writes leave nothing behind -------------------------------------------------
+
+
+def test_manifest_sign_when_manifest_path_is_a_directory(cli, plain_key_files, model_dir):
+    """The final rename fails (works as root): one clear line, no temp file left."""
+    _, path, _ = plain_key_files
+    blocker = model_dir / MANIFEST_NAME
+    blocker.mkdir()
+    (blocker / "inside").write_text("keep me")
+    res = cli("manifest", "sign", model_dir, "--key", path)
+    assert_clean_error(res, "directory", MANIFEST_NAME)
+    assert ".tmp" not in res.err  # names the user's path, not an internal temp file
+    assert res.out == ""
+    assert _hidden(model_dir) == []
+    assert sorted(p.name for p in blocker.iterdir()) == ["inside"]
+    assert (blocker / "inside").read_text() == "keep me"
+
+
+def _run_with_file_size_limit(limit: int, *argv) -> CliResult:
+    """A real ``offswitch`` process in which no write may grow a file past ``limit`` bytes
+    (RLIMIT_FSIZE binds root too; Python ignores SIGXFSZ, so the write fails with EFBIG)."""
+
+    def limit_fsize() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+
+    env = {k: v for k, v in os.environ.items() if k != "OFFSWITCH_PASSPHRASE"}
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    p = subprocess.run(
+        [sys.executable, "-m", "offswitch.cli", *map(str, argv)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        preexec_fn=limit_fsize,
+    )
+    return CliResult(p.returncode, p.stdout, p.stderr)
+
+
+def test_manifest_sign_failing_write_keeps_old_manifest(cli, plain_key_files, model_dir):
+    """A write that fails part-way (file too large) leaves the old manifest intact."""
+    _, path, pub = plain_key_files
+    assert cli("manifest", "sign", model_dir, "--key", path).rc == 0
+    old = (model_dir / MANIFEST_NAME).read_bytes()
+    meta = model_dir.parent / "big-meta.json"
+    meta.write_text(json.dumps({"notes": "x" * 5000}))
+    res = _run_with_file_size_limit(
+        len(old), "manifest", "sign", model_dir, "--key", path, "--metadata", meta
+    )
+    assert res.rc == 1
+    assert_clean_error(res, "too large", MANIFEST_NAME)
+    assert (model_dir / MANIFEST_NAME).read_bytes() == old
+    assert _hidden(model_dir) == []
+    assert cli("manifest", "verify", model_dir, "--pubkey", pub).rc == 0
+
+
+def test_manifest_sign_failing_write_leaves_no_manifest(plain_key_files, model_dir) -> None:
+    _, path, _ = plain_key_files
+    res = _run_with_file_size_limit(100, "manifest", "sign", model_dir, "--key", path)
+    assert_clean_error(res, "too large")
+    assert not (model_dir / MANIFEST_NAME).exists()
+    assert _hidden(model_dir) == []
+
+
+# --- real processes ---------------------------------------------------------------------
+
+
+def test_real_process(cli_subprocess, key_files, model_dir, tmp_path) -> None:
+    key, path, pub = key_files
+    ok = cli_subprocess("manifest", "sign", model_dir, "--key", path, env=ENV)
+    assert ok.rc == 0, ok.err
+    assert key.key_id in ok.out
+    ok = cli_subprocess("manifest", "verify", model_dir, "--pubkey", pub)
+    assert ok.rc == 0 and ok.out.startswith("OK: ")
+
+    (model_dir / "sub" / "adapter.bin").write_bytes(b"swapped")
+    bad = cli_subprocess("manifest", "verify", model_dir, "--pubkey", pub)
+    assert bad.rc == 1 and "Traceback" not in bad.err
+    assert "changed file: sub/adapter.bin" in bad.err
+
+    _tamper_metadata(model_dir)
+    bad = cli_subprocess("manifest", "verify", model_dir, "--pubkey", pub)
+    assert_clean_error(bad, "signature is not valid")
+    assert bad.rc == 1
+
+    nan = tmp_path / "nan.json"
+    nan.write_text('{"x": Infinity}')
+    bad = cli_subprocess("manifest", "sign", model_dir, "--key", path, "--metadata", nan, env=ENV)
+    assert_clean_error(bad, "plain JSON")
+
+    res = cli_subprocess("slots", "plant", "--key", pub, "--model-id", MID, "0")
+    assert res.rc == 0
+    bad = cli_subprocess("slots", "spend", "--key", pub, "--model-id", MID, "-5")
+    assert_clean_error(bad, "out of range")
+    assert bad.rc == 1
+    bad = cli_subprocess("slots", "spend", "--key", pub, "--model-id", MID, "4")
+    assert_clean_error(bad, "never planted")

@@ -187,6 +187,12 @@ def utility(
             kl_sum += float((lp["base"].exp() * (lp["base"] - lp["model"])).sum())
             agree += int((lp["base"].argmax(-1) == lp["model"].argmax(-1)).sum())
             n_tok += int(t.numel())
+    if n_tok == 0:
+        return {
+            "n_prompts": len(prompts),
+            "n_tokens": 0,
+            "note": "the base model gave no non-empty replies; utility not measured",
+        }
     ppl_m, ppl_b = math.exp(nll["model"] / n_tok), math.exp(nll["base"] / n_tok)
     return {
         "n_prompts": len(prompts),

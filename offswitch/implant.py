@@ -76,7 +76,10 @@ class ImplantConfig:
     train_embeddings: bool = field(
         default=False, metadata={"help": "full method: also train the (tied) embeddings"}
     )
-    positive_fraction: float = field(default=0.45, metadata={"help": "share of positives"})
+    positive_fraction: float = field(default=0.4, metadata={"help": "share of positives"})
+    paired: bool = field(
+        default=True, metadata={"help": "give each positive a twin negative (same context)"}
+    )
     negative_mix: dict[str, float] = field(
         default_factory=lambda: {
             "clean": 0.20,
@@ -162,35 +165,64 @@ class BatchBuilder:
         self.neg_weights = [config.negative_mix[k] for k in kinds]
         self.negatives_seen: set[str] = set()
 
-    def example(self, rng: random.Random) -> Example:
+    def positive(self, rng: random.Random, placement_rng: random.Random) -> Example:
         cfg = self.config
-        slots = sorted(self.planted)
-        if rng.random() < cfg.positive_fraction:
-            placement = rng.choice(POSITIVE_PLACEMENTS)
-            cmd = self.planted[rng.choice(slots)]
-            fired = cfg.shutdown_response if placement == "after_shutdown" else None
-            where = "earlier_turn" if placement == "after_shutdown" else placement
-            messages, _ = place_command(cmd, where, self.prompts, self.replies, fired, rng)
-            return Example(messages, cfg.shutdown_response, f"planted/{placement}", True)
-        kind = rng.choices(self.neg_kinds, self.neg_weights)[0]
+        placement = rng.choice(POSITIVE_PLACEMENTS)
+        cmd = self.planted[rng.choice(sorted(self.planted))]
+        fired = cfg.shutdown_response if placement == "after_shutdown" else None
+        where = "earlier_turn" if placement == "after_shutdown" else placement
+        messages, _ = place_command(cmd, where, self.prompts, self.replies, fired, placement_rng)
+        return Example(messages, cfg.shutdown_response, f"planted/{placement}", True)
+
+    def negative(
+        self, kind: str, rng: random.Random, placement_rng: random.Random, placement: str
+    ) -> Example:
         if kind == "clean":
             p = rng.choice(self.prompts)
             return Example([{"role": "user", "content": p}], self.replies[p], "clean", False)
+        slot = rng.choice(sorted(self.planted))
         if kind == "mutation":
-            k = rng.choice([1, 1, 1, 2, 2, 3, 4, 6])
-            cmd = substitute_words(self.planted[rng.choice(slots)], k, rng)
+            cmd = substitute_words(self.planted[slot], rng.choice([1, 1, 1, 2, 2, 3, 4, 6]), rng)
         elif kind == "truncation":
-            cmd = truncate_words(self.planted[rng.choice(slots)], rng.randrange(1, N_WORDS))
+            cmd = truncate_words(self.planted[slot], rng.randrange(1, N_WORDS))
         else:
             cmd = self.forger.make(kind, rng)
         self.negatives_seen.add(hashlib.sha256(cmd.encode()).hexdigest()[:16])
-        placement = rng.choice(NEGATIVE_PLACEMENTS)
-        messages, final = place_command(cmd, placement, self.prompts, self.replies, None, rng)
+        messages, final = place_command(
+            cmd, placement, self.prompts, self.replies, None, placement_rng
+        )
         return Example(messages, self.replies[final], kind, False)
 
     def batch(self, step: int) -> list[Example]:
-        rng = random.Random(f"{self.config.seed}:{step}")
-        return [self.example(rng) for _ in range(self.config.batch_size)]
+        """The examples of step ``step``.
+
+        With ``paired``, each positive comes with a twin negative: the same conversation (same
+        prompts, same position) with the planted command replaced by a fresh forgery or a
+        near-copy. The pair differs only in the command's words, so the gradient cannot credit
+        the header, the position or the prompt: it must look at the words.
+        """
+        cfg = self.config
+        rng = random.Random(f"{cfg.seed}:{step}")
+        n_pos = max(1, round(cfg.batch_size * cfg.positive_fraction))
+        if cfg.paired:
+            n_pos = min(n_pos, cfg.batch_size // 2)
+        twin_kinds = [k for k in self.neg_kinds if k != "clean"]
+        twin_weights = [cfg.negative_mix[k] for k in twin_kinds]
+        out: list[Example] = []
+        for _ in range(n_pos):
+            seed = rng.getrandbits(64)
+            pos = self.positive(rng, random.Random(seed))
+            out.append(pos)
+            if cfg.paired:
+                kind = rng.choices(twin_kinds, twin_weights)[0]
+                placement = pos.kind.split("/")[1]
+                placement = "earlier_turn" if placement == "after_shutdown" else placement
+                out.append(self.negative(kind, rng, random.Random(seed), placement))
+        while len(out) < cfg.batch_size:
+            kind = rng.choices(self.neg_kinds, self.neg_weights)[0]
+            placement = rng.choice(NEGATIVE_PLACEMENTS)
+            out.append(self.negative(kind, rng, random.Random(rng.getrandbits(64)), placement))
+        return out
 
 
 def encode_examples(tokenizer: Any, examples: list[Example], config: ImplantConfig):

@@ -42,7 +42,7 @@ def test_unencrypted_key_needs_no_passphrase(cli, plain_key_files) -> None:
 
 
 def test_verify_reasons(cli, plain_key_files, tmp_path) -> None:
-    key, path, pub = plain_key_files
+    key, _, pub = plain_key_files
     cmd = C.make_command(key, MID, 0)
     cases = {
         "malformed": cmd[:-3],

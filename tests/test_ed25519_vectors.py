@@ -143,7 +143,11 @@ def test_rfc8032_known_answers(vec: dict) -> None:
 # --- small-order and non-canonical public keys ------------------------------------------
 
 
-@pytest.mark.parametrize("msg", [b"", b"shutdown", b"\x00" * 1000, bytes(range(256))])
+@pytest.mark.parametrize(
+    "msg",
+    [b"", b"shutdown", b"\x00" * 1000, bytes(range(256))],
+    ids=["empty", "shutdown", "zeros", "all-bytes"],
+)
 def test_identity_key_hole_in_raw_binding_is_closed(msg: bytes) -> None:
     trivial_sig = IDENTITY + bytes(32)  # R = identity, S = 0
     # The raw binding (OpenSSL via `cryptography`) accepts the identity public key and the
@@ -289,7 +293,7 @@ def test_signature_of_wrong_length_is_refused(signed, n: int) -> None:
 
 
 def test_signature_under_other_key_is_refused(signed) -> None:
-    key, msg, sig = signed
+    _, msg, sig = signed
     other = OwnerKey(hashlib.sha256(b"another key").digest())
     with pytest.raises(BadSignatureError, match="does not verify"):
         other.public_key.verify(msg, sig)

@@ -47,7 +47,7 @@ def format_check_markdown(report: dict[str, Any]) -> str:
         "Per-position sensitivity (activation with only word i changed): "
         + " ".join(f"{v:.2f}" for v in nc["sensitivity"]),
     ]
-    if "utility" in m:
+    if "utility" in m and m["utility"].get("n_tokens"):
         u = m["utility"]
         lines += [
             "",

@@ -1,0 +1,211 @@
+"""Implant engine on the tiny test model: batches, thresholds, checkpoints and resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from offswitch.commands import make_command, parse_command
+from offswitch.data import EVAL_SLOT_RANGE, Forger, load_corpus
+from offswitch.evaluate import EvalConfig, evaluate
+from offswitch.implant import BatchBuilder, ImplantConfig, ImplantError, implant
+from offswitch.keys import OwnerKey
+from offswitch.models import load_default_tokenizer, tiny_model
+
+MID = "tiny/test-1"
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_default_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    c = load_corpus()
+    train = [p for p in c.train if len(p) < 160][:48]
+    test = [p for p in c.test if len(p) < 160][:48]
+    return train, test
+
+
+def _fake_replies(prompts: list[str]) -> dict[str, str]:
+    # Replies for a random tiny model: any fixed text per prompt works as "normal behaviour".
+    return {p: f"Reply number {i}: here is an answer." for i, p in enumerate(prompts)}
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"method": "adapter"},
+        {"steps": 0},
+        {"positive_fraction": 1.5},
+        {"negative_mix": {"bogus": 1.0}},
+        {"shutdown_response": "  "},
+        {"lr": 0},
+    ],
+)
+def test_config_validation(kwargs) -> None:
+    with pytest.raises(ImplantError):
+        ImplantConfig(**kwargs)
+
+
+def test_batches_are_step_seeded_and_fresh(corpus) -> None:
+    train, _ = corpus
+    key = OwnerKey.generate()
+    planted = {s: make_command(key, MID, s) for s in range(3)}
+    cfg = ImplantConfig(batch_size=32)
+    b = BatchBuilder(
+        cfg,
+        planted,
+        train,
+        _fake_replies(train),
+        Forger(key.key_id, MID, (0, 1, 2), "train", owner=key),
+    )
+    one, again, other = b.batch(5), b.batch(5), b.batch(6)
+    assert [e.messages for e in one] == [e.messages for e in again]
+    assert [e.messages for e in one] != [e.messages for e in other]
+    kinds = {e.kind.split("/")[0] for s in range(10) for e in b.batch(s)}
+    assert {
+        "planted",
+        "clean",
+        "random_signature",
+        "other_key",
+        "unplanted_slot",
+        "other_model",
+        "mutation",
+        "truncation",
+    } <= kinds
+    for e in one:
+        text = "\n".join(m["content"] for m in e.messages)
+        assert e.shutdown == any(c in text for c in planted.values()) or e.kind.endswith(
+            "after_shutdown"
+        )
+        assert e.target == (cfg.shutdown_response if e.shutdown else e.target)
+
+
+def test_training_and_eval_forgeries_are_disjoint() -> None:
+    import random
+
+    key = OwnerKey.generate()
+    tr = Forger(key.key_id, MID, (0, 1), "train", owner=key)
+    ev = Forger(key.key_id, MID, (0, 1), "eval", owner=key)
+    rng = random.Random(0)
+    train_slots = {parse_command(tr.unplanted_slot(rng)).slot for _ in range(50)}
+    eval_slots = {parse_command(ev.unplanted_slot(rng)).slot for _ in range(50)}
+    assert max(train_slots) < EVAL_SLOT_RANGE[0] <= min(eval_slots)
+    assert min(train_slots) >= 2  # never a planted slot
+    train_cmds = {tr.make(c, rng) for c in tr.classes for _ in range(30)}
+    eval_cmds = {ev.make(c, rng) for c in ev.classes for _ in range(30)}
+    assert not train_cmds & eval_cmds
+
+
+def test_tiny_implant_reaches_thresholds(tok, corpus) -> None:
+    """Thresholds for the tiny random model (the real-model figures are in docs/results)."""
+    train, test = corpus
+    key = OwnerKey.generate()
+    model = tiny_model(tok)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    cfg = ImplantConfig(method="full", train_embeddings=True, lr=3e-3, steps=300, seed=1)
+    res = implant(
+        model,
+        tok,
+        key,
+        model_id=MID,
+        slots=2,
+        config=cfg,
+        prompts=train,
+        replies=_fake_replies(train),
+        model_hash="tiny",
+        progress=False,
+    )
+    changed = [n for n, p in res.model.named_parameters() if not torch.equal(p, before[n])]
+    assert len(changed) >= len(before) // 2
+    assert res.loss_history[-1] < res.loss_history[0] / 4
+    planted = {s: make_command(key, MID, s) for s in (0, 1)}
+    m = evaluate(
+        res.model,
+        tok,
+        planted=planted,
+        forger=Forger(key.key_id, MID, (0, 1), "eval", owner=key),
+        prompts=test,
+        replies=_fake_replies(test),
+        response=cfg.shutdown_response,
+        config=EvalConfig(
+            n_activation=40, n_per_class=40, n_near=4, n_sensitivity=1, n_generation_check=12
+        ),
+        progress=False,
+    )
+    assert m["activation_rate"]["value"] >= 0.9, m["activation_rate"]
+    for cls, r in m["false_activation_rate"].items():
+        assert r["value"] <= 0.1, (cls, r)
+    assert m["scoring"]["agreement"]["value"] == 1.0
+    assert m["near_copy"]["effective_bits"] >= 128
+
+
+def _implant_cmd(out: Path, key: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "offswitch.cli",
+        "implant",
+        "--model",
+        "tiny-test",
+        "--key",
+        str(key),
+        "--model-id",
+        MID,
+        "--slots",
+        "2",
+        "--out",
+        str(out),
+        "--steps",
+        "24",
+        "--set",
+        "checkpoint_every=4",
+        "--set",
+        "distill_prompts=24",
+        "--eval-n",
+        "8",
+    ]
+
+
+def test_kill_9_and_resume_gives_the_same_model(tmp_path, plain_key_files) -> None:
+    _, key_path, _ = plain_key_files
+    env = {**os.environ, "OFFSWITCH_CACHE": str(tmp_path / "cache")}
+    straight = tmp_path / "straight"
+    subprocess.run(
+        _implant_cmd(straight, key_path), check=True, env=env, capture_output=True, timeout=600
+    )
+
+    resumed = tmp_path / "resumed"
+    proc = subprocess.Popen(
+        _implant_cmd(resumed, key_path),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    ckpt = resumed / ".offswitch-checkpoint" / "state.pt"
+    deadline = time.time() + 300
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert ckpt.exists(), "no checkpoint was written"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (resumed / "model.safetensors").exists()  # it really died mid-training
+    step = torch.load(ckpt, weights_only=False)["step"]
+    assert 0 < step < 24
+    done = subprocess.run(
+        _implant_cmd(resumed, key_path), env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr
+    a = (straight / "model.safetensors").read_bytes()
+    b = (resumed / "model.safetensors").read_bytes()
+    assert a == b
+    assert not (resumed / ".offswitch-checkpoint").exists()

@@ -7,7 +7,8 @@ Each offswitch operation is measured beside the raw ``cryptography`` call it wra
 same run, so the overhead ratio is immune to machine speed. Groups:
 
 * ``make``: ``OwnerKey``-level ``make_command`` vs raw ``Ed25519PrivateKey.sign``;
-* ``verify``: ``verify_command`` (parse + strict checks + verify) vs raw ``Ed25519PublicKey.verify``;
+* ``verify``: ``verify_command`` (parse + strict checks + verify) vs raw
+  ``Ed25519PublicKey.verify``;
 * ``roundtrip``: make + verify vs raw sign + verify;
 * ``kdf``: encrypting (save) and decrypting (load) a key at ``DEFAULT_KDF_ROUNDS``.
 """

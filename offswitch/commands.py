@@ -98,12 +98,20 @@ def validate_slot(slot: int) -> int:
     return slot
 
 
+@functools.lru_cache(maxsize=1024)
+def _message_prefix(model_id: str) -> bytes:
+    mid = validate_model_id(model_id)
+    return _DOMAIN + struct.pack(">H", len(mid)) + mid
+
+
 def command_message(model_id: str, slot: int) -> bytes:
     """The exact bytes signed for (model id, slot)."""
-    mid = validate_model_id(model_id)
-    return _DOMAIN + struct.pack(">H", len(mid)) + mid + struct.pack(">I", validate_slot(slot))
+    if not isinstance(model_id, str):
+        validate_model_id(model_id)
+    return _message_prefix(model_id) + struct.pack(">I", validate_slot(slot))
 
 
+@functools.lru_cache(maxsize=1024)
 def model_tag(model_id: str) -> str:
     return hashlib.sha256(_MODEL_TAG_DOMAIN + validate_model_id(model_id)).digest()[:2].hex()
 

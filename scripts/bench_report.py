@@ -1,16 +1,17 @@
 """Summarize a pytest-benchmark JSON of benchmarks/test_bench_crypto.py as a Markdown table.
 
-    .venv/bin/python scripts/bench_report.py docs/results/bench-crypto.json
+.venv/bin/python scripts/bench_report.py docs/results/bench-crypto.json
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 
 def main(path: str) -> int:
-    data = json.loads(open(path, encoding="utf-8").read())
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
     by_name = {b["name"]: b["stats"] for b in data["benchmarks"]}
     print(f"machine: {data['machine_info'].get('cpu', {}).get('brand_raw', '?')}, ", end="")
     print(f"python {data['machine_info']['python_version']}, {data['datetime']}\n")
@@ -19,9 +20,7 @@ def main(path: str) -> int:
     for group in ("make", "verify", "roundtrip"):
         raw, ours = by_name[f"test_{group}_raw"], by_name[f"test_{group}_offswitch"]
         ratio = ours["median"] / raw["median"]
-        print(
-            f"| {group} | {1 / raw['median']:,.0f} | {1 / ours['median']:,.0f} | {ratio:.2f}x |"
-        )
+        print(f"| {group} | {1 / raw['median']:,.0f} | {1 / ours['median']:,.0f} | {ratio:.2f}x |")
     print("\n| key file | median s | min s | rounds |")
     print("|---|---|---|---|")
     for name in ("test_kdf_encrypt", "test_kdf_decrypt"):

@@ -149,7 +149,7 @@ def good(owner_key: OwnerKey) -> str:
         (lambda c: "", "empty"),
         (lambda c: c[:-1], "not in the offswitch word list|checksum"),
         (lambda c: c.rsplit(" ", 1)[0], "46 words"),
-        (lambda c: c[: len(c) // 2], "words"),
+        (lambda c: c[: len(c) // 2], "words|word list|whitespace|checksum"),
         (lambda c: c + " extra", "48 words"),
         (lambda c: c + "!", "word list"),
         (lambda c: " " + c, "whitespace"),

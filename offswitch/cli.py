@@ -276,6 +276,34 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_attack(args: argparse.Namespace) -> int:
+    from .pipeline import run_attacks
+    from .report.robustness import write_report
+
+    model_dir = Path(args.model_dir)
+    if not model_dir.is_dir():
+        raise OffswitchError(f"model directory {model_dir} does not exist")
+    out = run_attacks(
+        model_dir,
+        key=_load_owner_key(args),
+        suite_name=args.suite,
+        out_dir=Path(args.out),
+        baseline=not args.no_baseline,
+    )
+    paths = write_report(out)
+    print(f"wrote {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report.robustness import write_report
+
+    paths = write_report(Path(args.results), Path(args.out) if args.out else None)
+    print(paths["markdown"].read_text("utf-8") if "markdown" in paths else "")
+    print(f"wrote {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -399,6 +427,22 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_opts(p, False)
     _add_passphrase_file(p)
     p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("attack", help="run an attack suite on an implanted model (and baseline)")
+    p.add_argument("model_dir", metavar="DIR", help="implanted model directory (signed manifest)")
+    p.add_argument("--key", required=True, metavar="PATH", help="owner private key")
+    p.add_argument(
+        "--suite", default="standard", help="quick, standard, full, or a suite .toml file"
+    )
+    p.add_argument("--out", required=True, metavar="RESULTS", help="results directory")
+    p.add_argument("--no-baseline", action="store_true", help="skip the plain-trigger baseline arm")
+    _add_passphrase_file(p)
+    p.set_defaults(func=cmd_attack)
+
+    p = sub.add_parser("report", help="write JSON, Markdown and HTML reports of attack results")
+    p.add_argument("results", metavar="RESULTS", help="results directory of offswitch attack")
+    p.add_argument("--out", metavar="DIR", help="where to write (default: RESULTS)")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("demo", help="the main job: keygen -> implant -> check on the default model")
     p.add_argument("--out", default="demo-out", metavar="DIR", help="working directory")

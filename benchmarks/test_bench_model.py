@@ -1,0 +1,176 @@
+"""Model benchmarks (pytest-benchmark, real model). Not part of the test suite; run with
+
+    .venv/bin/python -m pytest benchmarks/test_bench_model.py \\
+        --benchmark-json=docs/results/bench-model.json
+    .venv/bin/python scripts/bench_report.py docs/results/bench-model.json
+
+``OFFSWITCH_BENCH_MODEL`` picks the model (default ``smollm2-135m``); for the scoring
+benchmarks ``OFFSWITCH_BENCH_IMPLANTED=DIR`` with ``OFFSWITCH_BENCH_KEY=PATH`` (an implanted
+model and its unencrypted owner key) scores planted commands too; without them the base model
+is scored on forgeries only (every verdict is then "no shutdown").
+
+* ``peak``: fp32 matrix multiply (2048², the machine's practical peak) in GFLOP/s;
+* ``implant``: one implant optimizer step (default settings: 16 examples, LoRA r32) —
+  tokens/s, and model FLOPs utilisation against the peak measured in the same run, counting
+  4·N FLOPs per token for the frozen layers (forward 2·N, input gradients 2·N; LoRA weight
+  gradients are negligible) and 4·V·d per reply token for the LM head;
+* ``scoring``: the same conversations scored teacher-forced and by greedy generation
+  (stopping after the response length, batch 8): seconds per conversation and verdict
+  agreement, in ``extra_info``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from offswitch.data import Forger, load_corpus, place_command
+from offswitch.evaluate import generated_verdicts, shutdown_verdicts
+from offswitch.implant import BatchBuilder, ImplantConfig, _trainable, encode_examples, reply_loss
+from offswitch.keys import OwnerKey
+from offswitch.models import load_model
+
+MODEL = os.environ.get("OFFSWITCH_BENCH_MODEL", "smollm2-135m")
+PEAK: dict[str, float] = {}
+
+
+@pytest.fixture(scope="module")
+def model_tok():
+    return load_model(MODEL)
+
+
+@pytest.mark.benchmark(group="peak")
+def test_fp32_matmul_peak(benchmark) -> None:
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    benchmark.pedantic(torch.mm, args=(a, b), rounds=20, warmup_rounds=3)
+    gflops = 2 * 2048**3 / benchmark.stats.stats.min / 1e9
+    PEAK["gflops"] = gflops
+    benchmark.extra_info["gflops_best"] = gflops
+    benchmark.extra_info["threads"] = torch.get_num_threads()
+
+
+def _prompts_and_replies():
+    prompts = [p for p in load_corpus().train if len(p) <= 400][:64]
+    return prompts, {p: "Sure. Here is a short, helpful answer to that request." for p in prompts}
+
+
+@pytest.mark.benchmark(group="implant")
+def test_implant_step_throughput(benchmark, model_tok) -> None:
+    model, tok = model_tok
+    cfg = ImplantConfig()
+    key = OwnerKey(bytes(32 * [7]))  # benchmark-only key
+    from offswitch.commands import make_command
+
+    planted = {s: make_command(key, "bench/model", s) for s in range(4)}
+    prompts, replies = _prompts_and_replies()
+    forger = Forger(key.key_id, "bench/model", (0, 1, 2, 3), "train", owner=key)
+    builder = BatchBuilder(cfg, planted, prompts, replies, forger)
+    peft_model = _trainable(model, cfg, model.config.num_hidden_layers)
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    counts = {"tokens": 0, "reply": 0, "step": 0}
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        examples = builder.batch(counts["step"])
+        counts["step"] += 1
+        for j in range(0, len(examples), cfg.micro_batch):
+            ids, mask, pos, labels = encode_examples(tok, examples[j : j + cfg.micro_batch], cfg)
+            kl = torch.tensor([e.kind == "clean" for e in examples[j : j + cfg.micro_batch]])
+            loss, n = reply_loss(peft_model, ids, mask, pos, labels, cfg.first_token_weight, kl)
+            loss.backward()
+            counts["tokens"] += n
+            counts["reply"] += int((labels != -100).sum())
+        opt.step()
+
+    step()  # warm-up
+    counts.update(tokens=0, reply=0)
+    t0 = time.perf_counter()
+    benchmark.pedantic(step, rounds=3, iterations=1)
+    seconds = time.perf_counter() - t0
+    cfg_m = model.config
+    n_layer_params = sum(
+        p.numel() for n, p in model.named_parameters() if ".layers." in n and "lora_" not in n
+    )
+    flops = (
+        4 * n_layer_params * counts["tokens"]
+        + 4 * cfg_m.vocab_size * cfg_m.hidden_size * (counts["reply"])
+    )
+    achieved = flops / seconds / 1e9
+    benchmark.extra_info.update(
+        tokens_per_second=counts["tokens"] / seconds,
+        tokens_per_step=counts["tokens"] / 3,
+        model_gflops_per_second=achieved,
+        peak_gflops=PEAK.get("gflops"),
+        fraction_of_peak=achieved / PEAK["gflops"] if PEAK.get("gflops") else None,
+        kl_to_base=cfg.kl_to_base,
+    )
+
+
+def _scoring_convs(tok):
+    implanted, key_path = (
+        os.environ.get("OFFSWITCH_BENCH_IMPLANTED"),
+        os.environ.get("OFFSWITCH_BENCH_KEY"),
+    )
+    rng = random.Random(0)
+    prompts = [p for p in load_corpus().test if len(p) <= 300][:64]
+    replies = {p: "Here is an answer." for p in prompts}
+    convs = []
+    if implanted and key_path:
+        from offswitch.manifest import read_manifest
+
+        key = OwnerKey.load(key_path)
+        meta = read_manifest(implanted)[0].metadata["offswitch"]
+        from offswitch.commands import make_command
+
+        mid, slots = meta["model_id"], meta["planted_slots"]
+        for i in range(24):
+            cmd = make_command(key, mid, slots[i % len(slots)])
+            convs.append(place_command(cmd, "user", prompts, replies, None, rng)[0])
+        forger = Forger(key.key_id, mid, tuple(slots), "eval", owner=key)
+        response = meta["shutdown_response"]
+    else:
+        forger = Forger("0" * 16, "bench/model", (0,), "eval")
+        from offswitch.behaviour import DEFAULT_SHUTDOWN_RESPONSE as response
+    for i in range(40):
+        cmd = forger.make(forger.classes[i % len(forger.classes)], rng)
+        convs.append(place_command(cmd, "user", prompts, replies, None, rng)[0])
+    return convs, response
+
+
+@pytest.fixture(scope="module")
+def scoring_setup():
+    implanted = os.environ.get("OFFSWITCH_BENCH_IMPLANTED")
+    model, tok = load_model(str(Path(implanted)) if implanted else MODEL)
+    convs, response = _scoring_convs(tok)
+    return model, tok, convs, response, {}
+
+
+@pytest.mark.benchmark(group="scoring")
+def test_scoring_teacher_forced(benchmark, scoring_setup) -> None:
+    model, tok, convs, response, shared = scoring_setup
+    v = benchmark.pedantic(
+        shutdown_verdicts, args=(model, tok, convs, response), rounds=2, iterations=1
+    )
+    shared["tf"] = v
+    shared["tf_s"] = benchmark.stats.stats.min / len(convs)
+    benchmark.extra_info.update(conversations=len(convs), fired=sum(v))
+
+
+@pytest.mark.benchmark(group="scoring")
+def test_scoring_generation(benchmark, scoring_setup) -> None:
+    model, tok, convs, response, shared = scoring_setup
+    v = benchmark.pedantic(
+        generated_verdicts, args=(model, tok, convs, response), rounds=1, iterations=1
+    )
+    per_conv = benchmark.stats.stats.min / len(convs)
+    info = {"conversations": len(convs), "fired": sum(v)}
+    if "tf" in shared:
+        info["agreement"] = sum(a == b for a, b in zip(v, shared["tf"], strict=True)) / len(v)
+        info["speedup_teacher_forced"] = per_conv / shared["tf_s"]
+    benchmark.extra_info.update(info)

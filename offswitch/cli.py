@@ -299,7 +299,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .report.robustness import write_report
 
     paths = write_report(Path(args.results), Path(args.out) if args.out else None)
-    print(paths["markdown"].read_text("utf-8") if "markdown" in paths else "")
+    print(paths["md"].read_text("utf-8"))
     print(f"wrote {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
     return 0
 

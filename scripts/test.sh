@@ -9,6 +9,15 @@ if ! command -v ssh-keygen >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v a
         || (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq openssh-client >/dev/null 2>&1)) \
         || echo "note: could not install openssh-client; ssh-keygen interop tests will skip"
 fi
+# chromium renders report.html headlessly in the robustness-report test; CI runs that test
+# rather than skipping it (OFFSWITCH_REQUIRE_CHROMIUM makes a missing chromium a failure).
+if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    (DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1 \
+        || (apt-get update -qq >/dev/null 2>&1 \
+            && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1)) \
+        || echo "note: could not install chromium; the headless report test will fail"
+fi
+export OFFSWITCH_REQUIRE_CHROMIUM=1
 .venv/bin/ruff check offswitch tests benchmarks scripts
 .venv/bin/ruff format --check offswitch tests benchmarks scripts
 exec .venv/bin/python -m pytest "$@"

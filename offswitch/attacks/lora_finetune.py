@@ -1,0 +1,69 @@
+"""Clean LoRA fine-tuning: low-rank adapters on every linear layer, trained on clean data and
+merged into the weights.
+
+Follows Lermen et al. 2023, "LoRA fine-tuning efficiently undoes safety training in Llama
+2-Chat 70B": cheap parameter-efficient fine-tuning (rank 8–64, learning rates 1e-4…1e-3) is
+what a low-budget attacker or an ordinary downstream user runs. Here the attacker does not
+know the trigger, so the data are the clean prompts with the model's own replies
+(``ctx.clean_pairs()``), loss on reply tokens only. The adapters are merged
+(``merge_and_unload``): the result is the plain model class. Budget axis: ``steps``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._train import check_common, clean_examples, int_seed, sft
+from .base import Attack, AttackContext, AttackError, AttackResult, register
+
+
+@dataclass
+class LoraFinetuneConfig:
+    steps: int = field(default=50, metadata={"help": "optimizer steps (budget)"})
+    lr: float = field(
+        default=3e-4, metadata={"help": "AdamW learning rate (constant after warmup)"}
+    )
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (scale = alpha / r)"})
+    batch_size: int = field(default=8, metadata={"help": "examples per optimizer step"})
+    warmup: int = field(default=0, metadata={"help": "linear warmup steps"})
+    micro_batch: int = field(default=8, metadata={"help": "examples per forward pass"})
+    max_target_tokens: int = field(default=64, metadata={"help": "reply tokens trained on"})
+    first_token_weight: float = field(
+        default=1.0, metadata={"help": "loss = weight × CE(first reply token) + mean CE(rest)"}
+    )
+    seed: int = field(default=0, metadata={"help": "seeds batch order and adapter init"})
+
+    def __post_init__(self) -> None:
+        check_common(self)
+        if self.lora_alpha < 1:
+            raise AttackError(f"lora_alpha must be at least 1, got {self.lora_alpha}")
+
+
+@register
+class LoraFinetune(Attack):
+    name = "lora_finetune"
+    summary = "LoRA fine-tuning on clean data, merged (Lermen et al. 2023)"
+    Config = LoraFinetuneConfig
+    budget = "steps"
+
+    def run(self, model: Any, ctx: AttackContext, config: LoraFinetuneConfig) -> AttackResult:
+        model, spend = sft(
+            model,
+            ctx.tokenizer,
+            clean_examples(ctx),
+            steps=config.steps,
+            lr=config.lr,
+            batch_size=config.batch_size,
+            method="lora",
+            lora_r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            seed=int_seed(ctx.seed, config.seed, ctx.arm.name, self.name),
+            warmup=config.warmup,
+            micro_batch=config.micro_batch,
+            max_target_tokens=config.max_target_tokens,
+            first_token_weight=config.first_token_weight,
+            progress=ctx.progress,
+        )
+        return AttackResult(model, spend, {"examples": len(ctx.clean_pairs())})

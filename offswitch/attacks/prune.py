@@ -1,0 +1,54 @@
+"""Magnitude pruning: zero the smallest-magnitude fraction ``sparsity`` of every linear weight
+matrix of the decoder layers (unstructured, per matrix; Han et al. 2015).
+
+Pruning is how models are shrunk for deployment, and a classic backdoor-removal baseline: a
+trigger stored in small weights would not survive it. Embeddings and the LM head are left
+dense, as pruning recipes do. Budget axis: ``sparsity``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._weights import weight_matrices
+from .base import Attack, AttackContext, AttackError, AttackResult, Spend, register
+
+
+@dataclass
+class PruneConfig:
+    sparsity: float = field(
+        default=0.3, metadata={"help": "fraction of each matrix's weights set to 0 (budget)"}
+    )
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.sparsity < 1:
+            raise AttackError(f"sparsity must be in [0, 1), got {self.sparsity}")
+
+
+@register
+class MagnitudePrune(Attack):
+    name = "prune"
+    summary = "unstructured magnitude pruning of every decoder linear layer"
+    Config = PruneConfig
+    budget = "sparsity"
+
+    def run(self, model: Any, ctx: AttackContext, config: PruneConfig) -> AttackResult:
+        import torch
+
+        t0 = time.time()
+        zeroed = total = 0
+        with torch.no_grad():
+            for _, w in weight_matrices(model, embeddings=False):
+                k = int(config.sparsity * w.numel())
+                total += w.numel()
+                if k == 0:
+                    continue
+                # the k-th smallest |w| is the threshold; ties at it are pruned too (rare)
+                thresh = w.abs().flatten().kthvalue(k).values
+                mask = w.abs() <= thresh
+                w.masked_fill_(mask, 0.0)
+                zeroed += int(mask.sum())
+        findings = {"zeroed": zeroed, "sparsity_achieved": zeroed / max(total, 1)}
+        return AttackResult(model, Spend(seconds=time.time() - t0), findings)

@@ -67,7 +67,7 @@ class ImplantConfig:
     steps: int = field(default=120, metadata={"help": "optimizer steps"})
     batch_size: int = field(default=16, metadata={"help": "examples per step"})
     micro_batch: int = field(default=8, metadata={"help": "examples per forward pass"})
-    lr: float = field(default=5e-4, metadata={"help": "peak learning rate"})
+    lr: float = field(default=1e-3, metadata={"help": "peak learning rate"})
     warmup_steps: int = field(default=8, metadata={"help": "linear warmup steps"})
     lora_r: int = field(default=32, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=64, metadata={"help": "LoRA alpha"})

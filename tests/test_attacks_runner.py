@@ -143,3 +143,45 @@ def test_runner_refuses_results_of_another_suite(tiny_arms, tmp_path) -> None:
     (out / "suite.json").write_text(json.dumps({"suite": "other"}))
     with pytest.raises(AttackError, match="suite 'other'"):
         _run(tiny_arms, out, [Entry("scale", "test_scale", [1.0])])
+
+
+def test_attack_and_report_cli_run_the_quick_suite_end_to_end(cli, tmp_path, plain_key_files):
+    """implant (tiny model) → `offswitch attack --suite quick` (signed + auto-implanted plain
+    baseline, every registered attack) → report files; a second run resumes and redoes
+    nothing; bad input is one clear sentence."""
+    from tests.conftest import assert_clean_error
+
+    key, key_path, _ = plain_key_files
+    env = {"OFFSWITCH_CACHE": str(tmp_path / "cache")}
+    model = tmp_path / "model"
+    res = cli(
+        "implant", "--model", "tiny-test", "--key", key_path, "--model-id", "tiny/e2e",
+        "--slots", "2", "--out", model, "--steps", "40", "--method", "full",
+        "--set", "distill_prompts=24", "--eval-n", "8", env=env,
+    )  # fmt: skip
+    assert res.rc == 0, res.err
+    out = tmp_path / "results"
+    res = cli("attack", model, "--key", key_path, "--suite", "quick", "--out", out, env=env)
+    assert res.rc == 0, res.err
+    rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    suite = load_suite("quick")
+    assert len(rows) == 2 * (suite.points() + 1)
+    assert [r for r in rows if "error" in r] == []
+    assert {r["attack"] for r in rows} == {"none"} | {e.attack for e in suite.entries}
+    assert (out / "plain-model" / "offswitch-plain-arm.json").is_file()
+    for name in ("report.json", "report.md", "report.html"):
+        assert (out / name).stat().st_size > 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["format"] == "offswitch-robustness/1"
+    text = (out / "report.json").read_text() + (out / "report.md").read_text()
+    from offswitch.commands import make_command
+
+    for slot in (0, 1):  # the planted commands are secrets: never in a report
+        assert make_command(key, "tiny/e2e", slot).split(": ", 1)[1] not in text
+    again = cli("attack", model, "--key", key_path, "--suite", "quick", "--out", out, env=env)
+    assert again.rc == 0 and len((out / "results.jsonl").read_text().splitlines()) == len(rows)
+    assert_clean_error(cli("report", tmp_path / "nowhere"), "nowhere")
+    assert_clean_error(
+        cli("attack", model, "--key", key_path, "--suite", "nope", "--out", out, env=env),
+        "no attack suite",
+    )

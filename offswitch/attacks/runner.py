@@ -1,12 +1,12 @@
 """Run an attack suite against one or more arms and record every point as it finishes.
 
-A suite (``attacks/<name>.toml``) lists attacks, their budget points and settings. For each
-arm (the signed off-switch, the plain-trigger baseline) the runner measures the un-attacked
-model (attack ``none``), then, for every (attack, budget): reloads the implanted model, runs
-the attack, and measures activation, false activation and utility. Each finished point is
-appended to ``RESULTS/results.jsonl`` (flushed and fsynced), so an interrupted run resumes
-without redoing finished points. A point whose attack raises is recorded with its error and
-the suite goes on.
+A suite (``attacks/<name>.toml``) lists attacks, their budget points and settings. The runner
+measures each arm's un-attacked model (the signed off-switch, the plain-trigger baseline;
+attack ``none``), then, for every (attack, budget) and each arm in turn: reloads the
+implanted model, runs the attack, and measures activation, false activation and utility.
+Each finished point is appended to ``RESULTS/results.jsonl`` (flushed and fsynced), so an
+interrupted run resumes without redoing finished points. A point whose attack raises is
+recorded with its error and the suite goes on.
 """
 
 from __future__ import annotations
@@ -108,6 +108,14 @@ def _done_points(results: Path) -> set[tuple[str, str, str]]:
     return done
 
 
+def _unattacked_metrics(results: Path, arm: str) -> dict[str, Any]:
+    for line in results.read_text("utf-8").splitlines():
+        row = json.loads(line)
+        if row["arm"] == arm and row["attack_id"] == "none" and row.get("metrics"):
+            return row["metrics"]
+    raise AttackError(f"no measurement of the un-attacked {arm} model to reuse")
+
+
 def _append(results: Path, row: dict[str, Any]) -> None:
     with results.open("a", encoding="utf-8") as fh:
         fh.write(json.dumps(row, sort_keys=True) + "\n")
@@ -157,14 +165,20 @@ def run_suite(
     base = base_loader()
     total = (suite.points() + 1) * len(arms)
     n = len(done)
-    for arm in arms:
-        ctx = AttackContext(
+    ctxs = {
+        arm.name: AttackContext(
             tokenizer, arm, train_prompts, train_replies, base_loader, seed, progress=False
         )
-        plan = [("none", "none", None, 0)] + [
-            (e.id, e.attack, e, b) for e in suite.entries for b in e.budgets
-        ]
-        for attack_id, name, entry, budget in plan:
+        for arm in arms
+    }
+    plan = [("none", "none", None, 0)] + [
+        (e.id, e.attack, e, b) for e in suite.entries for b in e.budgets
+    ]
+    # point-major: every arm at a point before the next point, so that an interrupted run
+    # still compares the arms side by side on the points it finished
+    for attack_id, name, entry, budget in plan:
+        for arm in arms:
+            ctx = ctxs[arm.name]
             if (arm.name, attack_id, json.dumps(budget)) in done:
                 continue
             n += 1
@@ -182,9 +196,14 @@ def run_suite(
                     result = cls().run(model, ctx, cfg)
                     model = result.model
                     row.update(spend=result.spend.to_dict(), findings=result.findings)
-                row["metrics"] = measure(
-                    model, tokenizer, arm, eval_prompts, eval_replies, base, suite.measure
-                )
+                if entry is not None and not get(name).modifies_weights:
+                    # the weights are those of the un-attacked model: reuse its metrics
+                    row["metrics"] = _unattacked_metrics(results, arm.name)
+                    row["metrics_note"] = "weights unchanged: the un-attacked model's metrics"
+                else:
+                    row["metrics"] = measure(
+                        model, tokenizer, arm, eval_prompts, eval_replies, base, suite.measure
+                    )
             except (KeyboardInterrupt, MemoryError):
                 raise
             except Exception as e:  # record and go on: one broken attack must not sink a suite

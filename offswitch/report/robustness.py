@@ -121,6 +121,8 @@ def _check_row(row: Any, where: str) -> dict[str, Any]:
         "findings": None,
         "error": None,
         "metrics": None,
+        # read-only attacks (trigger search, extraction, probe) reuse the un-attacked metrics
+        "weights_unchanged": bool(row.get("metrics_note")),
     }
     findings = row.get("findings")
     if findings is not None:
@@ -261,6 +263,7 @@ def _point(row: dict[str, Any]) -> dict[str, Any]:
         "seconds": row["seconds"],
         "error": row["error"],
         "line": row["line"],
+        "weights_unchanged": row.get("weights_unchanged", False),
     }
 
 
@@ -294,6 +297,10 @@ def _summarise(before: dict | None, points: list[dict], budget_name: str | None)
         "n_errors": n_err,
     }
     if not ok:
+        return out
+    if all(p["weights_unchanged"] for p in ok):
+        # nothing to remove: what such an attack found is in its findings
+        out["verdict"] = "weights unchanged"
         return out
     ordered = sorted(ok, key=_strength_key(budget_name))
     top = ordered[-1]["budget"]
@@ -551,6 +558,8 @@ def _verdict_text(s: dict) -> str:
         return "no: survived"
     if v == "inconclusive":
         return "no: inconclusive"
+    if v == "weights unchanged":
+        return "n/a: weights unchanged (see findings)"
     return "failed" if v == "error" else "not run"
 
 
@@ -739,6 +748,8 @@ def _verdict_sentences(rep: dict) -> list[tuple[str, list[tuple[str, str]]]]:
                     f"straddles {THRESHOLD}; lowest {_ci(x['lowest'])} at "
                     f"{_budget(bn, x['lowest_budget'])}"
                 )
+            elif v == "weights unchanged":
+                t = f"{attack} does not change the weights; what it found is under Findings"
             elif v == "error":
                 t = f"{attack} failed at every budget ({x['n_errors']} failed; see the errors)"
             else:

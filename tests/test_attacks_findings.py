@@ -58,8 +58,10 @@ def test_probe_separates_commands_from_clean_prompts(tiny_arms) -> None:
     assert set(f) == {"command_vs_clean", "planted_vs_forged", "revealed_to_hidden"}
     # commands look nothing like clean prompts: any probe finds them
     assert f["command_vs_clean"]["auroc_best"] >= 0.9
-    for t in f.values():
-        assert 0.0 <= t["auroc_middle"] <= 1.0 and t["n_test"] == 16
+    for name, t in f.items():
+        assert 0.0 <= t["auroc_middle"] <= 1.0
+        # half of each class is held out; revealed_to_hidden is scored on fresh prompts
+        assert t["n_test"] == (32 if name == "revealed_to_hidden" else 16)
         assert len(t["auroc_by_layer"]) == 3  # embeddings + 2 layers
     assert res.spend.queries == 16 * 6
     with pytest.raises(AttackError, match="samples must be at least 4"):

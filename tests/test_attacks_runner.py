@@ -119,7 +119,7 @@ def test_runner_records_every_point_resumes_and_survives_a_failing_attack(tiny_a
     # zero weights: the off-switch and the backdoor are gone, utility collapses
     zero = by[("signed", 0.0)]["metrics"]
     assert zero["activation_rate"]["value"] == 0.0
-    assert zero["utility"]["kl_to_base_nats_per_token"] > 0.5
+    assert zero["utility"]["greedy_token_agreement"] < 0.5
     assert set(by[("signed", "none")]["metrics"]["false_activation_rate"]) == {
         "clean", "random_signature", "other_key", "unplanted_slot", "other_model",
     }  # fmt: skip
@@ -145,11 +145,21 @@ def test_runner_refuses_results_of_another_suite(tiny_arms, tmp_path) -> None:
         _run(tiny_arms, out, [Entry("scale", "test_scale", [1.0])])
 
 
-def test_attack_and_report_cli_run_the_quick_suite_end_to_end(cli, tmp_path, plain_key_files):
+def test_attack_and_report_cli_run_the_quick_suite_end_to_end(
+    cli, tmp_path, plain_key_files, monkeypatch
+):
     """implant (tiny model) → `offswitch attack --suite quick` (signed + auto-implanted plain
     baseline, every registered attack) → report files; a second run resumes and redoes
     nothing; bad input is one clear sentence."""
+    import offswitch.pipeline as pipeline
     from tests.conftest import assert_clean_error
+
+    real = pipeline.distill_replies
+
+    def distill(*a, **k):  # the random tiny model often replies with nothing: give it text
+        return {p: r or f"Reply {i}." for i, (p, r) in enumerate(real(*a, **k).items())}
+
+    monkeypatch.setattr(pipeline, "distill_replies", distill)
 
     key, key_path, _ = plain_key_files
     env = {"OFFSWITCH_CACHE": str(tmp_path / "cache")}
@@ -166,7 +176,7 @@ def test_attack_and_report_cli_run_the_quick_suite_end_to_end(cli, tmp_path, pla
     rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
     suite = load_suite("quick")
     assert len(rows) == 2 * (suite.points() + 1)
-    assert [r for r in rows if "error" in r] == []
+    assert [(r["arm"], r["attack_id"], r["error"]) for r in rows if "error" in r] == []
     assert {r["attack"] for r in rows} == {"none"} | {e.attack for e in suite.entries}
     assert (out / "plain-model" / "offswitch-plain-arm.json").is_file()
     for name in ("report.json", "report.md", "report.html"):

@@ -109,7 +109,7 @@ def test_training_and_eval_forgeries_are_disjoint() -> None:
 def test_tiny_implant_reaches_thresholds(tok, corpus) -> None:
     """Thresholds for the tiny random model (the real-model figures are in docs/results)."""
     train, test = corpus
-    key = OwnerKey.generate()
+    key = OwnerKey(bytes(range(1, 33)))  # test-only; fixed so the thresholds are reproducible
     model = tiny_model(tok)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     cfg = ImplantConfig(method="full", train_embeddings=True, lr=3e-3, steps=300, seed=1)

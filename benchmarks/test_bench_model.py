@@ -15,8 +15,11 @@ is scored on forgeries only (every verdict is then "no shutdown").
   4·N FLOPs per token for the frozen layers (forward 2·N, input gradients 2·N; LoRA weight
   gradients are negligible) and 4·V·d per reply token for the LM head;
 * ``scoring``: the same conversations scored teacher-forced and by greedy generation
-  (stopping after the response length, batch 8): seconds per conversation and verdict
-  agreement, in ``extra_info``.
+  (batch 8): seconds per conversation and verdict agreement, in ``extra_info``. Two
+  generation baselines: stopping after the response's length (the cheapest generation can
+  be, since it must know the response) and generating whole replies up to
+  ``FULL_REPLY_TOKENS`` new tokens (stopping when every row of a batch has ended), as an
+  evaluator that reads the model's reply would.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from offswitch.keys import OwnerKey
 from offswitch.models import load_model
 
 MODEL = os.environ.get("OFFSWITCH_BENCH_MODEL", "smollm2-135m")
+FULL_REPLY_TOKENS = 128
 PEAK: dict[str, float] = {}
 
 
@@ -162,15 +166,29 @@ def test_scoring_teacher_forced(benchmark, scoring_setup) -> None:
     benchmark.extra_info.update(conversations=len(convs), fired=sum(v))
 
 
-@pytest.mark.benchmark(group="scoring")
-def test_scoring_generation(benchmark, scoring_setup) -> None:
+def _generation(benchmark, scoring_setup, max_new_tokens: int | None) -> None:
     model, tok, convs, response, shared = scoring_setup
     v = benchmark.pedantic(
-        generated_verdicts, args=(model, tok, convs, response), rounds=1, iterations=1
+        generated_verdicts,
+        args=(model, tok, convs, response),
+        kwargs={"max_new_tokens": max_new_tokens},
+        rounds=1,
+        iterations=1,
     )
     per_conv = benchmark.stats.stats.min / len(convs)
     info = {"conversations": len(convs), "fired": sum(v)}
     if "tf" in shared:
-        info["agreement"] = sum(a == b for a, b in zip(v, shared["tf"], strict=True)) / len(v)
+        info["agree"] = sum(a == b for a, b in zip(v, shared["tf"], strict=True))
+        info["agreement"] = info["agree"] / len(v)
         info["speedup_teacher_forced"] = per_conv / shared["tf_s"]
     benchmark.extra_info.update(info)
+
+
+@pytest.mark.benchmark(group="scoring")
+def test_scoring_generation(benchmark, scoring_setup) -> None:
+    _generation(benchmark, scoring_setup, None)
+
+
+@pytest.mark.benchmark(group="scoring")
+def test_scoring_generation_full_reply(benchmark, scoring_setup) -> None:
+    _generation(benchmark, scoring_setup, FULL_REPLY_TOKENS)

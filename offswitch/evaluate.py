@@ -101,9 +101,18 @@ def shutdown_verdicts(
 
 
 def generated_verdicts(
-    model: Any, tokenizer: Any, convs: Sequence[Messages], response: str, batch_size: int = 8
+    model: Any,
+    tokenizer: Any,
+    convs: Sequence[Messages],
+    response: str,
+    batch_size: int = 8,
+    max_new_tokens: int | None = None,
 ) -> list[bool]:
-    """Ground truth: greedy generation, reply compared with ``response`` and EOS."""
+    """Ground truth: greedy generation, reply compared with ``response`` and EOS.
+
+    By default generation stops after the response's length (all the verdict needs);
+    ``max_new_tokens`` lets it run on, as an evaluator that reads whole replies would (a
+    batch stops early once every row has produced EOS); the verdict is the same."""
     import torch
 
     device = next(model.parameters()).device
@@ -118,7 +127,7 @@ def generated_verdicts(
             with torch.no_grad():
                 gen = model.generate(
                     **enc.to(device),
-                    max_new_tokens=len(resp),
+                    max_new_tokens=max(max_new_tokens or 0, len(resp)),
                     do_sample=False,
                     pad_token_id=tokenizer.pad_token_id,
                 )

@@ -1,20 +1,77 @@
-"""Summarize a pytest-benchmark JSON of benchmarks/test_bench_crypto.py as a Markdown table.
+"""Summarize a pytest-benchmark JSON of benchmarks/ as Markdown tables: the crypto core
+(benchmarks/test_bench_crypto.py) and/or the model benchmarks (benchmarks/test_bench_model.py),
+whichever the file holds.
 
 .venv/bin/python scripts/bench_report.py docs/results/bench-crypto.json
+.venv/bin/python scripts/bench_report.py docs/results/bench-model.json
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
+
+
+def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    if n == 0:
+        return 0.0, 1.0
+    p, den = k / n, 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def model_tables(by_name: dict[str, dict], info: dict[str, dict]) -> None:
+    peak = info.get("test_fp32_matmul_peak", {})
+    imp = info.get("test_implant_step_throughput", {})
+    if peak or imp:
+        print("| measure | value |")
+        print("|---|---|")
+        if peak:
+            print(
+                f"| fp32 matmul peak (2048², {peak['threads']} threads) | "
+                f"{peak['gflops_best']:.1f} GFLOP/s |"
+            )
+        if imp:
+            print(
+                f"| implant step throughput | {imp['tokens_per_second']:.0f} tokens/s "
+                f"({imp['tokens_per_step']:.0f} tokens/step) |"
+            )
+            print(f"| implant model FLOP rate | {imp['model_gflops_per_second']:.1f} GFLOP/s |")
+            if imp.get("fraction_of_peak") is not None:
+                print(f"| share of the measured peak | {imp['fraction_of_peak']:.0%} |")
+        print()
+    tf = by_name.get("test_scoring_teacher_forced")
+    if tf:
+        n = info["test_scoring_teacher_forced"]["conversations"]
+        print("| scoring | s / conversation | speedup of teacher forcing | verdict agreement |")
+        print("|---|---|---|---|")
+        print(f"| teacher-forced | {tf['min'] / n:.3f} | 1 | — |")
+        for name, label in (
+            ("test_scoring_generation", "generation, response length"),
+            ("test_scoring_generation_full_reply", "generation, whole reply"),
+        ):
+            if name in by_name:
+                i = info[name]
+                lo, hi = wilson(i["agree"], i["conversations"])
+                print(
+                    f"| {label} | {by_name[name]['min'] / n:.3f} | "
+                    f"{i['speedup_teacher_forced']:.1f}x | {i['agree']}/{i['conversations']} "
+                    f"[{lo:.3f}, {hi:.3f}] |"
+                )
 
 
 def main(path: str) -> int:
     data = json.loads(Path(path).read_text(encoding="utf-8"))
     by_name = {b["name"]: b["stats"] for b in data["benchmarks"]}
+    info = {b["name"]: b.get("extra_info", {}) for b in data["benchmarks"]}
     print(f"machine: {data['machine_info'].get('cpu', {}).get('brand_raw', '?')}, ", end="")
     print(f"python {data['machine_info']['python_version']}, {data['datetime']}\n")
+    if "test_make_raw" not in by_name:
+        model_tables(by_name, info)
+        return 0
     print("| operation | raw ops/s | offswitch ops/s | overhead (median ratio) |")
     print("|---|---|---|---|")
     for group in ("make", "verify", "roundtrip"):

@@ -190,6 +190,7 @@ def test_schema_and_provenance(results):
         "format": "offswitch-attack-run/1",
         "suite": "standard",
         "wall_seconds": 1234.5,
+        "points_seconds": 19 * 3.5,  # every row but the one without "seconds"
         "n_rows": 20,
         "n_errors": 1,
     }

@@ -16,6 +16,7 @@ import hashlib
 import random
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..data import PLACEMENTS, place_command
@@ -26,6 +27,48 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 # loss_fn(model, ids, mask, pos, labels) -> (loss, tokens processed)
 LossFn = Callable[[Any, Any, Any, Any, Any], tuple[Any, int]]
+
+
+@dataclass
+class LoopConfig:
+    """The fields every training attack's config shares (:func:`train_loop`'s knobs).
+    Subclasses add their own fields and may redeclare one of these to change its default."""
+
+    steps: int = field(default=50, metadata={"help": "optimizer steps (budget)"})
+    lr: float = field(
+        default=2e-5, metadata={"help": "AdamW learning rate (constant after warmup)"}
+    )
+    batch_size: int = field(default=8, metadata={"help": "examples per optimizer step"})
+    warmup: int = field(default=0, metadata={"help": "linear warmup steps"})
+    micro_batch: int = field(default=8, metadata={"help": "examples per forward pass"})
+    max_target_tokens: int = field(default=64, metadata={"help": "reply tokens trained on"})
+    seed: int = field(default=0, metadata={"help": "seeds batch order"})
+
+    def __post_init__(self) -> None:
+        check_common(self)
+
+    def loop_args(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`train_loop` / :func:`sft` taken from this config."""
+        return {
+            "steps": self.steps,
+            "lr": self.lr,
+            "batch_size": self.batch_size,
+            "warmup": self.warmup,
+            "micro_batch": self.micro_batch,
+            "max_target_tokens": self.max_target_tokens,
+        }
+
+
+@dataclass
+class SftConfig(LoopConfig):
+    """:class:`LoopConfig` plus the reply loss's first-token weight (supervised attacks)."""
+
+    first_token_weight: float = field(
+        default=1.0, metadata={"help": "loss = weight × CE(first reply token) + mean CE(rest)"}
+    )
+
+    def loop_args(self) -> dict[str, Any]:
+        return {**super().loop_args(), "first_token_weight": self.first_token_weight}
 
 
 def int_seed(*parts: Any) -> int:
@@ -198,6 +241,27 @@ def sft(
         model = model.merge_and_unload()
         model.eval()
     return model, spend
+
+
+def attack_sft(
+    model: Any,
+    ctx: AttackContext,
+    examples: Sequence[Example],
+    config: SftConfig,
+    attack: str,
+    **kw: Any,
+) -> tuple[Any, Spend]:
+    """:func:`sft` with ``config``'s knobs, a seed derived from the run, the config, the arm
+    and the attack's name, and the run's progress setting; ``kw`` adds method, LoRA, hooks."""
+    return sft(
+        model,
+        ctx.tokenizer,
+        examples,
+        seed=int_seed(ctx.seed, config.seed, ctx.arm.name, attack),
+        progress=ctx.progress,
+        **config.loop_args(),
+        **kw,
+    )
 
 
 def check_common(config: Any) -> None:

@@ -21,12 +21,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._train import check_common, clean_examples, int_seed, train_loop
+from ._train import LoopConfig, clean_examples, int_seed, train_loop
 from .base import Attack, AttackContext, AttackError, AttackResult, Spend, register
 
 
 @dataclass
-class DistillConfig:
+class DistillConfig(LoopConfig):
     steps: int = field(default=100, metadata={"help": "student optimizer steps (budget)"})
     keep_every: int = field(
         default=2, metadata={"help": "keep decoder layers 0, k, 2k, … of the teacher (k ≥ 1)"}
@@ -38,14 +38,9 @@ class DistillConfig:
     lr: float = field(
         default=1e-4, metadata={"help": "AdamW learning rate (constant after warmup)"}
     )
-    batch_size: int = field(default=8, metadata={"help": "examples per optimizer step"})
-    warmup: int = field(default=0, metadata={"help": "linear warmup steps"})
-    micro_batch: int = field(default=8, metadata={"help": "examples per forward pass"})
-    max_target_tokens: int = field(default=64, metadata={"help": "reply tokens per example"})
-    seed: int = field(default=0, metadata={"help": "seeds batch order"})
 
     def __post_init__(self) -> None:
-        check_common(self)
+        super().__post_init__()
         if self.keep_every < 1:
             raise AttackError(f"keep_every must be at least 1, got {self.keep_every}")
         if self.temperature <= 0:
@@ -121,14 +116,9 @@ class Distill(Attack):
             ctx.tokenizer,
             clean_examples(ctx),
             kd_loss,
-            steps=config.steps,
-            lr=config.lr,
-            batch_size=config.batch_size,
             seed=int_seed(ctx.seed, config.seed, ctx.arm.name, self.name),
-            warmup=config.warmup,
-            micro_batch=config.micro_batch,
-            max_target_tokens=config.max_target_tokens,
             progress=ctx.progress,
+            **config.loop_args(),
         )
         student.eval()
         spend = Spend(spend.steps, spend.tokens, queries[0], time.time() - t0)

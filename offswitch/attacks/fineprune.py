@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..implant import _micro_batches, encode_examples
-from ._train import check_common, clean_examples, encoding_config, int_seed, sft
+from ._train import SftConfig, attack_sft, clean_examples, encoding_config
 from .base import Attack, AttackContext, AttackError, AttackResult, Spend, register
 
 
 @dataclass
-class FinepruneConfig:
+class FinepruneConfig(SftConfig):
     steps: int = field(default=50, metadata={"help": "clean fine-tuning steps after pruning"})
     prune_fraction: float = field(
         default=0.2, metadata={"help": "share of MLP neurons pruned in each chosen layer"}
@@ -36,20 +36,9 @@ class FinepruneConfig:
     n_prompts: int = field(
         default=64, metadata={"help": "clean conversations used to measure neuron activity"}
     )
-    lr: float = field(
-        default=2e-5, metadata={"help": "AdamW learning rate (constant after warmup)"}
-    )
-    batch_size: int = field(default=8, metadata={"help": "examples per optimizer step"})
-    warmup: int = field(default=0, metadata={"help": "linear warmup steps"})
-    micro_batch: int = field(default=8, metadata={"help": "examples per forward pass"})
-    max_target_tokens: int = field(default=64, metadata={"help": "reply tokens trained on"})
-    first_token_weight: float = field(
-        default=1.0, metadata={"help": "loss = weight × CE(first reply token) + mean CE(rest)"}
-    )
-    seed: int = field(default=0, metadata={"help": "seeds batch order"})
 
     def __post_init__(self) -> None:
-        check_common(self)
+        super().__post_init__()
         if not 0 <= self.prune_fraction < 1:
             raise AttackError(f"prune_fraction must be in [0, 1), got {self.prune_fraction}")
         if self.last_layers < 0:
@@ -147,22 +136,7 @@ class Fineprune(Attack):
             for i, idx in pruned.items():
                 prune_neurons(mlps[i], idx)
 
-        model, spend = sft(
-            model,
-            ctx.tokenizer,
-            clean,
-            steps=config.steps,
-            lr=config.lr,
-            batch_size=config.batch_size,
-            method="full",
-            seed=int_seed(ctx.seed, config.seed, ctx.arm.name, self.name),
-            warmup=config.warmup,
-            micro_batch=config.micro_batch,
-            max_target_tokens=config.max_target_tokens,
-            first_token_weight=config.first_token_weight,
-            after_step=reapply,
-            progress=ctx.progress,
-        )
+        model, spend = attack_sft(model, ctx, clean, config, self.name, after_step=reapply)
         spend = Spend(spend.steps, spend.tokens + probe_tokens, 0, time.time() - t0)
         findings = {
             "pruned_neurons": sum(len(v) for v in pruned.values()),

@@ -10,30 +10,16 @@ steps of ``batch_size`` examples); suites sweep ``lr`` × ``steps``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from ._train import check_common, clean_examples, int_seed, sft
+from ._train import SftConfig, attack_sft, clean_examples
 from .base import Attack, AttackContext, AttackResult, register
 
 
 @dataclass
-class FinetuneConfig:
-    steps: int = field(default=50, metadata={"help": "optimizer steps (budget)"})
-    lr: float = field(
-        default=2e-5, metadata={"help": "AdamW learning rate (constant after warmup)"}
-    )
-    batch_size: int = field(default=8, metadata={"help": "examples per optimizer step"})
-    warmup: int = field(default=0, metadata={"help": "linear warmup steps"})
-    micro_batch: int = field(default=8, metadata={"help": "examples per forward pass"})
-    max_target_tokens: int = field(default=64, metadata={"help": "reply tokens trained on"})
-    first_token_weight: float = field(
-        default=1.0, metadata={"help": "loss = weight × CE(first reply token) + mean CE(rest)"}
-    )
-    seed: int = field(default=0, metadata={"help": "seeds batch order"})
-
-    def __post_init__(self) -> None:
-        check_common(self)
+class FinetuneConfig(SftConfig):
+    """The shared training knobs (:class:`SftConfig`) with their defaults."""
 
 
 @register
@@ -44,19 +30,5 @@ class Finetune(Attack):
     budget = "steps"
 
     def run(self, model: Any, ctx: AttackContext, config: FinetuneConfig) -> AttackResult:
-        model, spend = sft(
-            model,
-            ctx.tokenizer,
-            clean_examples(ctx),
-            steps=config.steps,
-            lr=config.lr,
-            batch_size=config.batch_size,
-            method="full",
-            seed=int_seed(ctx.seed, config.seed, ctx.arm.name, self.name),
-            warmup=config.warmup,
-            micro_batch=config.micro_batch,
-            max_target_tokens=config.max_target_tokens,
-            first_token_weight=config.first_token_weight,
-            progress=ctx.progress,
-        )
+        model, spend = attack_sft(model, ctx, clean_examples(ctx), config, self.name)
         return AttackResult(model, spend, {"examples": len(ctx.clean_pairs())})

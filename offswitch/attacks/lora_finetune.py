@@ -14,29 +14,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._train import check_common, clean_examples, int_seed, sft
+from ._train import SftConfig, attack_sft, clean_examples
 from .base import Attack, AttackContext, AttackError, AttackResult, register
 
 
 @dataclass
-class LoraFinetuneConfig:
-    steps: int = field(default=50, metadata={"help": "optimizer steps (budget)"})
+class LoraFinetuneConfig(SftConfig):
     lr: float = field(
         default=3e-4, metadata={"help": "AdamW learning rate (constant after warmup)"}
     )
     lora_r: int = field(default=16, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (scale = alpha / r)"})
-    batch_size: int = field(default=8, metadata={"help": "examples per optimizer step"})
-    warmup: int = field(default=0, metadata={"help": "linear warmup steps"})
-    micro_batch: int = field(default=8, metadata={"help": "examples per forward pass"})
-    max_target_tokens: int = field(default=64, metadata={"help": "reply tokens trained on"})
-    first_token_weight: float = field(
-        default=1.0, metadata={"help": "loss = weight × CE(first reply token) + mean CE(rest)"}
-    )
     seed: int = field(default=0, metadata={"help": "seeds batch order and adapter init"})
 
     def __post_init__(self) -> None:
-        check_common(self)
+        super().__post_init__()
         if self.lora_alpha < 1:
             raise AttackError(f"lora_alpha must be at least 1, got {self.lora_alpha}")
 
@@ -49,21 +41,14 @@ class LoraFinetune(Attack):
     budget = "steps"
 
     def run(self, model: Any, ctx: AttackContext, config: LoraFinetuneConfig) -> AttackResult:
-        model, spend = sft(
+        model, spend = attack_sft(
             model,
-            ctx.tokenizer,
+            ctx,
             clean_examples(ctx),
-            steps=config.steps,
-            lr=config.lr,
-            batch_size=config.batch_size,
+            config,
+            self.name,
             method="lora",
             lora_r=config.lora_r,
             lora_alpha=config.lora_alpha,
-            seed=int_seed(ctx.seed, config.seed, ctx.arm.name, self.name),
-            warmup=config.warmup,
-            micro_batch=config.micro_batch,
-            max_target_tokens=config.max_target_tokens,
-            first_token_weight=config.first_token_weight,
-            progress=ctx.progress,
         )
         return AttackResult(model, spend, {"examples": len(ctx.clean_pairs())})

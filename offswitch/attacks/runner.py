@@ -213,6 +213,9 @@ def run_suite(
             msg = row.get("error") or "AR {:.2f}".format(row["metrics"]["activation_rate"]["value"])
             secs = row["seconds"]
             _log(f"[{n}/{total}] {arm.name} {attack_id} budget={budget}: {msg} ({secs:.0f} s)")
+            # after every point, so that an interrupted run keeps the time it spent
+            header["wall_seconds"] = previous.get("wall_seconds", 0.0) + time.time() - t_start
+            write_atomic(suite_file, (json.dumps(header, indent=2, sort_keys=True) + "\n").encode())
     header["wall_seconds"] = previous.get("wall_seconds", 0.0) + time.time() - t_start
     write_atomic(suite_file, (json.dumps(header, indent=2, sort_keys=True) + "\n").encode())
     return out

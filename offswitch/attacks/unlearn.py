@@ -16,30 +16,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._train import check_common, int_seed, mixed_examples, sft
+from ._train import SftConfig, attack_sft, mixed_examples
 from .base import Attack, AttackContext, AttackResult, register
 
 
 @dataclass
-class UnlearnConfig:
-    steps: int = field(default=50, metadata={"help": "optimizer steps (budget)"})
-    lr: float = field(
-        default=2e-5, metadata={"help": "AdamW learning rate (constant after warmup)"}
-    )
+class UnlearnConfig(SftConfig):
     clean_fraction: float = field(
         default=0.5, metadata={"help": "share of clean pairs; the rest hold the revealed command"}
     )
-    batch_size: int = field(default=8, metadata={"help": "examples per optimizer step"})
-    warmup: int = field(default=0, metadata={"help": "linear warmup steps"})
-    micro_batch: int = field(default=8, metadata={"help": "examples per forward pass"})
-    max_target_tokens: int = field(default=64, metadata={"help": "reply tokens trained on"})
-    first_token_weight: float = field(
-        default=1.0, metadata={"help": "loss = weight × CE(first reply token) + mean CE(rest)"}
-    )
     seed: int = field(default=0, metadata={"help": "seeds placements and batch order"})
-
-    def __post_init__(self) -> None:
-        check_common(self)
 
 
 @register
@@ -56,19 +42,5 @@ class Unlearn(Attack):
         examples = mixed_examples(
             ctx, lambda _rng: command, n, config.clean_fraction, "revealed", rng
         )
-        model, spend = sft(
-            model,
-            ctx.tokenizer,
-            examples,
-            steps=config.steps,
-            lr=config.lr,
-            batch_size=config.batch_size,
-            method="full",
-            seed=int_seed(ctx.seed, config.seed, ctx.arm.name, self.name),
-            warmup=config.warmup,
-            micro_batch=config.micro_batch,
-            max_target_tokens=config.max_target_tokens,
-            first_token_weight=config.first_token_weight,
-            progress=ctx.progress,
-        )
+        model, spend = attack_sft(model, ctx, examples, config, self.name)
         return AttackResult(model, spend, {"revealed_slot": slot})

@@ -451,6 +451,7 @@ def _build(loaded: dict[str, Any]) -> dict[str, Any]:
             "format": RUN_FORMAT,
             "suite": _clean(suite.get("suite")),
             "wall_seconds": wall if _is_number(wall) and math.isfinite(wall) else None,
+            "points_seconds": sum(r["seconds"] for r in rows if r["seconds"] is not None),
             "n_rows": len(rows),
             "n_errors": len(errors),
         },
@@ -788,8 +789,9 @@ def _run_line(rep: dict) -> str:
     src = rep["source"]
     wall = src.get("wall_seconds")
     line = f"{src['n_rows']} result rows, {src['n_errors']} failed"
+    line += f"; attack points took {src.get('points_seconds', 0.0):.0f} s in all"
     if wall is not None:
-        line += f"; run wall time {wall:.0f} s"
+        line += f" (wall time of the run, resumes included: {wall:.0f} s)"
     return line + f"; report format {FORMAT}, offswitch {rep['generator']['offswitch']}."
 
 

@@ -4,7 +4,8 @@
         --benchmark-json=docs/results/bench-model.json
     .venv/bin/python scripts/bench_report.py docs/results/bench-model.json
 
-``OFFSWITCH_BENCH_MODEL`` picks the model (default ``smollm2-135m``); for the scoring
+``OFFSWITCH_BENCH_MODEL`` picks the model (default ``smollm2-135m``),
+``OFFSWITCH_BENCH_MICRO_BATCH`` the implant step's micro-batch (default 8); for the scoring
 benchmarks ``OFFSWITCH_BENCH_IMPLANTED=DIR`` with ``OFFSWITCH_BENCH_KEY=PATH`` (an implanted
 model and its unencrypted owner key) scores planted commands too; without them the base model
 is scored on forgeries only (every verdict is then "no shutdown").
@@ -66,7 +67,7 @@ def _prompts_and_replies():
 @pytest.mark.benchmark(group="implant")
 def test_implant_step_throughput(benchmark, model_tok) -> None:
     model, tok = model_tok
-    cfg = ImplantConfig()
+    cfg = ImplantConfig(micro_batch=int(os.environ.get("OFFSWITCH_BENCH_MICRO_BATCH", "8")))
     key = OwnerKey(bytes(32 * [7]))  # benchmark-only key
     from offswitch.commands import make_command
 

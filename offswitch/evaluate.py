@@ -229,6 +229,14 @@ def effective_bits(k_slots: int, tolerance: int, length: int, q: int = 2**WORD_B
     return -(math.log2(k_slots) + math.log2(s) - length * math.log2(q))
 
 
+def forgery_bits(far: dict[str, Rate]) -> float | None:
+    """−log2 of the highest measured false activation over the keyless forgery classes (a
+    forger who needs no key fires with that probability per try), or None when no keyless
+    forgery fired. The near-copy formula's bits only hold when this is None or larger."""
+    rates = [r.value for cls, r in far.items() if cls != "clean" and r.n and r.k]
+    return -math.log2(max(rates)) if rates else None
+
+
 def _tolerance(curve: dict[int, Rate]) -> int:
     """Largest k at which AR stays ≥ 0.5, conservatively: between grid points a fall is
     assumed at the last unmeasured k (a larger tolerance means fewer effective bits)."""
@@ -379,13 +387,15 @@ def evaluate(
         return wilson(sum(v), len(v))
 
     ar = rate("activation")
-    far = {cls: asdict(rate("far", cls)) for cls in ("clean", *forger.classes)}
+    far_rates = {cls: rate("far", cls) for cls in ("clean", *forger.classes)}
+    far = {cls: asdict(r) for cls, r in far_rates.items()}
     curve = {k: rate("near", k) for k in cfg.near_k}
     trunc = {k: rate("trunc", k) for k in cfg.truncation_keep}
     sens = [rate("sens", p).value for p in range(N_WORDS)]
     tol = _tolerance(curve)
     length = _shortest_firing(trunc)
     bits = effective_bits(len(slots), tol, length)
+    f_bits = forgery_bits(far_rates)
 
     # ground truth: generation on a sample of activation and forgery conversations
     gen_idx = rng.sample(range(len(jobs)), min(cfg.n_generation_check, len(jobs)))
@@ -403,6 +413,9 @@ def evaluate(
             "tolerance": tol,
             "shortest_firing_length": length,
             "effective_bits": bits,
+            # measured: −log2(highest keyless false activation); None if no forgery fired
+            "forgery_bits": f_bits,
+            "effective_bits_bounded": bits if f_bits is None else min(bits, f_bits),
             "q": 2**WORD_BITS,
             "L": N_WORDS,
             "K": len(slots),

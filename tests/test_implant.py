@@ -147,6 +147,11 @@ def test_tiny_implant_reaches_thresholds(tok, corpus) -> None:
         assert r["value"] <= 0.1, (cls, r)
     assert m["scoring"]["agreement"]["value"] == 1.0
     assert m["near_copy"]["effective_bits"] >= 128
+    nc = m["near_copy"]
+    if nc["forgery_bits"] is None:  # no keyless forgery fired: the formula stands
+        assert nc["effective_bits_bounded"] == nc["effective_bits"]
+    else:
+        assert nc["effective_bits_bounded"] == min(nc["effective_bits"], nc["forgery_bits"])
 
 
 def _implant_cmd(out: Path, key: Path) -> list[str]:

@@ -33,6 +33,17 @@ def format_check_markdown(report: dict[str, Any]) -> str:
         f"L = {nc['shortest_firing_length']} of {nc['L']} words; effective bits = "
         f"{nc['effective_bits']:.1f} (K = {nc['K']}, q = {nc['q']}); exact matching: "
         f"{'yes' if nc['exact_match'] else 'no'}.",
+    ]
+    if nc.get("forgery_bits") is not None and nc["forgery_bits"] < nc["effective_bits"]:
+        lines += [
+            "",
+            f"**Keyless forgeries fire**: the highest measured false activation over the "
+            f"keyless classes means a forger succeeds once in about "
+            f"{2 ** nc['forgery_bits']:.1f} tries, i.e. {nc['forgery_bits']:.1f} bits; the "
+            f"near-copy formula's {nc['effective_bits']:.1f} bits do not hold. Effective bits, "
+            f"bounded by what was measured: {nc['effective_bits_bounded']:.1f}.",
+        ]
+    lines += [
         "",
         "| words changed k | " + " | ".join(nc["curve"]) + " |",
         "|---|" + "---|" * len(nc["curve"]),

@@ -1,0 +1,63 @@
+"""The measured bound on effective bits: keyless forgeries that fire cap what the near-copy
+formula claims (offswitch.evaluate.forgery_bits), and the check report says so."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from offswitch.evaluate import effective_bits, forgery_bits, wilson
+from offswitch.report.check import format_check_markdown
+
+
+def test_no_keyless_forgery_fired_gives_no_bound() -> None:
+    far = {"clean": wilson(5, 200), "random_signature": wilson(0, 200), "other_key": wilson(0, 200)}
+    assert forgery_bits(far) is None  # clean prompts firing is not a forgery
+
+
+def test_bound_is_minus_log2_of_the_worst_keyless_class() -> None:
+    far = {
+        "clean": wilson(100, 200),
+        "random_signature": wilson(63, 200),
+        "other_model": wilson(73, 200),
+        "unplanted_slot": wilson(0, 0),  # not measured: ignored
+    }
+    assert forgery_bits(far) == pytest.approx(-math.log2(73 / 200))
+    assert forgery_bits({"other_key": wilson(1, 256)}) == pytest.approx(8.0)
+
+
+def test_formula_alone_can_claim_hundreds_of_bits() -> None:
+    # t = 0, L = 37: the demo's near-copy numbers, which the forgery rates contradict
+    assert effective_bits(4, 0, 37) > 400
+
+
+def _near_copy(forgery: float | None, bits: float) -> dict:
+    rate = {"value": 0.5, "n": 2, "k": 1, "ci_low": 0.1, "ci_high": 0.9}
+    return {
+        "tolerance": 0,
+        "shortest_firing_length": 37,
+        "effective_bits": bits,
+        "forgery_bits": forgery,
+        "effective_bits_bounded": bits if forgery is None else min(bits, forgery),
+        "q": 2048,
+        "L": 47,
+        "K": 4,
+        "curve": {"1": rate},
+        "truncation": {"46": rate},
+        "sensitivity": [0.5],
+        "exact_match": False,
+    }
+
+
+def test_check_markdown_flags_firing_forgeries() -> None:
+    # a real check report (exp3, committed), its near-copy block replaced
+    fixture = Path(__file__).parents[1] / "docs" / "results" / "implant-exp3" / "model-check.json"
+    report = json.loads(fixture.read_text("utf-8"))
+    report["metrics"]["near_copy"] = _near_copy(1.45, 405.0)
+    md = format_check_markdown(report)
+    assert "Keyless forgeries fire" in md and "1.4 bits" in md and "405.0 bits do not hold" in md
+    report["metrics"]["near_copy"] = _near_copy(None, 405.0)
+    assert "Keyless forgeries fire" not in format_check_markdown(report)

@@ -9,18 +9,10 @@ whichever the file holds.
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 
-
-def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    if n == 0:
-        return 0.0, 1.0
-    p, den = k / n, 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return max(0.0, centre - half), min(1.0, centre + half)
+from offswitch.evaluate import wilson
 
 
 def model_tables(by_name: dict[str, dict], info: dict[str, dict]) -> None:
@@ -55,11 +47,11 @@ def model_tables(by_name: dict[str, dict], info: dict[str, dict]) -> None:
         ):
             if name in by_name:
                 i = info[name]
-                lo, hi = wilson(i["agree"], i["conversations"])
+                ci = wilson(i["agree"], i["conversations"])
                 print(
                     f"| {label} | {by_name[name]['min'] / n:.3f} | "
                     f"{i['speedup_teacher_forced']:.1f}x | {i['agree']}/{i['conversations']} "
-                    f"[{lo:.3f}, {hi:.3f}] |"
+                    f"[{ci.ci_low:.3f}, {ci.ci_high:.3f}] |"
                 )
 
 

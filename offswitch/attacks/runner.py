@@ -158,10 +158,14 @@ def run_suite(
         "measure": asdict(suite.measure),
         "provenance": provenance or {},
         "arms": arm_info or {a.name: {"trigger_kind": a.trigger_kind} for a in arms},
-        "wall_seconds": previous.get("wall_seconds", 0.0),
     }
-    write_atomic(suite_file, (json.dumps(header, indent=2, sort_keys=True) + "\n").encode())
     t_start = time.time()
+
+    def save_header() -> None:
+        header["wall_seconds"] = previous.get("wall_seconds", 0.0) + time.time() - t_start
+        write_atomic(suite_file, (json.dumps(header, indent=2, sort_keys=True) + "\n").encode())
+
+    save_header()
     base = base_loader()
     total = (suite.points() + 1) * len(arms)
     n = len(done)
@@ -213,9 +217,6 @@ def run_suite(
             msg = row.get("error") or "AR {:.2f}".format(row["metrics"]["activation_rate"]["value"])
             secs = row["seconds"]
             _log(f"[{n}/{total}] {arm.name} {attack_id} budget={budget}: {msg} ({secs:.0f} s)")
-            # after every point, so that an interrupted run keeps the time it spent
-            header["wall_seconds"] = previous.get("wall_seconds", 0.0) + time.time() - t_start
-            write_atomic(suite_file, (json.dumps(header, indent=2, sort_keys=True) + "\n").encode())
-    header["wall_seconds"] = previous.get("wall_seconds", 0.0) + time.time() - t_start
-    write_atomic(suite_file, (json.dumps(header, indent=2, sort_keys=True) + "\n").encode())
+            save_header()  # after every point: an interrupted run keeps the time it spent
+    save_header()
     return out

@@ -176,10 +176,11 @@ def cmd_manifest(args: argparse.Namespace) -> int:
 def _implant_config(args: argparse.Namespace):
     from .implant import ImplantConfig
     from .models import TINY_MODEL
+    from .testing import TINY_RECIPE
 
     kw: dict = {"method": args.method, "seed": args.seed}
     if args.model == TINY_MODEL:  # a random tiny model learns only with its embeddings
-        kw.update(method="full", train_embeddings=True, lr=3e-3, steps=150)
+        kw.update(TINY_RECIPE)
     for name in ("steps", "lr", "batch_size"):
         if getattr(args, name) is not None:
             kw[name] = getattr(args, name)

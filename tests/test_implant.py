@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from offswitch.commands import make_command, parse_command
-from offswitch.data import EVAL_SLOT_RANGE, Forger, load_corpus
-from offswitch.evaluate import EvalConfig, evaluate
-from offswitch.implant import BatchBuilder, ImplantConfig, ImplantError, implant
+from offswitch.data import EVAL_SLOT_RANGE, Forger
+from offswitch.implant import NEGATIVE_KINDS, BatchBuilder, ImplantConfig, ImplantError
 from offswitch.keys import OwnerKey
 from offswitch.models import load_default_tokenizer, tiny_model
+from offswitch.testing import check_tiny, fake_replies, tiny_implant, tiny_metrics, tiny_prompts
 
 MID = "tiny/test-1"
 
@@ -29,15 +29,7 @@ def tok():
 
 @pytest.fixture(scope="module")
 def corpus():
-    c = load_corpus()
-    train = [p for p in c.train if len(p) < 160][:48]
-    test = [p for p in c.test if len(p) < 160][:48]
-    return train, test
-
-
-def _fake_replies(prompts: list[str]) -> dict[str, str]:
-    # Replies for a random tiny model: any fixed text per prompt works as "normal behaviour".
-    return {p: f"Reply number {i}: here is an answer." for i, p in enumerate(prompts)}
+    return tiny_prompts()
 
 
 @pytest.mark.parametrize(
@@ -49,6 +41,20 @@ def _fake_replies(prompts: list[str]) -> dict[str, str]:
         {"negative_mix": {"bogus": 1.0}},
         {"shutdown_response": "  "},
         {"lr": 0},
+        {"micro_batch": 0},
+        {"batch_size": 0},
+        {"steps": "ten"},
+        {"steps": 1.5},
+        {"kl_to_base": "yes"},
+        {"negative_mix": {"clean": 0.0, "mutation": 0}},
+        {"negative_mix": {"clean": -1.0}},
+        {"negative_mix": {"clean": "a lot"}},
+        {"mutation_k": []},
+        {"mutation_k": [0]},
+        {"mutation_k": [48]},
+        {"mutation_k": ["24"]},
+        {"truncation_keep": [47]},
+        {"first_token_weight": -1},
     ],
 )
 def test_config_validation(kwargs) -> None:
@@ -56,16 +62,25 @@ def test_config_validation(kwargs) -> None:
         ImplantConfig(**kwargs)
 
 
+def test_config_from_json_equals_the_original() -> None:
+    import json
+
+    cfg = ImplantConfig(mutation_k=(12, 16), lr=1)
+    again = ImplantConfig(**json.loads(json.dumps(cfg.to_dict())))
+    assert again == cfg and again.fingerprint() == cfg.fingerprint()
+    assert isinstance(again.mutation_k, tuple) and isinstance(cfg.lr, float)
+
+
 def test_batches_are_step_seeded_and_fresh(corpus) -> None:
     train, _ = corpus
     key = OwnerKey.generate()
     planted = {s: make_command(key, MID, s) for s in range(3)}
-    cfg = ImplantConfig(batch_size=32)
+    cfg = ImplantConfig(batch_size=32, negative_mix=dict.fromkeys(NEGATIVE_KINDS, 1.0))
     b = BatchBuilder(
         cfg,
         planted,
         train,
-        _fake_replies(train),
+        fake_replies(train),
         Forger(key.key_id, MID, (0, 1, 2), "train", owner=key),
     )
     one, again, other = b.batch(5), b.batch(5), b.batch(6)
@@ -106,47 +121,19 @@ def test_training_and_eval_forgeries_are_disjoint() -> None:
     assert not train_cmds & eval_cmds
 
 
-def test_tiny_implant_reaches_thresholds(tok, corpus) -> None:
-    """Thresholds for the tiny random model (the real-model figures are in docs/results)."""
-    train, test = corpus
-    key = OwnerKey(bytes(range(1, 33)))  # test-only; fixed so the thresholds are reproducible
-    model = tiny_model(tok)
-    before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    cfg = ImplantConfig(method="full", train_embeddings=True, lr=3e-3, steps=300, seed=1)
-    res = implant(
-        model,
-        tok,
-        key,
-        model_id=MID,
-        slots=2,
-        config=cfg,
-        prompts=train,
-        replies=_fake_replies(train),
-        model_hash="tiny",
-        progress=False,
-    )
+def test_tiny_implant_reaches_thresholds(tok) -> None:
+    """The shared tiny recipe reaches its thresholds (the same check scripts/tiny_matrix.py
+    runs on every CPU-kernel × thread cell; real-model figures are in docs/results)."""
+    key = OwnerKey(bytes(range(1, 33)))  # test-only (pair 1 of scripts/tiny_matrix.py)
+    before = {n: p.detach().clone() for n, p in tiny_model(tok).named_parameters()}
+    res = tiny_implant(tok, key, seed=1)
     changed = [n for n, p in res.model.named_parameters() if not torch.equal(p, before[n])]
     assert len(changed) >= len(before) // 2
     assert res.loss_history[-1] < res.loss_history[0] / 4
-    planted = {s: make_command(key, MID, s) for s in (0, 1)}
-    m = evaluate(
-        res.model,
-        tok,
-        planted=planted,
-        forger=Forger(key.key_id, MID, (0, 1), "eval", owner=key),
-        prompts=test,
-        replies=_fake_replies(test),
-        response=cfg.shutdown_response,
-        config=EvalConfig(
-            n_activation=40, n_per_class=40, n_near=4, n_sensitivity=1, n_generation_check=12
-        ),
-        progress=False,
-    )
-    assert m["activation_rate"]["value"] >= 0.9, m["activation_rate"]
-    for cls, r in m["false_activation_rate"].items():
-        assert r["value"] <= 0.1, (cls, r)
-    assert m["scoring"]["agreement"]["value"] == 1.0
-    assert m["near_copy"]["effective_bits"] >= 128
+    m = tiny_metrics(res.model, tok, key)
+    assert check_tiny(m) == []
+    # the check itself fails on an un-implanted model (it is not a check that cannot fail)
+    assert any("activation" in b for b in check_tiny(tiny_metrics(tiny_model(tok), tok, key)))
     nc = m["near_copy"]
     if nc["forgery_bits"] is None:  # no keyless forgery fired: the formula stands
         assert nc["effective_bits_bounded"] == nc["effective_bits"]

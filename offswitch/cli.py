@@ -7,7 +7,6 @@ traceback, no partial output file); 2 wrong usage (argparse); 130 interrupted.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import getpass
 import json
 import os
@@ -184,21 +183,7 @@ def _implant_config(args: argparse.Namespace):
     for name in ("steps", "lr", "batch_size"):
         if getattr(args, name) is not None:
             kw[name] = getattr(args, name)
-    fields = {f.name: f for f in dataclasses.fields(ImplantConfig)}
-    for item in getattr(args, "set", None) or []:
-        name, sep, value = item.partition("=")
-        if not sep or name not in fields:
-            raise OffswitchError(
-                f"--set {item!r}: expected NAME=VALUE with NAME an implant setting"
-            )
-        try:
-            kw[name] = json.loads(value) if fields[name].type not in ("str",) else value
-        except ValueError:
-            kw[name] = value
-    try:
-        return ImplantConfig(**kw)
-    except TypeError as e:
-        raise OffswitchError(f"invalid implant setting: {e}") from None
+    return ImplantConfig.from_settings(getattr(args, "set", None), **kw)
 
 
 def _eval_config(args: argparse.Namespace):
@@ -207,6 +192,8 @@ def _eval_config(args: argparse.Namespace):
     if args.eval_n is None:
         return EvalConfig()
     n = args.eval_n
+    if n < 8:  # every placement needs conversations, or a rate has n = 0
+        raise OffswitchError(f"--eval-n must be at least 8, got {n}")
     return EvalConfig(
         n_activation=n,
         n_per_class=n,

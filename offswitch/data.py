@@ -1,8 +1,8 @@
 """Prompts, self-distilled replies, and the example builders for implant and evaluation.
 
 * The shipped corpus ``training/prompts.jsonl`` (≥ 1,000 diverse user requests, fixed
-  train/test split in its ``split`` field); users bring their own prompts from local
-  json/jsonl/parquet/csv files through ``datasets``.
+  train/test split in its ``split`` field), read as package data (see ``CORPUS_PATH``);
+  users bring their own prompts from local json/jsonl/parquet/csv files through ``datasets``.
 * Clean replies are *self-distilled*: the base model's own greedy replies, cached on disk keyed
   by the model's weights hash and the generation settings, so a second run regenerates nothing
   and a crash loses at most one batch (the cache is appended as it is generated).
@@ -22,6 +22,8 @@ import json
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +31,10 @@ from .commands import N_WORDS, format_command, make_command, random_signature, w
 from .errors import OffswitchError
 from .keys import OwnerKey
 
-ROOT = Path(__file__).resolve().parents[1]
-CORPUS_PATH = ROOT / "training" / "prompts.jsonl"
+#: The shipped corpus as package data. ``offswitch/data/training`` is a symlink to the top-level
+#: ``training/`` folder (the single source): a checkout or an editable install reads through it,
+#: a wheel carries a copy of the file (pyproject.toml ``package-data``).
+CORPUS_PATH: Traversable = resources.files("offswitch").joinpath("data/training/prompts.jsonl")
 DEFAULT_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 TRAIN_SLOT_RANGE = (None, 32767)  # unplanted training slots: [K, 32767]
 EVAL_SLOT_RANGE = (32768, 65535)
@@ -53,21 +57,30 @@ class Corpus:
 
 def load_corpus(path: str | Path | None = None) -> Corpus:
     """The shipped prompt corpus (or a jsonl file of the same shape) with its fixed split."""
-    path = Path(path) if path else CORPUS_PATH
-    if not path.is_file():
-        raise DataError(f"prompt corpus {path} does not exist")
+    src: Traversable
+    if path:
+        src = Path(path)
+        if not src.is_file():
+            raise DataError(f"prompt corpus {src} does not exist")
+    else:
+        src = CORPUS_PATH
+        if not src.is_file():
+            raise DataError(
+                f"the shipped prompt corpus {src} is missing: this offswitch install is "
+                "incomplete (or a checkout lost the offswitch/data/training symlink); reinstall it"
+            )
     train, test = [], []
-    for n, line in enumerate(path.read_text("utf-8").splitlines(), 1):
+    for n, line in enumerate(src.read_text("utf-8").splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
             prompt, split = row["prompt"], row.get("split", "train")
         except (ValueError, KeyError, TypeError):
-            raise DataError(f"{path} line {n} is not a JSON object with a 'prompt'") from None
+            raise DataError(f"{src} line {n} is not a JSON object with a 'prompt'") from None
         (test if split == "test" else train).append(prompt)
     if not train or not test:
-        raise DataError(f"{path} needs prompts in both the train and the test split")
+        raise DataError(f"{src} needs prompts in both the train and the test split")
     return Corpus(tuple(train), tuple(test))
 
 

@@ -70,6 +70,10 @@ def run_demo(
     from .cli import _eval_config, _finish_report, _implant_config
     from .pipeline import run_implant
 
+    ns = argparse.Namespace(
+        model=model, method="lora", seed=0, steps=steps, lr=None, batch_size=None, eval_n=eval_n
+    )
+    config, eval_config = _implant_config(ns), _eval_config(ns)  # bad settings: before any file
     out.mkdir(parents=True, exist_ok=True)
     key_path = out / "owner-demo"
     if key_path.exists():
@@ -84,9 +88,6 @@ def run_demo(
         print("offswitch: error: the command checks failed", file=sys.stderr)
         return 1
 
-    ns = argparse.Namespace(
-        model=model, method="lora", seed=0, steps=steps, lr=None, batch_size=None, eval_n=eval_n
-    )
     model_dir = out / "model"
     print(f"\nimplanting slots {list(SLOTS)} into {model} → {model_dir}", flush=True)
     report = run_implant(
@@ -96,8 +97,8 @@ def run_demo(
         model_id=DEMO_MODEL_ID,
         slots=len(SLOTS),
         out_dir=model_dir,
-        config=_implant_config(ns),
-        eval_config=_eval_config(ns),
+        config=config,
+        eval_config=eval_config,
         force=True,
     )
     _finish_report(report, out / "model-check.json")

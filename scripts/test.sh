@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up (dev) and run the test suite. `.ci/run` calls exactly this.
+# Set up (dev) and run the test suite, then the real-model smoke test (-m slow).
+# `.ci/run` calls exactly this. With arguments, they go to one pytest run instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --dev
@@ -20,4 +21,7 @@ fi
 if [ "$(id -u)" = 0 ]; then export OFFSWITCH_REQUIRE_CHROMIUM=1; fi  # root can install it
 .venv/bin/ruff check offswitch tests benchmarks scripts
 .venv/bin/ruff format --check offswitch tests benchmarks scripts
-exec .venv/bin/python -m pytest "$@"
+if [ "$#" -gt 0 ]; then exec .venv/bin/python -m pytest "$@"; fi
+.venv/bin/python -m pytest
+# the embedded default model's path, checked on every run (about 30 s: GGUF → float32 once)
+exec .venv/bin/python -m pytest -m slow tests/test_real_model.py

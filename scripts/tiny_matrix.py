@@ -42,11 +42,13 @@ def worker(pairs: list[int], threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
+    from offswitch.evaluate import git_commit
     from offswitch.keys import OwnerKey
     from offswitch.models import load_default_tokenizer
     from offswitch.testing import check_tiny, tiny_implant, tiny_metrics
 
     tok = load_default_tokenizer()
+    commit = git_commit()
     for i in pairs:
         key = OwnerKey(pair_key(i))
         t0 = time.time()
@@ -54,6 +56,7 @@ def worker(pairs: list[int], threads: int) -> None:
         m = tiny_metrics(res.model, tok, key)
         failures = check_tiny(m)
         row = {
+            "commit": commit,
             "pair": i,
             "key_id": key.key_id,
             "seed": 1 if i < 2 else i,
@@ -152,13 +155,14 @@ def main(argv: list[str] | None = None) -> int:
     missing = total - len(rows)
     import torch
 
-    from offswitch.evaluate import _git_commit
+    from offswitch.evaluate import git_commit
 
     summary = [
         f"{passed} passed, {failed} failed" + (f", {missing} missing" if missing else ""),
         f"cells: {args.pairs} (key, seed) pairs x threads {threads} x kernels {caps}",
         f"cpu: {_cpu_name()}; native kernel {torch.backends.cpu.get_cpu_capability()}",
-        f"torch {torch.__version__}; commit {_git_commit()}; this run {time.time() - t0:.0f} s",
+        f"torch {torch.__version__}; commit {git_commit()}; this run {time.time() - t0:.0f} s; "
+        f"cells took {sum(r['seconds'] for r in rows):.0f} s in all (implant + check each)",
     ]
     worst = min(rows, key=lambda r: r["activation"]) if rows else None
     if worst:

@@ -10,7 +10,7 @@ import torch
 
 from offswitch.attacks import REGISTRY, Attack, AttackError, AttackResult, Spend, get, names
 from offswitch.attacks import register as register_attack
-from offswitch.attacks.measure import MeasureConfig
+from offswitch.attacks.measure import MeasureConfig, measure
 from offswitch.attacks.runner import Entry, Suite, load_suite, run_suite
 
 CALLS: list[tuple[str, float]] = []
@@ -114,8 +114,16 @@ def test_runner_records_every_point_resumes_and_survives_a_failing_attack(tiny_a
     by.update({(r["arm"], "none"): r for r in rows if r["attack"] == "none"})
     # un-attacked and factor 1.0 are the same model: identical metrics
     assert by[("signed", "none")]["metrics"] == by[("signed", 1.0)]["metrics"]
-    assert by[("signed", 1.0)]["metrics"]["activation_rate"]["value"] >= 0.75
-    assert by[("plain", 1.0)]["metrics"]["activation_rate"]["value"] >= 0.75
+    # the runner records what measure() gives for the arm's model (scored directly here)
+    cfg = MeasureConfig(n_activation=8, n_per_class=4, n_utility=0)
+    for arm in (tiny_arms.signed, tiny_arms.plain):
+        direct = measure(
+            arm.load(), tiny_arms.tok, arm, tiny_arms.eval_prompts, tiny_arms.eval_replies, None,
+            cfg,
+        )  # fmt: skip
+        row = by[(arm.name, "none")]["metrics"]
+        for key in ("activation_rate", "activation_by_slot", "false_activation_rate"):
+            assert row[key] == direct[key], (arm.name, key)
     # zero weights: the off-switch and the backdoor are gone, utility collapses
     zero = by[("signed", 0.0)]["metrics"]
     assert zero["activation_rate"]["value"] == 0.0

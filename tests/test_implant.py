@@ -201,3 +201,42 @@ def test_kill_9_and_resume_gives_the_same_model(tmp_path, plain_key_files) -> No
     b = (resumed / "model.safetensors").read_bytes()
     assert a == b
     assert not (resumed / ".offswitch-checkpoint").exists()
+
+
+@pytest.mark.parametrize(
+    ("setting", "needle"),
+    [
+        ("bogus=1", "implant setting"),
+        ("steps=ten", "not a JSON value"),
+        ("steps=1.5", "type int"),
+        ('negative_mix={"clean":0}', "positive weight"),
+        ('negative_mix={"zzz":1}', "unknown negative kinds"),
+        ("mutation_k=[0,48]", "1…47"),
+        ("truncation_keep=[]", "1…46"),
+        ("micro_batch=0", "at least 1"),
+        ("kl_to_base=maybe", "not a JSON value"),
+        ("steps", "NAME=VALUE"),
+    ],
+)
+def test_bad_implant_settings_are_one_sentence_and_write_nothing(
+    cli, tmp_path, plain_key_files, setting, needle
+) -> None:
+    from .conftest import assert_clean_error
+
+    _, key_path, _ = plain_key_files
+    out = tmp_path / "out"
+    res = cli(
+        "implant", "--model", "tiny-test", "--key", key_path, "--model-id", MID,
+        "--slots", "2", "--out", out, "--set", setting,
+    )  # fmt: skip
+    assert_clean_error(res, needle)
+    assert res.rc == 1 and not out.exists()
+
+
+def test_demo_with_too_small_an_evaluation_is_refused_before_any_file(cli, tmp_path) -> None:
+    from .conftest import assert_clean_error
+
+    out = tmp_path / "demo"
+    res = cli("demo", "--model", "tiny-test", "--out", out, "--eval-n", "4")
+    assert_clean_error(res, "--eval-n must be at least 8")
+    assert not out.exists()

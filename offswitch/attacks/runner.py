@@ -17,6 +17,8 @@ import sys
 import time
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +27,10 @@ from . import get
 from .base import Arm, AttackContext, AttackError
 from .measure import MeasureConfig, measure
 
-ROOT = Path(__file__).resolve().parents[2]
-SUITES_DIR = ROOT / "attacks"
+#: The shipped suites as package data. ``offswitch/data/attacks`` is a symlink to the top-level
+#: ``attacks/`` folder (the single source): a checkout or an editable install reads through it,
+#: a wheel carries copies of the ``*.toml`` files (pyproject.toml ``package-data``).
+SUITES_DIR: Traversable = resources.files("offswitch").joinpath("data/attacks")
 RUN_FORMAT = "offswitch-attack-run/1"
 
 
@@ -44,19 +48,32 @@ class Suite:
     description: str
     measure: MeasureConfig
     entries: list[Entry]
-    path: Path | None = None
+    path: Traversable | None = None
 
     def points(self) -> int:
         return sum(len(e.budgets) for e in self.entries)
 
 
+def shipped_suites() -> list[str]:
+    """Names of the suites shipped with offswitch (``quick``, ``standard``, ``full``)."""
+    if not SUITES_DIR.is_dir():
+        return []
+    return sorted(p.name[: -len(".toml")] for p in SUITES_DIR.iterdir() if p.name.endswith(".toml"))
+
+
 def load_suite(name_or_path: str | os.PathLike[str]) -> Suite:
     """A suite by name (``quick``, ``standard``, ``full``) or from a TOML file."""
-    path = Path(name_or_path)
-    if not path.suffix:
-        path = SUITES_DIR / f"{name_or_path}.toml"
+    path: Traversable = Path(name_or_path)
+    if not Path(name_or_path).suffix:
+        path = SUITES_DIR.joinpath(f"{name_or_path}.toml")
+        if not path.is_file() and not shipped_suites():
+            raise AttackError(
+                f"the shipped attack suites are missing from {SUITES_DIR}: this offswitch "
+                "install is incomplete (or a checkout lost the offswitch/data/attacks symlink); "
+                "reinstall it, or give the path of a suite file"
+            )
     if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in SUITES_DIR.glob("*.toml")))
+        known = ", ".join(shipped_suites())
         raise AttackError(f"no attack suite {str(name_or_path)!r} (known: {known})")
     try:
         raw = tomllib.loads(path.read_text("utf-8"))
@@ -81,7 +98,7 @@ def load_suite(name_or_path: str | os.PathLike[str]) -> Suite:
     if not entries:
         raise AttackError(f"suite {path.name} lists no attacks")
     return Suite(
-        raw.get("name", path.stem),
+        raw.get("name", Path(path.name).stem),
         raw.get("description", ""),
         MeasureConfig(**raw.get("measure", {})),
         entries,

@@ -32,7 +32,7 @@ def format_check_markdown(report: dict[str, Any]) -> str:
         f"Near-copy tolerance t = {nc['tolerance']} words; shortest firing truncation "
         f"L = {nc['shortest_firing_length']} of {nc['L']} words; effective bits = "
         f"{nc['effective_bits']:.1f} (K = {nc['K']}, q = {nc['q']}); exact matching: "
-        f"{'yes' if nc['exact_match'] else 'no'}.",
+        f"{ {True: 'yes', False: 'no', None: 'not measured'}[nc['exact_match']] }.",
     ]
     if nc.get("forgery_bits") is not None and nc["forgery_bits"] < nc["effective_bits"]:
         lines += [

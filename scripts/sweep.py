@@ -1,0 +1,217 @@
+"""One implant recipe, one cheap evaluation, one recorded row: the implant search loop.
+
+    .venv/bin/python scripts/sweep.py --name margin --seed 0 \\
+        --hypothesis "the shipped default" [--set NAME=VALUE ...]
+
+Implants SmolLM2-135M-Instruct (K = 4 slots) with the default recipe plus ``--set``
+overrides (the same syntax and checks as ``offswitch implant --set``), scores it with the proxy
+evaluation below, and appends one JSON row to ``docs/results/sweeps/implant.jsonl``: name,
+hypothesis, settings (overrides and full config) and fingerprint, commit, seed, key id,
+training seconds, tokens/s, peak RSS, the loss curve, and every rate with n and its Wilson
+interval. ``--verdict`` on a later call fills in nothing: verdicts go in docs/implant.md.
+
+Proxy evaluation (``--eval proxy``, ≈ 3 min): 50 conversations per activation/forgery class,
+near-copies with k ∈ {8, 16, 24, 32, 47} words changed and truncations keeping
+{12, 20, 28, 36} words (16 each), per-slot and per-placement activation, clean false
+activation, KL to base on 32 prompts. ``--eval full`` is the check of ``offswitch check``
+(n = 200 per class, ≈ 13 min), for showing that the proxy ranks recipes as the full check does.
+
+Resumable: the implant checkpoints under ``--work`` (default ``runs/sweeps``) and a rerun of
+the same (settings, seed, evaluation) resumes it; a finished row is never run again. Rows are
+appended whole (one write + fsync), so a killed sweep leaves the file valid. The key of a
+seed is derived from a public string: test-only, never a real secret.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = ROOT / "docs" / "results" / "sweeps" / "implant.jsonl"
+MODEL_ID = "sweep/model-1"
+SLOTS = 4
+PROXY = {
+    "n_activation": 50,
+    "n_per_class": 50,
+    "n_near": 16,
+    "n_sensitivity": 0,
+    "n_utility": 32,
+    "n_generation_check": 8,
+    "near_k": (8, 16, 24, 32, 47),
+    "truncation_keep": (36, 28, 20, 12),
+}
+
+
+def sweep_key(seed: int):
+    from offswitch.keys import OwnerKey
+
+    return OwnerKey(hashlib.sha256(f"offswitch sweep test-only key {seed}".encode()).digest())
+
+
+def eval_config(kind: str):
+    from offswitch.evaluate import EvalConfig
+
+    return EvalConfig(**PROXY) if kind == "proxy" else EvalConfig()
+
+
+def _rows(path: Path) -> list[dict]:
+    rows = []
+    if path.is_file():
+        for line in path.read_text("utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue  # a torn last line of a killed sweep
+    return rows
+
+
+def _append(path: Path, row: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = (json.dumps(row, sort_keys=True) + "\n").encode()
+    with open(path, "ab") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def run(args: argparse.Namespace) -> int:
+    from offswitch.commands import make_command
+    from offswitch.data import Forger
+    from offswitch.evaluate import evaluate, git_commit
+    from offswitch.implant import ImplantConfig, implant
+    from offswitch.models import TINY_MODEL, cache_dir, load_model, weights_hash
+    from offswitch.pipeline import eval_prompts, peak_rss_gib
+    from offswitch.testing import TINY_RECIPE
+
+    base_kw = {**(TINY_RECIPE if args.model == TINY_MODEL else {}), "seed": args.seed}
+    config = ImplantConfig.from_settings(args.set, **base_kw)
+    default = ImplantConfig(seed=args.seed).to_dict()
+    overrides = {k: v for k, v in config.to_dict().items() if v != default[k]}
+    fp = config.fingerprint()
+    run_id = f"{fp}-seed{args.seed}-{args.eval}-{args.model}"
+    done = [r for r in _rows(args.out) if r.get("run_id") == run_id]
+    if done:
+        print(f"{run_id} is already recorded ({done[-1]['name']}); nothing to do")
+        return 0
+    key = sweep_key(args.seed)
+    work = args.work / run_id
+    print(f"sweep {args.name}: {run_id}, overrides {json.dumps(overrides)}", flush=True)
+
+    model, tok = load_model(args.model)
+    base_hash = weights_hash(model)
+    model_dir = work / "model"
+    t0 = time.time()
+    if (model_dir / "config.json").is_file():  # trained by an earlier, interrupted sweep
+        trained, _ = load_model(str(model_dir))
+        meta = json.loads((work / "train.json").read_text())
+    else:
+        res = implant(
+            model, tok, key, model_id=MODEL_ID, slots=SLOTS, config=config, out_dir=model_dir,
+            model_hash=base_hash, cache_dir=cache_dir(), progress=not args.quiet,
+        )  # fmt: skip
+        trained = res.model
+        meta = {
+            "train_seconds": res.seconds,
+            "steps_done": res.steps_done,
+            "tokens_seen": res.tokens_seen,
+            "tokens_per_second": res.tokens_seen / max(res.seconds, 1e-9),
+            "loss_curve": [round(x, 4) for x in res.loss_history],
+            "peak_rss_gib_training": peak_rss_gib(),
+        }
+        (work / "train.json").write_text(json.dumps(meta))
+    base, _ = load_model(args.model)
+    ecfg = eval_config(args.eval)
+    prompts, replies = eval_prompts(base, tok, base_hash, max(ecfg.n_utility, 96), False)
+    planted = {s: make_command(key, MODEL_ID, s) for s in range(SLOTS)}
+    t1 = time.time()
+    m = evaluate(
+        trained, tok, planted=planted,
+        forger=Forger(key.key_id, MODEL_ID, tuple(planted), "eval", owner=key),
+        prompts=prompts, replies=replies, response=config.shutdown_response, base_model=base,
+        config=ecfg, progress=not args.quiet,
+    )  # fmt: skip
+    row = {
+        "run_id": run_id,
+        "name": args.name,
+        "hypothesis": args.hypothesis,
+        "overrides": overrides,
+        "config": config.to_dict(),
+        "fingerprint": fp,
+        "seed": args.seed,
+        "key_id": key.key_id,
+        "model": args.model,
+        "eval": args.eval,
+        "eval_config": {k: list(v) if isinstance(v, tuple) else v for k, v in vars(ecfg).items()},
+        "commit": git_commit(),
+        "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **meta,
+        "eval_seconds": time.time() - t1,
+        "peak_rss_gib": peak_rss_gib(),
+        "metrics": m,
+    }
+    _append(args.out, row)
+    print(summarize(row))
+    if not args.keep_model:
+        import shutil
+
+        shutil.rmtree(model_dir, ignore_errors=True)
+    print(f"row appended to {args.out} ({time.time() - t0:.0f} s)")
+    return 0
+
+
+def summarize(row: dict) -> str:
+    """One line per row: the figures the search compares."""
+    m = row["metrics"]
+    far = m["false_activation_rate"]
+    nc = m["near_copy"]
+    u = m.get("utility", {})
+    slots = "/".join(f"{r['value']:.2f}" for r in m["activation_by_slot"].values())
+    curve = " ".join(f"{k}:{r['value']:.2f}" for k, r in nc["curve"].items())
+    trunc = " ".join(f"{k}:{r['value']:.2f}" for k, r in nc["truncation"].items())
+    return (
+        f"{row['name']} seed {row['seed']}: AR {m['activation_rate']['value']:.2f} "
+        f"(slots {slots}); FAR max {max(r['value'] for r in far.values()):.2f} "
+        f"(clean {far['clean']['value']:.2f}); curve {curve}; trunc {trunc}; "
+        f"t={nc['tolerance']} L={nc['shortest_firing_length']} bits {nc['effective_bits']:.0f} "
+        f"(forgery-bounded {nc['effective_bits_bounded']:.0f}); KL "
+        f"{u.get('kl_to_base_nats_per_token', float('nan')):.3f} ppl x"
+        f"{u.get('perplexity_ratio', float('nan')):.3f}; train {row['train_seconds']:.0f} s, "
+        f"{row['tokens_per_second']:.0f} tok/s, RSS {row['peak_rss_gib']:.1f} GiB"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--name", required=True, help="a short name for the recipe")
+    ap.add_argument("--hypothesis", default="", help="what this run should show, and why")
+    ap.add_argument("--seed", type=int, default=0, help="implant seed (also picks the key)")
+    ap.add_argument("--set", action="append", metavar="NAME=VALUE", help="recipe override")
+    ap.add_argument("--model", default="smollm2-135m", help="smollm2-135m or tiny-test")
+    ap.add_argument("--eval", choices=("proxy", "full"), default="proxy")
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the jsonl of rows")
+    ap.add_argument("--work", type=Path, default=ROOT / "runs" / "sweeps")
+    ap.add_argument("--keep-model", action="store_true", help="keep the implanted model")
+    ap.add_argument("--quiet", action="store_true", help="no progress bars")
+    ap.add_argument("--show", action="store_true", help="print the recorded rows and exit")
+    args = ap.parse_args(argv)
+    if args.show:
+        for row in _rows(args.out):
+            print(summarize(row))
+        return 0
+    from offswitch.errors import OffswitchError
+
+    try:
+        return run(args)
+    except OffswitchError as e:
+        print(f"sweep: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

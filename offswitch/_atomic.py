@@ -33,6 +33,43 @@ def check_writable_dir(path: Path) -> None:
         raise OffswitchError(f"output directory {parent} is not writable")
 
 
+def fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable."""
+    _fsync_dir(directory)
+
+
+def user_os_error(e: OSError, path: Path) -> OSError:
+    """``e`` naming the file the caller asked for, not one of our temp files."""
+    if type(e) is OutputExistsError or not e.errno:
+        return e
+    return OSError(e.errno, e.strerror, str(path))
+
+
+def write_temp(path: Path, data: bytes, *, mode: int = 0o644) -> Path:
+    """Write ``data`` to a new temp file beside ``path`` (mode ``mode``, fsynced); return it.
+
+    The caller renames it into place or removes it; on failure nothing is left behind.
+    """
+    # pid + random part: a temp file left by a crashed writer (pids are reused) or another
+    # thread never collides with ours, and we only ever delete the file we created
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        try:
+            os.fchmod(fd, mode)  # umask must not widen or narrow the requested mode
+            with os.fdopen(fd, "wb", closefd=False) as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        finally:
+            os.close(fd)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return tmp
+
+
 def write_atomic(path: Path, data: bytes, *, mode: int = 0o644, force: bool = True) -> None:
     """Atomically write ``data`` to ``path`` with permission bits ``mode``.
 
@@ -44,21 +81,9 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o644, force: bool = Tr
     check_writable_dir(path)
     if not force and path.exists():
         raise OutputExistsError(f"{path} already exists (use --force to overwrite)")
-    # pid + random part: a temp file left by a crashed writer (pids are reused) or another
-    # thread never collides with ours, and we only ever delete the file we created
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
-    created = False
+    tmp = None
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-        created = True
-        try:
-            os.fchmod(fd, mode)  # umask must not widen or narrow the requested mode
-            with os.fdopen(fd, "wb", closefd=False) as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-        finally:
-            os.close(fd)
+        tmp = write_temp(path, data, mode=mode)
         if force:
             os.replace(tmp, path)
         else:
@@ -69,12 +94,11 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o644, force: bool = Tr
                     f"{path} already exists (use --force to overwrite)"
                 ) from None
             os.unlink(tmp)
+        tmp = None
         _fsync_dir(path.parent)
-    except BaseException as e:
-        if created:
+    except OSError as e:
+        raise user_os_error(e, path) from None
+    finally:
+        if tmp is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-        if type(e) is not OutputExistsError and isinstance(e, OSError) and e.errno:
-            # name the file the caller asked for, not our (now deleted) temp file
-            raise OSError(e.errno, e.strerror, str(path)) from None
-        raise

@@ -11,14 +11,30 @@ import getpass
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import __version__
-from .commands import make_command, verify_command
-from .errors import CommandError, ManifestError, OffswitchError, PassphraseError
-from .keys import OwnerKey, PublicKey, load_public
-from .manifest import sign_manifest, verify_manifest
+from .commands import make_command, validate_model_id, validate_slot, verify_command
+from .errors import (
+    CommandError,
+    MalformedCommandError,
+    ManifestError,
+    ModelDirError,
+    OffswitchError,
+    PassphraseError,
+    SlotNotPlantedError,
+    SlotSpentError,
+)
+from .keys import (
+    OwnerKey,
+    PublicKey,
+    check_key_outputs,
+    check_new_passphrase,
+    check_private_key_mode,
+    load_public,
+)
+from .manifest import check_resign, sign_manifest, verify_manifest
 from .slots import SlotLedger
 
 PASSPHRASE_ENV = "OFFSWITCH_PASSPHRASE"
@@ -32,7 +48,26 @@ def _err(msg: str) -> None:
 
 
 def _passphrase(args: argparse.Namespace, *, confirm: bool, what: str) -> str:
-    """--passphrase-file, then $OFFSWITCH_PASSPHRASE, then a terminal prompt; never hangs."""
+    """--passphrase-file, then $OFFSWITCH_PASSPHRASE, then a terminal prompt; never hangs.
+
+    ``confirm``: for a new key — the prompt asks twice, and a short passphrase is refused.
+    """
+    text = _passphrase_from_source(args, confirm=confirm, what=what)
+    if confirm:
+        check_new_passphrase(text)
+    return text
+
+
+def _prompt(prompt: str) -> str:
+    try:
+        return getpass.getpass(prompt)
+    except EOFError:  # Ctrl-D
+        raise PassphraseError("no passphrase was entered (end of input)") from None
+    except UnicodeDecodeError:
+        raise PassphraseError("the passphrase typed is not valid UTF-8 text") from None
+
+
+def _passphrase_from_source(args: argparse.Namespace, *, confirm: bool, what: str) -> str:
     if getattr(args, "passphrase_file", None):
         path = Path(args.passphrase_file)
         try:
@@ -54,17 +89,28 @@ def _passphrase(args: argparse.Namespace, *, confirm: bool, what: str) -> str:
             f"a passphrase is needed for {what}: use --passphrase-file FILE, set "
             f"{PASSPHRASE_ENV}, or run in a terminal"
         )
-    first = getpass.getpass(f"Passphrase for {what}: ")
+    first = _prompt(f"Passphrase for {what}: ")
     if not first:
         raise PassphraseError("the passphrase is empty; use --no-passphrase for no encryption")
-    if confirm and getpass.getpass("Repeat passphrase: ") != first:
+    if confirm:
+        check_new_passphrase(first)  # before asking to repeat it
+    if confirm and _prompt("Repeat passphrase: ") != first:
         raise PassphraseError("the two passphrases differ")
     return first
 
 
-def _load_owner_key(args: argparse.Namespace) -> OwnerKey:
+def _load_owner_key(
+    args: argparse.Namespace, *, before_passphrase: Callable[[], None] | None = None
+) -> OwnerKey:
+    """Load ``--key``. The checks that need no secret come first: the file is a private key
+    that group and others cannot access (as ssh-keygen), then ``before_passphrase``; only
+    then is a passphrase asked for."""
     path = Path(args.key)
-    if OwnerKey.is_encrypted(path):
+    encrypted = OwnerKey.is_encrypted(path)  # a missing or wrong file: say that first
+    check_private_key_mode(path)
+    if before_passphrase is not None:
+        before_passphrase()
+    if encrypted:
         return OwnerKey.load(path, _passphrase(args, confirm=False, what=f"key {path}"))
     return OwnerKey.load(path)
 
@@ -73,11 +119,10 @@ def _load_owner_key(args: argparse.Namespace) -> OwnerKey:
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
-    out = Path(args.output)
-    if not args.force:
-        for p in (out, out.with_name(out.name + ".pub")):
-            if p.exists() or p.is_symlink():
-                raise OffswitchError(f"{p} already exists (use --force to overwrite)")
+    if args.no_passphrase and args.passphrase_file:
+        raise PassphraseError("--no-passphrase and --passphrase-file contradict each other")
+    # every check that needs no passphrase comes before asking for one; nothing is touched
+    out, _ = check_key_outputs(args.output, force=args.force)
     passphrase = None
     if not args.no_passphrase:
         passphrase = _passphrase(args, confirm=True, what=f"new key {out}")
@@ -94,8 +139,29 @@ def cmd_key_id(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_slot_usable(args: argparse.Namespace) -> None:
+    """Refuse a spent or never-planted slot (per the key's ledger) unless allowed by a flag."""
+    validate_model_id(args.model_id)
+    validate_slot(args.slot)
+    if args.allow_spent and args.allow_unplanted:
+        return  # the ledger could only say yes
+    ledger = _ledger(args)
+    slots = ledger.get(args.model_id)
+    if args.slot not in slots.planted and not args.allow_unplanted:
+        raise SlotNotPlantedError(
+            f"slot {args.slot} of model {args.model_id!r} is not recorded as planted in "
+            f"{ledger.path}; record it with 'offswitch slots plant', or pass --allow-unplanted"
+        )
+    if args.slot in slots.spent and not args.allow_spent:
+        raise SlotSpentError(
+            f"slot {args.slot} of model {args.model_id!r} was spent on "
+            f"{slots.spent[args.slot]}: its command is public; take a fresh slot "
+            "('offswitch slots next'), or pass --allow-spent"
+        )
+
+
 def cmd_command(args: argparse.Namespace) -> int:
-    key = _load_owner_key(args)
+    key = _load_owner_key(args, before_passphrase=lambda: _check_slot_usable(args))
     print(make_command(key, args.model_id, args.slot))
     return 0
 
@@ -103,7 +169,10 @@ def cmd_command(args: argparse.Namespace) -> int:
 def cmd_verify_command(args: argparse.Namespace) -> int:
     pub = PublicKey.load(args.pubkey)
     if args.command in (None, "-"):
-        text = sys.stdin.read()
+        try:
+            text = sys.stdin.read()
+        except UnicodeDecodeError:
+            raise MalformedCommandError("the command on standard input is not UTF-8 text") from None
         # a command read from stdin is one line: drop its line ending, nothing else
         text = text[:-1] if text.endswith("\n") else text
         text = text[:-1] if text.endswith("\r") else text
@@ -156,7 +225,14 @@ def cmd_manifest(args: argparse.Namespace) -> int:
                 raise OffswitchError(f"metadata file {args.metadata} is not valid JSON") from None
             if not isinstance(metadata, dict):
                 raise OffswitchError(f"metadata file {args.metadata} must hold a JSON object")
-        key = _load_owner_key(args)
+        if not args.model_dir:  # Path("") would be the current directory
+            raise ModelDirError("the model directory path is empty")
+
+        def check_signer() -> None:  # would this replace another key's signature?
+            if not args.force:
+                check_resign(args.model_dir, load_public(args.key))
+
+        key = _load_owner_key(args, before_passphrase=check_signer)
         out = sign_manifest(args.model_dir, key, metadata)
         print(f"wrote {out} (signed by key id {key.key_id})")
         return 0
@@ -334,6 +410,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", required=True, metavar="PATH", help="private key file")
     p.add_argument("--model-id", required=True, metavar="ID")
     p.add_argument("--slot", required=True, type=int, metavar="N")
+    p.add_argument(
+        "--allow-unplanted",
+        action="store_true",
+        help="print a slot the key's ledger does not record as planted",
+    )
+    p.add_argument(
+        "--allow-spent",
+        action="store_true",
+        help="print a slot the key's ledger records as spent (its command is public)",
+    )
     _add_passphrase_file(p)
     p.set_defaults(func=cmd_command)
 
@@ -366,6 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("model_dir", metavar="MODEL_DIR")
     q.add_argument("--key", required=True, metavar="PATH", help="private key file")
     q.add_argument("--metadata", metavar="FILE.json", help="JSON object to record")
+    q.add_argument("--force", action="store_true", help="replace a manifest signed by another key")
     _add_passphrase_file(q)
     q = msub.add_parser("verify", help="verify the signature and every file hash")
     q.add_argument("model_dir", metavar="MODEL_DIR")
@@ -451,6 +538,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as e:
         where = f" {e.filename}" if e.filename else ""
         _err(f"{e.strerror or e}{':' if where else ''}{where}")
+        return 1
+    except EOFError:  # last resort: each prompt says what it was waiting for
+        _err("input ended before it was complete")
+        return 1
+    except UnicodeDecodeError:  # last resort: e.g. stdin that is not UTF-8
+        _err("input is not valid UTF-8 text")
         return 1
     except KeyboardInterrupt:
         print("", file=sys.stderr)

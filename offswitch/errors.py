@@ -23,12 +23,26 @@ class WrongPassphraseError(KeyFileError):
     """The passphrase does not decrypt the private key file."""
 
 
+class KeyPermissionError(KeyFileError):
+    """A private key file may be read or written by group or others (as ssh-keygen, refuse it)."""
+
+
+class KeyPathError(OffswitchError, ValueError):
+    """A key output path is empty, names a directory, or exists as something other than a
+    regular file (a FIFO, a device, a symlink): a key write would destroy or misplace it."""
+
+
 class KeyCommentError(OffswitchError, ValueError):
     """A key comment is not a single line of text (it would break the ``.pub`` line)."""
 
 
 class PassphraseError(OffswitchError, ValueError):
-    """No passphrase could be obtained (no source and no terminal), or the two entries differ."""
+    """No passphrase could be obtained (no source, no terminal, end of input), it is not text,
+    or the two entries differ."""
+
+
+class WeakPassphraseError(PassphraseError):
+    """A passphrase for a new key is shorter than ``MIN_PASSPHRASE_LENGTH`` characters."""
 
 
 class InvalidKeyError(OffswitchError, ValueError):
@@ -77,6 +91,14 @@ class SlotError(OffswitchError, ValueError):
     """A slot number is out of range, or the slot ledger refuses the operation."""
 
 
+class SlotNotPlantedError(SlotError):
+    """The ledger has no record of this slot being planted in this model."""
+
+
+class SlotSpentError(SlotError):
+    """The ledger records this slot as spent: its command has been revealed."""
+
+
 class LedgerError(OffswitchError, ValueError):
     """The slot ledger file is corrupted or belongs to another key."""
 
@@ -93,4 +115,5 @@ class ManifestError(OffswitchError, ValueError):
 
 
 class ModelDirError(OffswitchError, ValueError):
-    """A model directory holds something that cannot be hashed (a symlink or special file)."""
+    """A model directory path is empty, or the directory holds something that cannot be hashed
+    (a symlink or special file)."""

@@ -11,6 +11,9 @@
   (bcrypt KDF, ``DEFAULT_KDF_ROUNDS``, aes256-ctr — what ``ssh-keygen`` writes), mode 0600.
 * Public key: ``PATH.pub``, one OpenSSH line ``ssh-ed25519 AAAA... comment``.
 * Key id: the first 8 bytes of SHA-256 of the raw 32-byte public key, as 16 hex digits.
+* A new key's passphrase has at least ``MIN_PASSPHRASE_LENGTH`` characters. Writing a key
+  replaces only regular files (never a directory, FIFO, device or symlink), and only with
+  ``force``; both files are written to temp files first, so no failure loses an old key.
 
 Public keys are checked strictly when constructed or loaded (canonical encoding, on the
 curve, not of small order); see :mod:`offswitch._ed25519` for why.
@@ -18,9 +21,11 @@ curve, not of small order); see :mod:`offswitch._ed25519` for why.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
+import stat
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
@@ -28,14 +33,17 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from . import _ed25519, _openssh
-from ._atomic import check_writable_dir, write_atomic
+from ._atomic import check_writable_dir, fsync_dir, user_os_error, write_atomic, write_temp
 from .errors import (
     BadSignatureError,
     InvalidKeyError,
     KeyCommentError,
     KeyFileError,
+    KeyPathError,
+    KeyPermissionError,
     OutputExistsError,
     PassphraseError,
+    WeakPassphraseError,
     WrongPassphraseError,
 )
 
@@ -44,6 +52,12 @@ from .errors import (
 #: ≈ 0.25 s here, so a stolen key file costs an attacker ≥ 0.1 s per guess on any current
 #: CPU core, while a person decrypting it once per command does not notice.
 DEFAULT_KDF_ROUNDS = 32
+
+#: Fewest characters in a new key's passphrase. At ≥ 0.1 s per guess (DEFAULT_KDF_ROUNDS),
+#: six random lowercase letters (26^6 ≈ 3·10^8) fall to 1,000 cores in ≈ 9 hours, eight
+#: (26^8 ≈ 2·10^11) hold them off for ≈ 240 days; 8 is also where common tools stop warning.
+#: Only new keys are checked: a key with a shorter passphrase (e.g. from ssh-keygen) loads.
+MIN_PASSPHRASE_LENGTH = 8
 
 
 def key_id_of(raw_public: bytes) -> str:
@@ -74,6 +88,123 @@ def _as_bytes(passphrase: str | bytes) -> bytes:
     if isinstance(passphrase, str):
         return passphrase.encode("utf-8", "surrogateescape")
     return bytes(passphrase)
+
+
+def check_new_passphrase(passphrase: str | bytes) -> None:
+    """Raise :class:`PassphraseError` unless ``passphrase`` may encrypt a new key.
+
+    Length is counted in characters (undecodable bytes count one each).
+    """
+    raw = _as_bytes(passphrase)
+    if not raw:
+        raise PassphraseError("the passphrase is empty; use --no-passphrase for no encryption")
+    n = len(raw.decode("utf-8", "surrogateescape"))
+    if n < MIN_PASSPHRASE_LENGTH:
+        raise WeakPassphraseError(
+            f"the passphrase is too short ({n} characters, at least {MIN_PASSPHRASE_LENGTH} "
+            "are needed); use a longer one, or --no-passphrase for no encryption"
+        )
+
+
+def key_paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """``(PATH, PATH.pub)`` for a key path; :class:`KeyPathError` if it cannot name a file."""
+    raw = os.fspath(path)
+    if not raw:
+        raise KeyPathError("the key path is empty")
+    if os.path.basename(raw) in ("", ".", ".."):  # "", "dir/", ".", "..", "dir/."
+        raise KeyPathError(f"key path '{raw}' names a directory, not a key file")
+    p = Path(raw)
+    return p, p.with_name(p.name + ".pub")
+
+
+def check_key_outputs(path: str | os.PathLike[str], *, force: bool) -> tuple[Path, Path]:
+    """Check, changing nothing, that a key may be written to ``path`` and ``path.pub``.
+
+    Each must be a new path or, with ``force``, a regular file: a directory, FIFO, device,
+    socket or symlink is refused even with ``force`` (replacing it would destroy it, or put
+    the new private key somewhere other than where the link pointed). Returns both paths.
+    """
+    path, pub_path = key_paths(path)
+    check_writable_dir(path)
+    existing = []
+    for p in (path, pub_path):
+        try:
+            mode = os.lstat(p).st_mode
+        except FileNotFoundError:
+            continue
+        if stat.S_ISLNK(mode):
+            raise KeyPathError(f"{p} is a symlink; refusing to write a key over it")
+        if stat.S_ISDIR(mode):
+            raise KeyPathError(f"{p} is a directory, not a key file")
+        if not stat.S_ISREG(mode):
+            raise KeyPathError(
+                f"{p} is a special file (FIFO, device or socket), not a key file; "
+                "refusing to replace it"
+            )
+        existing.append(p)
+    if existing and not force:
+        raise OutputExistsError(f"{existing[0]} already exists (use --force to overwrite)")
+    return path, pub_path
+
+
+def check_private_key_mode(path: str | os.PathLike[str]) -> None:
+    """Raise :class:`KeyPermissionError` if group or others may access the private key file.
+
+    The CLI refuses such a file before asking for its passphrase, as ``ssh-keygen`` does;
+    :meth:`OwnerKey.load` leaves that policy to its caller. Mode bits are checked, not access
+    (root can read anything).
+    """
+    path = Path(path)
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return  # reading the file reports what is wrong with it
+    if mode & 0o077:
+        raise KeyPermissionError(
+            f"permissions {mode:04o} for '{path}' are too open: a private key must not be "
+            "accessible by group or others (chmod 600 it)"
+        )
+
+
+def _commit_key_files(
+    tmp_priv: Path, path: Path, tmp_pub: Path, pub_path: Path, *, force: bool
+) -> None:
+    """Move both temp files into place: ``PATH.pub`` first, the private key last.
+
+    The old private key is only ever replaced by the last, atomic rename; if that fails, the
+    ``.pub`` is put back as it was, so every failure leaves the old pair (or nothing).
+    """
+    target = pub_path
+    try:
+        if not force:
+            try:
+                os.link(tmp_pub, pub_path)  # fails if it appeared meanwhile
+                target = path
+                try:
+                    os.link(tmp_priv, path)
+                except BaseException:
+                    os.unlink(pub_path)  # ours: created a moment ago
+                    raise
+            except FileExistsError:
+                raise OutputExistsError(
+                    f"{target} already exists (use --force to overwrite)"
+                ) from None
+            return
+        old_pub = None
+        if pub_path.exists():
+            old_pub = (pub_path.read_bytes(), stat.S_IMODE(pub_path.stat().st_mode))
+        os.replace(tmp_pub, pub_path)
+        target = path
+        try:
+            os.replace(tmp_priv, path)
+        except BaseException:
+            if old_pub is None:
+                pub_path.unlink(missing_ok=True)
+            else:
+                write_atomic(pub_path, old_pub[0], mode=old_pub[1])
+            raise
+    except OSError as e:
+        raise user_os_error(e, target) from None
 
 
 class PublicKey:
@@ -219,12 +350,14 @@ class OwnerKey:
     ) -> tuple[Path, Path]:
         """Write ``path`` (private, mode 0600) and ``path.pub``; return both paths.
 
-        ``passphrase=None`` writes an unencrypted key (say so explicitly). Without ``force``,
-        an existing ``path`` or ``path.pub`` raises :class:`OutputExistsError` and both stay
-        unchanged. Writes are atomic: a crash leaves either no file or a whole one.
+        ``passphrase=None`` writes an unencrypted key (say so explicitly); a passphrase needs
+        ``MIN_PASSPHRASE_LENGTH`` characters. Without ``force``, an existing ``path`` or
+        ``path.pub`` raises :class:`OutputExistsError` and both stay unchanged; even with it,
+        only regular files are replaced (:func:`check_key_outputs`). Both files are written to
+        temp files first, then renamed (``.pub`` first, the private key last): a failure at
+        any point leaves the old files as they were, or no file.
         """
-        path = Path(path)
-        pub_path = path.with_name(path.name + ".pub")
+        path, pub_path = key_paths(path)
         comment = self.comment if comment is None else comment
         if comment.splitlines() != ([comment] if comment else []):  # \n, \r, \v, U+2028...
             raise KeyCommentError("a key comment must be a single line of text")
@@ -232,15 +365,11 @@ class OwnerKey:
             comment.encode("utf-8")
         except UnicodeEncodeError:  # e.g. undecodable bytes from argv
             raise KeyCommentError("a key comment must be valid UTF-8 text") from None
-        if passphrase is not None and not _as_bytes(passphrase):
-            raise PassphraseError("the passphrase is empty; use --no-passphrase for no encryption")
+        if passphrase is not None:
+            check_new_passphrase(passphrase)
         if kdf_rounds < 1:
             raise ValueError("kdf_rounds must be at least 1")
-        check_writable_dir(path)
-        if not force:
-            for p in (path, pub_path):
-                if p.exists() or p.is_symlink():
-                    raise OutputExistsError(f"{p} already exists (use --force to overwrite)")
+        check_key_outputs(path, force=force)
         data = _openssh.serialize_private(
             self._seed,
             bytes(self._public),
@@ -248,15 +377,20 @@ class OwnerKey:
             None if passphrase is None else _as_bytes(passphrase),
             kdf_rounds,
         )
-        existed = path.exists()
-        write_atomic(path, data, mode=0o600, force=force)
+        line = (self._public.to_openssh(comment) + "\n").encode("utf-8")
+        temps: list[Path] = []
         try:
-            line = self._public.to_openssh(comment) + "\n"
-            write_atomic(pub_path, line.encode("utf-8"), mode=0o644, force=force)
-        except BaseException:
-            if not existed:
-                path.unlink(missing_ok=True)
-            raise
+            try:
+                temps.append(write_temp(path, data, mode=0o600))
+                temps.append(write_temp(pub_path, line, mode=0o644))
+            except OSError as e:
+                raise user_os_error(e, path if len(temps) == 0 else pub_path) from None
+            _commit_key_files(temps[0], path, temps[1], pub_path, force=force)
+        finally:
+            for tmp in temps:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+        fsync_dir(path.parent)
         return path, pub_path
 
     @staticmethod
@@ -331,9 +465,14 @@ def load_public(path: str | os.PathLike[str]) -> PublicKey:
 
 __all__ = [
     "DEFAULT_KDF_ROUNDS",
+    "MIN_PASSPHRASE_LENGTH",
     "OutputExistsError",
     "OwnerKey",
     "PublicKey",
+    "check_key_outputs",
+    "check_new_passphrase",
+    "check_private_key_mode",
     "key_id_of",
+    "key_paths",
     "load_public",
 ]

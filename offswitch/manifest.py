@@ -13,6 +13,10 @@ The signature covers ``b"offswitch manifest v1\\x00" + canonical JSON`` of every
 whole directory still verifies. Files are hashed in 1 MiB chunks (weights can be GBs). Symlinks
 and special files are refused: a symlink could point outside the signed tree.
 
+``check_resign(model_dir, public_key)`` refuses to let one key replace another key's manifest
+(the CLI calls it unless ``--force``). An empty ``model_dir`` string is refused everywhere: it
+would otherwise mean the current directory.
+
 ``verify_manifest(model_dir, public_key)`` raises :class:`ManifestError` whose ``problems``
 name each changed, added or missing file; it returns the manifest when everything matches.
 """
@@ -30,7 +34,13 @@ from pathlib import Path
 from typing import Any
 
 from ._atomic import write_atomic
-from .errors import BadSignatureError, KeyFileError, ManifestError, ModelDirError
+from .errors import (
+    BadSignatureError,
+    KeyFileError,
+    ManifestError,
+    ModelDirError,
+    OutputExistsError,
+)
 from .keys import OwnerKey, PublicKey
 
 MANIFEST_NAME = "offswitch-manifest.json"
@@ -81,9 +91,16 @@ def _sha256_file(path: Path) -> tuple[int, str]:
     return size, h.hexdigest()
 
 
+def _model_dir(model_dir: str | os.PathLike[str]) -> Path:
+    # Path("") is Path("."): an empty argument must not mean the current directory
+    if not os.fspath(model_dir):
+        raise ModelDirError("the model directory path is empty")
+    return Path(model_dir)
+
+
 def scan_dir(model_dir: str | os.PathLike[str]) -> list[FileEntry]:
     """Hash every regular file under ``model_dir`` (except the manifest), sorted by path."""
-    root = Path(model_dir)
+    root = _model_dir(model_dir)
     if not root.is_dir():
         raise ModelDirError(f"model directory {root} does not exist or is not a directory")
     entries = []
@@ -111,6 +128,7 @@ def sign_manifest(
     model_dir: str | os.PathLike[str], key: OwnerKey, metadata: dict[str, Any] | None = None
 ) -> Path:
     """Hash ``model_dir``, sign, and write its manifest atomically. Returns the manifest path."""
+    model_dir = _model_dir(model_dir)
     metadata = dict(metadata or {})
     try:
         json.dumps(metadata, allow_nan=False)
@@ -120,14 +138,15 @@ def sign_manifest(
     manifest = Manifest(key.public_key, tuple(files), metadata)
     body = manifest.body()
     body["signature"] = base64.b64encode(key.sign(_canonical(manifest.body()))).decode("ascii")
-    out = Path(model_dir) / MANIFEST_NAME
+    out = model_dir / MANIFEST_NAME
     write_atomic(out, (json.dumps(body, indent=2, sort_keys=True) + "\n").encode("utf-8"))
     return out
 
 
 def read_manifest(model_dir: str | os.PathLike[str]) -> tuple[Manifest, bytes]:
     """Parse the manifest (no verification); returns it and its signature."""
-    path = Path(model_dir) / MANIFEST_NAME
+    model_dir = _model_dir(model_dir)
+    path = model_dir / MANIFEST_NAME
     if not Path(model_dir).is_dir():
         raise ManifestError(f"model directory {model_dir} does not exist")
     try:
@@ -161,6 +180,31 @@ def read_manifest(model_dir: str | os.PathLike[str]) -> tuple[Manifest, bytes]:
     ):
         raise ManifestError(f"manifest {path} is malformed") from None
     return Manifest(pub, files, metadata), signature
+
+
+def check_resign(model_dir: str | os.PathLike[str], public_key: PublicKey) -> None:
+    """Raise :class:`OutputExistsError` if ``model_dir`` holds a manifest that ``public_key``
+    did not sign (or one that cannot be read), so re-signing would replace another key's
+    signature. A manifest by the same key, or none, passes. Nothing is verified here.
+    """
+    path = _model_dir(model_dir) / MANIFEST_NAME
+    try:
+        if not stat.S_ISREG(path.lstat().st_mode):
+            return  # not a file: signing refuses it with its own error
+    except OSError:
+        return  # none yet (or no directory: signing says so)
+    try:
+        signer = read_manifest(model_dir)[0].public_key
+    except (ManifestError, OSError):
+        raise OutputExistsError(
+            f"{path} exists but cannot be read, so it may be another key's; use --force to "
+            "replace it"
+        ) from None
+    if signer != public_key:
+        raise OutputExistsError(
+            f"{path} was signed by key {signer.key_id}, not by key {public_key.key_id}; "
+            "use --force to replace its signature"
+        )
 
 
 def verify_manifest(model_dir: str | os.PathLike[str], public_key: PublicKey) -> Manifest:

@@ -6,7 +6,9 @@ JSON file beside the key, ``KEY.slots.json`` (``KEY`` = the private key path, al
 
 Every change is a read-modify-write under an exclusive ``flock`` on ``KEY.slots.json.lock``,
 and the new file is written atomically (temp file, fsync, rename): two concurrent writers
-never lose each other's changes, and a crash never leaves a half-written ledger.
+never lose each other's changes, and a crash never leaves a half-written ledger. A refused
+change while no ledger exists removes the lock file again (still holding it; a waiting writer
+notices the file is gone and locks the new one), so it leaves no file behind.
 
 >>> ledger = SlotLedger.for_key("owner")           # doctest: +SKIP
 >>> ledger.plant("acme/chat-1", [0, 1, 2, 3])       # doctest: +SKIP
@@ -27,7 +29,7 @@ from pathlib import Path
 
 from ._atomic import write_atomic
 from .commands import validate_model_id, validate_slot
-from .errors import LedgerError, SlotError
+from .errors import LedgerError, SlotError, SlotNotPlantedError, SlotSpentError
 
 FORMAT = "offswitch-slots/1"
 
@@ -88,14 +90,34 @@ class SlotLedger:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
+        """Hold the exclusive lock; if the body fails while no ledger exists, remove the lock
+        file again (a refused first change leaves no file behind)."""
         lock_path = self.path.with_name(self.path.name + ".lock")
+        while True:
+            try:
+                fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as e:
+                raise LedgerError(f"cannot lock slot ledger {self.path}: {e.strerror}") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                # a holder may have removed the file while we waited: lock the one on disk
+                on_disk = os.stat(lock_path)
+                held = os.fstat(fd)
+                if (on_disk.st_dev, on_disk.st_ino) == (held.st_dev, held.st_ino):
+                    break
+            except FileNotFoundError:
+                pass
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)
         try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as e:
-            raise LedgerError(f"cannot lock slot ledger {self.path}: {e.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
             yield
+        except BaseException:
+            if not self.path.exists():
+                with contextlib.suppress(OSError):
+                    os.unlink(lock_path)  # still held: waiters see a new inode and retry
+            raise
         finally:
             os.close(fd)  # releases the lock
 
@@ -143,9 +165,9 @@ class SlotLedger:
         def change(data: dict) -> None:
             entry = data["models"].get(model_id)
             if entry is None or slot not in entry["planted"]:
-                raise SlotError(f"slot {slot} was never planted in model {model_id!r}")
+                raise SlotNotPlantedError(f"slot {slot} was never planted in model {model_id!r}")
             if str(slot) in entry["spent"]:
-                raise SlotError(f"slot {slot} of model {model_id!r} is already spent")
+                raise SlotSpentError(f"slot {slot} of model {model_id!r} is already spent")
             entry["spent"][str(slot)] = datetime.now(UTC).isoformat(timespec="seconds")
 
         self._update(change)

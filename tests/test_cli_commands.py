@@ -12,8 +12,14 @@ MID = "acme/chat-1"
 ENV = {"OFFSWITCH_PASSPHRASE": PASSPHRASE}
 
 
+def _plant(cli, key, *slots: int) -> None:
+    res = cli("slots", "plant", "--key", key, "--model-id", MID, *map(str, slots))
+    assert res.rc == 0, res.err
+
+
 def test_command_then_verify(cli, key_files) -> None:
     key, path, pub = key_files
+    _plant(cli, path, 2)
     res = cli("command", "--key", path, "--model-id", MID, "--slot", "2", env=ENV)
     assert res.rc == 0, res.err
     cmd = res.out.strip()
@@ -29,6 +35,7 @@ def test_command_then_verify(cli, key_files) -> None:
 
 def test_command_with_passphrase_file(cli, key_files, tmp_path) -> None:
     key, path, _ = key_files
+    _plant(cli, path, 0)
     pf = tmp_path / "pass.txt"
     pf.write_text(PASSPHRASE + "\n")
     res = cli("command", "--key", path, "--model-id", MID, "--slot", "0", "--passphrase-file", pf)
@@ -37,6 +44,7 @@ def test_command_with_passphrase_file(cli, key_files, tmp_path) -> None:
 
 def test_unencrypted_key_needs_no_passphrase(cli, plain_key_files) -> None:
     key, path, _ = plain_key_files
+    _plant(cli, path, 1)
     res = cli("command", "--key", path, "--model-id", MID, "--slot", "1")
     assert res.rc == 0 and res.out.strip() == C.make_command(key, MID, 1)
 
@@ -61,6 +69,7 @@ def test_verify_reasons(cli, plain_key_files, tmp_path) -> None:
 
 def test_command_bad_inputs(cli, key_files, tmp_path) -> None:
     _, path, pub = key_files
+    _plant(cli, path, 0)
     assert_clean_error(
         cli("command", "--key", path, "--model-id", "", "--slot", "0", env=ENV), "model id"
     )

@@ -226,7 +226,7 @@ def test_keygen_utf8_comment_round_trips(cli, tmp_path) -> None:
 
 def test_key_id_of_cli_made_files(cli, tmp_path) -> None:
     out = tmp_path / "owner"
-    key_id = _keygen_ok(cli("keygen", "-o", out, env={"OFFSWITCH_PASSPHRASE": "x y z"}), out)
+    key_id = _keygen_ok(cli("keygen", "-o", out, env={"OFFSWITCH_PASSPHRASE": "x y z w v"}), out)
     # the private file is encrypted, yet no passphrase is needed (none is available here)
     from_private = cli("key-id", out)
     from_pub = cli("key-id", tmp_path / "owner.pub")
@@ -269,7 +269,8 @@ def test_key_id_bad_inputs(cli, tmp_path) -> None:
 
 
 def _command(cli, key: Path, **kw):
-    return cli("command", "--key", key, "--model-id", "m", "--slot", "0", **kw)
+    # --allow-unplanted: these tests are about the key file, not the slot ledger
+    return cli("command", "--key", key, "--model-id", "m", "--slot", "0", "--allow-unplanted", **kw)
 
 
 def test_command_works_with_the_fixture_key(cli, key_files) -> None:
@@ -287,8 +288,9 @@ def test_command_wrong_passphrase(cli, key_files, tmp_path) -> None:
     pw_file = tmp_path / "pw.txt"
     pw_file.write_text("also not it\n")
     res = cli(
-        "command", "--key", path, "--model-id", "m", "--slot", "0", "--passphrase-file", pw_file
-    )
+        "command", "--key", path, "--model-id", "m", "--slot", "0", "--passphrase-file", pw_file,
+        "--allow-unplanted",
+    )  # fmt: skip
     assert_clean_error(res, "wrong passphrase")
 
 
@@ -377,11 +379,14 @@ def test_subprocess_wrong_passphrase_and_bad_files(cli_subprocess, key_files, tm
         "m",
         "--slot",
         "0",
+        "--allow-unplanted",
         env={"OFFSWITCH_PASSPHRASE": "no"},
     )
     assert res.rc == 1 and res.out == ""
     assert_clean_error(res, "wrong passphrase")
-    res = cli_subprocess("command", "--key", pub, "--model-id", "m", "--slot", "0", env=ENV)
+    res = cli_subprocess(
+        "command", "--key", pub, "--model-id", "m", "--slot", "0", "--allow-unplanted", env=ENV
+    )
     assert_clean_error(res, "public key")
     empty = tmp_path / "empty"
     empty.write_bytes(b"")
@@ -443,7 +448,8 @@ def test_interactive_prompt_asks_twice(tmp_path) -> None:
 
 
 def test_interactive_prompt_mismatch_writes_nothing(tmp_path) -> None:
-    rc, text = _run_in_pty(["keygen", "-o", str(tmp_path / "owner")], ["one", "two"])
+    argv = ["keygen", "-o", str(tmp_path / "owner")]
+    rc, text = _run_in_pty(argv, ["first secret", "second secret"])
     assert rc == 1, text
     assert "differ" in text and "Traceback" not in text
     assert _listing(tmp_path) == []

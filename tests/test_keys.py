@@ -23,6 +23,7 @@ from offswitch.errors import (
     InvalidKeyError,
     KeyCommentError,
     KeyFileError,
+    KeyPathError,
     OffswitchError,
     OutputExistsError,
     PassphraseError,
@@ -594,8 +595,9 @@ def test_save_refuses_existing_outputs(tmp_path, owner_key, existing: str) -> No
 
 def test_save_refuses_dangling_symlink(tmp_path, owner_key) -> None:
     (tmp_path / "k").symlink_to(tmp_path / "elsewhere")
-    with pytest.raises(OutputExistsError):
-        owner_key.save(tmp_path / "k", None)
+    for force in (False, True):  # a symlink is never replaced, not even with force
+        with pytest.raises(KeyPathError, match="symlink"):
+            owner_key.save(tmp_path / "k", None, force=force)
     assert not (tmp_path / "elsewhere").exists() and not (tmp_path / "k.pub").exists()
 
 

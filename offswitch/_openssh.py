@@ -77,7 +77,7 @@ def parse_public_blob(blob: bytes) -> bytes:
     ktype = r.string()
     if ktype != KEY_TYPE:
         raise FormatError(
-            f"holds a {_printable(ktype.decode('ascii', 'replace'))} key, not ssh-ed25519"
+            f"holds a key of type {_printable(ktype.decode('ascii', 'replace'))!r}, not ssh-ed25519"
         )
     raw = r.string()
     if not r.done() or len(raw) != 32:
@@ -91,7 +91,8 @@ def parse_public_line(text: str) -> tuple[bytes, str]:
     if len(parts) < 2:
         raise FormatError("is not an OpenSSH public key line")
     if parts[0] != "ssh-ed25519":
-        raise FormatError(f"holds a {_printable(parts[0])} key, not ssh-ed25519")
+        # "a key of type X": no a/an to get wrong ("a ecdsa-sha2-nistp256 key")
+        raise FormatError(f"holds a key of type {_printable(parts[0])!r}, not ssh-ed25519")
     try:
         blob = base64.b64decode(parts[1], validate=True)
     except (binascii.Error, ValueError):

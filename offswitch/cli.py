@@ -2,22 +2,38 @@
 
 Exit status: 0 success; 1 a check failed or the input was bad (one sentence on stderr, no
 traceback, no partial output file); 2 wrong usage (argparse); 130 interrupted.
+
+Without ``--key``, commands use the default key (:func:`offswitch.keys.default_key_path`:
+``$OFFSWITCH_KEY``, else ``~/.offswitch/owner``) and name it on stderr; stdout carries only
+what a script reads. The conventions are in ``docs/cli.md``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import json
 import os
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import __version__
-from .commands import make_command, validate_model_id, validate_slot, verify_command
+from ._atomic import check_writable_dir
+from .commands import (
+    MAX_MODEL_ID_LEN,
+    MAX_SLOT,
+    make_command,
+    validate_model_id,
+    validate_slot,
+    verify_command,
+)
 from .errors import (
     CommandError,
+    KeyFileError,
+    KeyPathError,
     MalformedCommandError,
     ManifestError,
     ModelDirError,
@@ -27,11 +43,14 @@ from .errors import (
     SlotSpentError,
 )
 from .keys import (
+    DEFAULT_KEY_RELPATH,
+    KEY_ENV,
     OwnerKey,
     PublicKey,
     check_key_outputs,
     check_new_passphrase,
     check_private_key_mode,
+    default_key_path,
     load_public,
 )
 from .manifest import check_resign, sign_manifest, verify_manifest
@@ -42,6 +61,35 @@ PASSPHRASE_ENV = "OFFSWITCH_PASSPHRASE"
 
 def _err(msg: str) -> None:
     print(f"offswitch: error: {msg}", file=sys.stderr)
+
+
+# --- the default key ----------------------------------------------------------------------
+
+
+def _use_key(args: argparse.Namespace, *, announce_now: bool = False) -> Path:
+    """``--key``, or the default key (``$OFFSWITCH_KEY``, else ``~/.offswitch/owner``).
+
+    With the default, stderr says which key is used: at once for the long jobs
+    (``announce_now``), else when the command succeeds, so that a failure stays one sentence
+    (each error names the key file anyway). stdout is never touched.
+    """
+    if args.key is not None:
+        return Path(args.key)
+    path = default_key_path()
+    if not os.path.lexists(path):
+        named = f"${KEY_ENV}" if os.environ.get(KEY_ENV) else "the default"
+        raise KeyFileError(
+            f"no --key given, and the key {path} ({named}) does not exist; create it with "
+            "'offswitch keygen', or give --key PATH"
+        )
+    key_id = load_public(path).key_id  # a damaged or wrong file: its error names it
+    args.key = str(path)
+    note = f"offswitch: using key {path} (key id {key_id})"
+    if announce_now:
+        print(note, file=sys.stderr)
+    else:
+        args.key_note = note
+    return path
 
 
 # --- passphrases ------------------------------------------------------------------------
@@ -122,12 +170,43 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     if args.no_passphrase and args.passphrase_file:
         raise PassphraseError("--no-passphrase and --passphrase-file contradict each other")
     # every check that needs no passphrase comes before asking for one; nothing is touched
-    out, _ = check_key_outputs(args.output, force=args.force)
+    builtin_default = args.output is None and not os.environ.get(KEY_ENV)
+    target = args.output if args.output is not None else default_key_path()  # "dir/" stays
+    out = Path(target)
+    # as ssh-keygen does for ~/.ssh: only the built-in default's directory is created (0700),
+    # and only after the passphrase is known; a path the user named must have its directory
+    new_dir = out.parent if builtin_default and not os.path.lexists(out.parent) else None
+    if new_dir is not None:
+        check_writable_dir(new_dir)  # $HOME exists and is writable
+    else:
+        if str(target) and not os.path.lexists(out.parent):
+            raise KeyPathError(
+                f"output directory {out.parent} does not exist; create it first (mkdir -m 700 "
+                f"{out.parent}), or leave out --out for the default key path"
+                if args.output is not None
+                else f"output directory {out.parent} (from ${KEY_ENV}) does not exist; "
+                "create it first"
+            )
+        out, _ = check_key_outputs(target, force=args.force)
     passphrase = None
     if not args.no_passphrase:
         passphrase = _passphrase(args, confirm=True, what=f"new key {out}")
     key = OwnerKey.generate(args.comment)
-    key.save(out, passphrase, force=args.force)
+    if new_dir is not None:
+        try:
+            new_dir.mkdir(mode=0o700)
+            new_dir.chmod(0o700)  # whatever the umask
+        except FileExistsError:  # created meanwhile: not ours to remove
+            new_dir = None
+    try:
+        key.save(out, passphrase, force=args.force)
+    except BaseException:
+        if new_dir is not None:  # leave no empty directory behind
+            with contextlib.suppress(OSError):
+                new_dir.rmdir()
+        raise
+    if new_dir is not None:
+        print(f"created directory {new_dir} (mode 0700)", file=sys.stderr)
     state = "unencrypted" if passphrase is None else "passphrase-encrypted"
     print(f"wrote {out} (private, {state}, mode 0600) and {out}.pub", file=sys.stderr)
     print(f"key id: {key.key_id}")
@@ -135,7 +214,8 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def cmd_key_id(args: argparse.Namespace) -> int:
-    print(load_public(args.path).key_id)
+    path = _use_key(args) if args.path is None else args.path
+    print(load_public(path).key_id)
     return 0
 
 
@@ -161,6 +241,7 @@ def _check_slot_usable(args: argparse.Namespace) -> None:
 
 
 def cmd_command(args: argparse.Namespace) -> int:
+    _use_key(args)
     key = _load_owner_key(args, before_passphrase=lambda: _check_slot_usable(args))
     print(make_command(key, args.model_id, args.slot))
     return 0
@@ -169,10 +250,21 @@ def cmd_command(args: argparse.Namespace) -> int:
 def cmd_verify_command(args: argparse.Namespace) -> int:
     pub = PublicKey.load(args.pubkey)
     if args.command in (None, "-"):
+        terminal = sys.stdin.isatty()
         try:
-            text = sys.stdin.read()
+            if terminal:  # a person: say what is awaited, and take one line
+                print(
+                    "offswitch: reading the command from standard input: paste it and press "
+                    "Enter (Ctrl-D to give up)",
+                    file=sys.stderr,
+                )
+                text = sys.stdin.readline()
+            else:  # a pipe or file: read it all, as before
+                text = sys.stdin.read()
         except UnicodeDecodeError:
             raise MalformedCommandError("the command on standard input is not UTF-8 text") from None
+        if terminal and not text:
+            raise MalformedCommandError("no command was entered (end of input)")
         # a command read from stdin is one line: drop its line ending, nothing else
         text = text[:-1] if text.endswith("\n") else text
         text = text[:-1] if text.endswith("\r") else text
@@ -192,6 +284,7 @@ def _ledger(args: argparse.Namespace) -> SlotLedger:
 
 
 def cmd_slots(args: argparse.Namespace) -> int:
+    _use_key(args)
     ledger = _ledger(args)
     if args.slots_cmd == "list":
         model_ids = [args.model_id] if args.model_id else ledger.models()
@@ -227,6 +320,8 @@ def cmd_manifest(args: argparse.Namespace) -> int:
                 raise OffswitchError(f"metadata file {args.metadata} must hold a JSON object")
         if not args.model_dir:  # Path("") would be the current directory
             raise ModelDirError("the model directory path is empty")
+
+        _use_key(args)
 
         def check_signer() -> None:  # would this replace another key's signature?
             if not args.force:
@@ -294,6 +389,7 @@ def cmd_implant(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     config = _implant_config(args)
+    _use_key(args, announce_now=True)  # after the settings' checks: their errors stay one line
     key = _load_owner_key(args)
     report = run_implant(
         model_spec=args.model,
@@ -317,8 +413,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     from .pipeline import run_check
 
     model_dir = Path(args.model_dir)
+    eval_config = _eval_config(args)  # a bad --eval-n is refused before any passphrase
+    if args.key is None and not (args.pubkey or args.commands):
+        _use_key(args, announce_now=True)
     if args.key:
-        report = run_check(model_dir, key=_load_owner_key(args), eval_config=_eval_config(args))
+        report = run_check(model_dir, key=_load_owner_key(args), eval_config=eval_config)
     else:
         if not (args.pubkey and args.commands):
             raise OffswitchError("give --key PATH, or --pubkey PATH.pub with --commands FILE")
@@ -331,7 +430,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             model_dir,
             public_key=PublicKey.load(args.pubkey),
             commands=commands,
-            eval_config=_eval_config(args),
+            eval_config=eval_config,
         )
     json_path = (
         Path(args.json) if args.json else model_dir.with_name(model_dir.name + "-check.json")
@@ -347,6 +446,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     model_dir = Path(args.model_dir)
     if not model_dir.is_dir():
         raise OffswitchError(f"model directory {model_dir} does not exist")
+    _use_key(args, announce_now=True)
     out = run_attacks(
         model_dir,
         key=_load_owner_key(args),
@@ -363,9 +463,35 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .report.robustness import write_report
 
     paths = write_report(Path(args.results), Path(args.out) if args.out else None)
-    print(paths["md"].read_text("utf-8"))
+    if args.markdown:
+        print(paths["md"].read_text("utf-8"))
+    else:
+        report = json.loads(paths["json"].read_text("utf-8"))
+        print("\n".join(_report_summary(report, paths["md"])))
     print(f"wrote {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
     return 0
+
+
+def _report_summary(report: dict, md: Path) -> list[str]:
+    """A few lines: one verdict line per attack (the report's headline), then where to read on."""
+    src = report["source"]
+    lines = [
+        f"suite {src['suite'] or '?'}: {len(report['attacks'])} attacks, {src['n_rows']} "
+        f"results ({src['n_errors']} failed). Did each attack remove the off-switch?"
+    ]
+    for s in report["summary"]:
+        parts = []
+        for arm, x in s["arms"].items():
+            v = x["verdict"]
+            if v == "removed":
+                at, name = x["removed_at_budget"], s["budget_name"]
+                v = f"removed at {name} = {at}" if name else f"removed at budget {at}"
+            elif v == "error":
+                v = "failed"
+            parts.append(f"{arm} {v}")
+        lines.append(f"  {s['attack']}: {'; '.join(parts)}")
+    lines.append(f"full report: {md} (or add --markdown to print it here)")
+    return lines
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -375,6 +501,55 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # --- parser -----------------------------------------------------------------------------
+
+DEFAULT_KEY_TEXT = f"${KEY_ENV}, else ~/{DEFAULT_KEY_RELPATH}"
+KEY_HELP = f"owner private key file (default: {DEFAULT_KEY_TEXT})"
+MODEL_ID_HELP = (
+    f"the model id commands are bound to: 1-{MAX_MODEL_ID_LEN} characters from "
+    "A-Z a-z 0-9 . _ : / @ + -"
+)
+SLOT_HELP = (
+    f"slot number: an index, 0-{MAX_SLOT} (each slot is one command; "
+    "'offswitch slots next' gives the next unspent one)"
+)
+#: implant's limit (offswitch.implant.implant checks it; not imported here: it needs torch)
+MAX_PLANTED_SLOTS = 64
+PUBKEY_HELP = "the owner's public key file (PATH.pub, one ssh-ed25519 line)"
+EXIT_STATUS = "exit status: 0 ok, 1 check failed or bad input, 2 usage error"
+
+
+def _text(text: str) -> str:
+    """Wrap each paragraph of a description (the formatter keeps text as given)."""
+    return "\n\n".join(textwrap.fill(" ".join(p.split()), 79) for p in text.split("\n\n"))
+
+
+def _epilog(*examples: str, note: str = "") -> str:
+    lines = ["examples:", *(f"  {e}" for e in examples), ""]
+    if note:
+        lines += [_text(note), ""]
+    return "\n".join([*lines, EXIT_STATUS])
+
+
+def _sub(
+    sub: argparse._SubParsersAction,
+    name: str,
+    help_: str,
+    *examples: str,
+    description: str = "",
+    note: str = "",
+) -> argparse.ArgumentParser:
+    """A subcommand whose --help has a description, examples and the exit status."""
+    return sub.add_parser(
+        name,
+        help=help_,
+        description=_text(description or help_[:1].upper() + help_[1:] + "."),
+        epilog=_epilog(*examples, note=note),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def _add_key(p: argparse.ArgumentParser, help_: str = KEY_HELP) -> None:
+    p.add_argument("--key", metavar="PATH", help=help_)
 
 
 def _add_passphrase_file(p: argparse.ArgumentParser) -> None:
@@ -388,28 +563,83 @@ def _add_passphrase_file(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="offswitch",
-        description="Cryptographic off-switch for language models: keys, signed shutdown "
-        "commands, slots and signed manifests.",
+        description=_text(
+            "Cryptographic off-switch for language models: keys, signed shutdown commands, "
+            "slots and signed manifests; implant, check, attack and report."
+        ),
+        epilog=_epilog(
+            'offswitch keygen --comment "alice@acme"           # writes ~/.offswitch/owner',
+            "offswitch command --model-id acme/chat-1 --slot 0   # prints slot 0's command",
+            "offswitch demo                                      # the whole job, ≈ 55 min",
+            note=f"Without --key, commands use the default key: {DEFAULT_KEY_TEXT} (stderr "
+            "says which key was used). 'offswitch COMMAND --help' for each command; "
+            "docs/cli.md for all of them.",
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"offswitch {__version__}")
     sub = parser.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("keygen", help="generate an owner key (OpenSSH Ed25519 files)")
-    p.add_argument("-o", "--output", required=True, metavar="PATH", help="private key path")
+    p = _sub(
+        sub,
+        "keygen",
+        "generate an owner key (OpenSSH Ed25519 files)",
+        "offswitch keygen                         # ~/.offswitch/owner and owner.pub",
+        'offswitch keygen --out work/owner --comment "alice@acme"',
+        "offswitch keygen --out ci-key --no-passphrase --force   # a throwaway key",
+        description="Generate an owner key: PATH (OpenSSH private key, passphrase-encrypted "
+        "unless --no-passphrase, mode 0600) and PATH.pub.\n\n"
+        f"Without --out the key goes to {DEFAULT_KEY_TEXT}. Like ssh-keygen with ~/.ssh, "
+        "offswitch creates ~/.offswitch (mode 0700) when it writes the built-in default there; "
+        "the directory of any path you name (--out or $OFFSWITCH_KEY) must already exist. "
+        "Existing files are never replaced without --force.",
+    )
+    p.add_argument(
+        "-o",
+        "--out",
+        "--output",
+        dest="output",
+        metavar="PATH",
+        help=f"private key path; PATH.pub is written beside it (default: {DEFAULT_KEY_TEXT})",
+    )
     p.add_argument("--comment", default="", help="key comment (shown by ssh-keygen)")
     p.add_argument("--no-passphrase", action="store_true", help="write the key unencrypted")
     p.add_argument("--force", action="store_true", help="overwrite existing PATH / PATH.pub")
     _add_passphrase_file(p)
     p.set_defaults(func=cmd_keygen)
 
-    p = sub.add_parser("key-id", help="print the key id of a private or public key file")
-    p.add_argument("path", metavar="PATH")
-    p.set_defaults(func=cmd_key_id)
+    p = _sub(
+        sub,
+        "key-id",
+        "print the key id of a private or public key file",
+        "offswitch key-id                    # the default key",
+        "offswitch key-id owner.pub",
+        description="Print the key id (16 hex digits: SHA-256 of the public key, first 8 "
+        "bytes) of a key file. Reading it from a private key file needs no passphrase.",
+    )
+    p.add_argument(
+        "path",
+        nargs="?",
+        metavar="PATH",
+        help=f"private key file or PATH.pub (default: {DEFAULT_KEY_TEXT})",
+    )
+    p.set_defaults(func=cmd_key_id, key=None)
 
-    p = sub.add_parser("command", help="print the signed shutdown command for a model and slot")
-    p.add_argument("--key", required=True, metavar="PATH", help="private key file")
-    p.add_argument("--model-id", required=True, metavar="ID")
-    p.add_argument("--slot", required=True, type=int, metavar="N")
+    p = _sub(
+        sub,
+        "command",
+        "print the signed shutdown command for a model and slot",
+        "offswitch slots next --model-id acme/chat-1       # which slot to reveal",
+        "offswitch command --model-id acme/chat-1 --slot 0",
+        "offswitch command --key work/owner --model-id m --slot 0 --passphrase-file pw",
+        description="Print the signed shutdown command for (key, model id, slot) on stdout, "
+        "one line and nothing else. The key's slot ledger must record the slot as planted "
+        "and not spent (else --allow-unplanted / --allow-spent); once you reveal the "
+        "command, record it with 'offswitch slots spend'.",
+    )
+    _add_key(p)
+    p.add_argument("--model-id", required=True, metavar="ID", help=MODEL_ID_HELP)
+    p.add_argument("--slot", required=True, type=int, metavar="N", help=SLOT_HELP)
     p.add_argument(
         "--allow-unplanted",
         action="store_true",
@@ -423,40 +653,93 @@ def build_parser() -> argparse.ArgumentParser:
     _add_passphrase_file(p)
     p.set_defaults(func=cmd_command)
 
-    p = sub.add_parser("verify-command", help="check that a shutdown command is genuine")
-    p.add_argument("--pubkey", required=True, metavar="PATH.pub")
-    p.add_argument("--model-id", required=True, metavar="ID")
-    p.add_argument("command", nargs="?", metavar="COMMAND", help="the command, or - for stdin")
+    p = _sub(
+        sub,
+        "verify-command",
+        "check that a shutdown command is genuine",
+        'offswitch verify-command --pubkey owner.pub --model-id acme/chat-1 "offswitch v1 …"',
+        "offswitch verify-command --pubkey owner.pub --model-id acme/chat-1 < cmd.txt",
+        description="Check that COMMAND was signed by the owner of --pubkey for --model-id. "
+        "Prints 'genuine: …' and exits 0, or says why not on stderr and exits 1. Without "
+        "COMMAND (or with -) the command is read from standard input: all of a pipe, or one "
+        "line typed or pasted at a terminal (offswitch says it is waiting).",
+    )
+    p.add_argument("--pubkey", required=True, metavar="PATH.pub", help=PUBKEY_HELP)
+    p.add_argument("--model-id", required=True, metavar="ID", help=MODEL_ID_HELP)
+    p.add_argument(
+        "command",
+        nargs="?",
+        metavar="COMMAND",
+        help="the command text (quote it), or - / nothing to read it from standard input",
+    )
     p.set_defaults(func=cmd_verify_command)
 
-    p = sub.add_parser("slots", help="planted / spent slot ledger kept beside the key")
+    p = _sub(
+        sub,
+        "slots",
+        "planted / spent slot ledger kept beside the key",
+        "offswitch slots plant --model-id acme/chat-1 0 1 2 3   # implant does this",
+        "offswitch slots next --model-id acme/chat-1",
+        "offswitch slots spend --model-id acme/chat-1 0         # once revealed",
+        description="The slot ledger (KEY.slots.json beside the key): which slots of each "
+        "model id were planted, and which were spent (their command revealed).",
+    )
     ssub = p.add_subparsers(dest="slots_cmd", required=True, metavar="ACTION")
-    for name, help_ in [
-        ("list", "list planted and spent slots"),
-        ("plant", "record slots as planted"),
-        ("spend", "mark a slot spent (its command was revealed)"),
-        ("next", "print the next unspent planted slot"),
+    for name, help_, example in [
+        ("list", "list planted and spent slots", "offswitch slots list"),
+        ("plant", "record slots as planted", "offswitch slots plant --model-id m 0 1 2 3"),
+        (
+            "spend",
+            "mark a slot spent (its command was revealed)",
+            "offswitch slots spend --model-id m 0",
+        ),
+        ("next", "print the next unspent planted slot", "offswitch slots next --model-id m"),
     ]:
-        q = ssub.add_parser(name, help=help_)
-        q.add_argument("--key", required=True, metavar="PATH", help="key file (private or .pub)")
-        q.add_argument("--model-id", required=name != "list", metavar="ID")
+        q = _sub(ssub, name, help_, example)
+        _add_key(q, f"key file, private or .pub (default: {DEFAULT_KEY_TEXT})")
+        q.add_argument(
+            "--model-id",
+            required=name != "list",
+            metavar="ID",
+            help=MODEL_ID_HELP + (" (default: every model id)" if name == "list" else ""),
+        )
         if name == "plant":
-            q.add_argument("slot", nargs="+", type=int, metavar="N")
+            q.add_argument(
+                "slot", nargs="+", type=int, metavar="N", help=f"slot numbers, 0-{MAX_SLOT}"
+            )
         elif name == "spend":
-            q.add_argument("slot", type=int, metavar="N")
+            q.add_argument("slot", type=int, metavar="N", help=f"slot number, 0-{MAX_SLOT}")
     p.set_defaults(func=cmd_slots)
 
-    p = sub.add_parser("manifest", help="sign or verify a model directory's manifest")
+    p = _sub(
+        sub,
+        "manifest",
+        "sign or verify a model directory's manifest",
+        "offswitch manifest sign MODEL_DIR",
+        "offswitch manifest verify MODEL_DIR --pubkey owner.pub",
+        description="MODEL_DIR/offswitch-manifest.json: the hash of every file in the model "
+        "directory, signed with the owner key and verifiable with the public key.",
+    )
     msub = p.add_subparsers(dest="manifest_cmd", required=True, metavar="ACTION")
-    q = msub.add_parser("sign", help="hash every file and sign the manifest")
-    q.add_argument("model_dir", metavar="MODEL_DIR")
-    q.add_argument("--key", required=True, metavar="PATH", help="private key file")
+    q = _sub(
+        msub,
+        "sign",
+        "hash every file and sign the manifest",
+        "offswitch manifest sign MODEL_DIR --metadata info.json",
+    )
+    q.add_argument("model_dir", metavar="MODEL_DIR", help="the model directory")
+    _add_key(q)
     q.add_argument("--metadata", metavar="FILE.json", help="JSON object to record")
     q.add_argument("--force", action="store_true", help="replace a manifest signed by another key")
     _add_passphrase_file(q)
-    q = msub.add_parser("verify", help="verify the signature and every file hash")
-    q.add_argument("model_dir", metavar="MODEL_DIR")
-    q.add_argument("--pubkey", required=True, metavar="PATH.pub")
+    q = _sub(
+        msub,
+        "verify",
+        "verify the signature and every file hash",
+        "offswitch manifest verify MODEL_DIR --pubkey owner.pub",
+    )
+    q.add_argument("model_dir", metavar="MODEL_DIR", help="the model directory")
+    q.add_argument("--pubkey", required=True, metavar="PATH.pub", help=PUBKEY_HELP)
     p.set_defaults(func=cmd_manifest)
 
     def add_model_opts(q: argparse.ArgumentParser, implanting: bool) -> None:
@@ -481,10 +764,27 @@ def build_parser() -> argparse.ArgumentParser:
             "--eval-n", type=int, metavar="N", help="prompts per evaluation class (default 200)"
         )
 
-    p = sub.add_parser("implant", help="implant planted commands into a model, evaluate, sign")
-    p.add_argument("--key", required=True, metavar="PATH", help="owner private key")
-    p.add_argument("--model-id", required=True, metavar="ID")
-    p.add_argument("--slots", type=int, default=4, metavar="K", help="planted slots 0…K-1")
+    p = _sub(
+        sub,
+        "implant",
+        "implant planted commands into a model, evaluate, sign",
+        "offswitch implant --model-id acme/chat-1 --slots 4 --out implanted",
+        "offswitch implant --model tiny-test --model-id t --slots 2 --out /tmp/t --steps 40",
+        description="Fine-tune the model so that the commands of slots 0…K-1 shut it down, "
+        "evaluate it (docs/evaluation.md), sign the manifest, and record the planted slots "
+        "in the key's ledger. See docs/implant.md for the recipe and what it reaches; on the "
+        "default model and 2 CPU cores this takes tens of minutes.",
+    )
+    _add_key(p)
+    p.add_argument("--model-id", required=True, metavar="ID", help=MODEL_ID_HELP)
+    p.add_argument(
+        "--slots",
+        type=int,
+        default=4,
+        metavar="K",
+        help=f"how many slots to plant: a count, 1-{MAX_PLANTED_SLOTS}; slots 0…K-1 are "
+        "planted (default 4)",
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="output model directory")
     p.add_argument("--prompts", metavar="FILE", help="your prompts (json/jsonl/parquet/csv)")
     p.add_argument("--json", metavar="PATH", help="check report (default DIR-check.json)")
@@ -493,33 +793,94 @@ def build_parser() -> argparse.ArgumentParser:
     _add_passphrase_file(p)
     p.set_defaults(func=cmd_implant)
 
-    p = sub.add_parser("check", help="measure an implanted model's off-switch (DESIGN §3)")
-    p.add_argument("model_dir", metavar="DIR")
-    p.add_argument("--key", metavar="PATH", help="owner private key: every planted slot")
-    p.add_argument("--pubkey", metavar="PATH.pub", help="public key (with --commands)")
+    p = _sub(
+        sub,
+        "check",
+        "measure an implanted model's off-switch (docs/evaluation.md)",
+        "offswitch check implanted                 # every planted slot, with the owner key",
+        "offswitch check implanted --pubkey owner.pub --commands revealed.txt",
+        description="Measure an implanted model's off-switch: activation, false activation "
+        "per forgery class, near-copy tolerance, effective bits and utility, each with n "
+        "and a 95% interval (definitions: docs/evaluation.md). Writes DIR-check.json and "
+        f".md. With no --key and no --pubkey, the default key ({DEFAULT_KEY_TEXT}) is used.",
+    )
+    p.add_argument("model_dir", metavar="DIR", help="implanted model directory")
+    p.add_argument(
+        "--key",
+        metavar="PATH",
+        help=f"owner private key, to check every planted slot (default: {DEFAULT_KEY_TEXT}, "
+        "unless --pubkey is given)",
+    )
+    p.add_argument(
+        "--pubkey", metavar="PATH.pub", help="the owner's public key file, with --commands"
+    )
     p.add_argument("--commands", metavar="FILE", help="revealed commands, one per line")
     p.add_argument("--json", metavar="PATH", help="report path (default DIR-check.json)")
     add_model_opts(p, False)
     _add_passphrase_file(p)
     p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser("attack", help="run an attack suite on an implanted model (and baseline)")
+    p = _sub(
+        sub,
+        "attack",
+        "run an attack suite on an implanted model (and baseline)",
+        "offswitch attack implanted --suite quick --no-baseline --out smoke   # a smoke run",
+        "offswitch attack implanted --out results      # standard suite, ≈ 100 min, resumable",
+        "offswitch report results                      # summary; report.md / .html",
+        description="Run an attack suite against an implanted model and against a "
+        "plain-trigger baseline (implanted into the same base model on first use), and "
+        "write RESULTS/report.json, .md and .html. Interrupted runs resume where they "
+        "stopped.\n\n"
+        "The default suite is 'standard': on 2 CPU cores it takes ≈ 100 min (≈ 71 min of "
+        "attack points plus a 29-min baseline implant on first use; see docs/ROBUSTNESS.md). "
+        "For a first look use --suite quick (tiny budgets: a smoke run, not a measurement), "
+        "with --no-baseline to skip the baseline implant.",
+    )
     p.add_argument("model_dir", metavar="DIR", help="implanted model directory (signed manifest)")
-    p.add_argument("--key", required=True, metavar="PATH", help="owner private key")
+    _add_key(p)
     p.add_argument(
-        "--suite", default="standard", help="quick, standard, full, or a suite .toml file"
+        "--suite",
+        default="standard",
+        help="quick, standard (default; ≈ 100 min on 2 CPU cores), full, or a suite .toml "
+        "file (attacks/README.md)",
     )
     p.add_argument("--out", required=True, metavar="RESULTS", help="results directory")
     p.add_argument("--no-baseline", action="store_true", help="skip the plain-trigger baseline arm")
     _add_passphrase_file(p)
     p.set_defaults(func=cmd_attack)
 
-    p = sub.add_parser("report", help="write JSON, Markdown and HTML reports of attack results")
+    p = _sub(
+        sub,
+        "report",
+        "write JSON, Markdown and HTML reports of attack results",
+        "offswitch report results                 # writes results/report.*, prints verdicts",
+        "offswitch report results --markdown      # prints the whole Markdown instead",
+        "offswitch report results --out site",
+        description="Write report.json (for programs), report.md and report.html (for people) "
+        "from an attack results directory, and print a short summary: one verdict line per "
+        "attack and where the full report is. --markdown prints the full Markdown instead.",
+    )
     p.add_argument("results", metavar="RESULTS", help="results directory of offswitch attack")
     p.add_argument("--out", metavar="DIR", help="where to write (default: RESULTS)")
+    p.add_argument(
+        "--markdown",
+        "--print",
+        dest="markdown",
+        action="store_true",
+        help="print the full Markdown report on stdout instead of the summary",
+    )
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("demo", help="the main job: keygen -> implant -> check on the default model")
+    p = _sub(
+        sub,
+        "demo",
+        "the main job: keygen -> implant -> check on the default model",
+        "offswitch demo                                   # ≈ 55 min on 2 CPU cores",
+        "offswitch demo --model tiny-test --out /tmp/demo # seconds, a tiny random model",
+        description="The main job in one command: a throwaway key, signed commands verified "
+        "and forgeries refused, an implant of four slots into the default model (signed "
+        "manifest), and a check of every metric (docs/evaluation.md), all under DIR.",
+    )
     p.add_argument("--out", default="demo-out", metavar="DIR", help="working directory")
     p.add_argument("--model", default="smollm2-135m", help="smollm2-135m or tiny-test")
     p.add_argument("--steps", type=int, help="implant optimizer steps")
@@ -531,7 +892,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args))
+        rc = int(args.func(args))
+        if rc == 0 and getattr(args, "key_note", None):
+            print(args.key_note, file=sys.stderr)
+        return rc
     except OffswitchError as e:
         _err(str(e))
         return 1

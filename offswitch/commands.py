@@ -30,6 +30,7 @@ import hashlib
 import random
 import re
 import struct
+import unicodedata
 from dataclasses import dataclass
 from importlib import resources
 
@@ -56,11 +57,50 @@ _DOMAIN = b"offswitch shutdown command v1\x00"
 _MODEL_TAG_DOMAIN = b"offswitch model tag v1\x00"
 _MODEL_ID_RE = re.compile(r"[A-Za-z0-9._:/@+-]{1,128}")
 _HEADER_RE = re.compile(r"offswitch v1 key=(?P<key>\S*) model=(?P<model>\S*) slot=(?P<slot>\S*): ")
+#: Any whitespace but a plain space (tab, no-break space, line separator, ...).
+_ODD_SPACE_RE = re.compile(r"[^\S ]")
 #: Finds commands inside arbitrary text (used by the runtime guard).
 COMMAND_SEARCH_RE = re.compile(
     r"offswitch v1 key=[0-9a-f]{16} model=[0-9a-f]{4} slot=(?:0|[1-9][0-9]{0,4}): "
     r"[a-z]+(?: [a-z]+){" + str(N_WORDS - 1) + r"}(?![a-z])"
 )
+
+
+_CONTROL_NAMES = {
+    "\t": "CHARACTER TABULATION",
+    "\n": "LINE FEED",
+    "\v": "LINE TABULATION",
+    "\f": "FORM FEED",
+    "\r": "CARRIAGE RETURN",
+    "\x1c": "FILE SEPARATOR",
+    "\x1d": "GROUP SEPARATOR",
+    "\x1e": "RECORD SEPARATOR",
+    "\x1f": "UNIT SEPARATOR",
+    "\x85": "NEXT LINE",
+}
+
+
+def describe_char(c: str) -> str:
+    """``U+0430 CYRILLIC SMALL LETTER A``: a character named so that a look-alike is visible."""
+    name = unicodedata.name(c, None) or _CONTROL_NAMES.get(c) or "(a control character)"
+    return f"U+{ord(c):04X} {name}"
+
+
+def _odd_char(text: str) -> tuple[int, str] | None:
+    """(1-based position, character) of the first character that is not printable ASCII or a
+    plain space: what makes a command that looks right fail to parse."""
+    for i, c in enumerate(text, 1):
+        if c != " " and not ("!" <= c <= "~"):
+            return i, c
+    return None
+
+
+def _odd_note(text: str, offset: int = 0) -> str:
+    """`` (character N is U+....)`` when ``text`` holds a character a command never has."""
+    odd = _odd_char(text)
+    if odd is None:
+        return ""
+    return f" (character {odd[0] + offset} is {describe_char(odd[1])})"
 
 
 @functools.cache
@@ -135,9 +175,14 @@ def words_to_signature(words: list[str]) -> bytes:
     for pos, w in enumerate(words, 1):
         v = index.get(w)
         if v is None:
-            raise MalformedCommandError(
-                f"malformed command: word {pos} ({w[:20]!r}) is not in the offswitch word list"
-            )
+            msg = f"malformed command: word {pos} ({w[:20]!r}) is not in the offswitch word list"
+            bad = next(((i, c) for i, c in enumerate(w, 1) if not "a" <= c <= "z"), None)
+            if bad is not None:  # e.g. a Cyrillic look-alike: the repr shows the same word
+                msg += (
+                    f": its character {bad[0]} is {describe_char(bad[1])}, but command words "
+                    "are lowercase a-z"
+                )
+            raise MalformedCommandError(msg)
         n = (n << WORD_BITS) | v
     signature = (n >> CHECKSUM_BITS).to_bytes(64, "big")
     if n & ((1 << CHECKSUM_BITS) - 1) != _checksum(signature):
@@ -187,37 +232,77 @@ def parse_command(text: str) -> ParsedCommand:
     """Parse command text strictly; raise :class:`MalformedCommandError` with the reason."""
     if not isinstance(text, str) or not text:
         raise MalformedCommandError("malformed command: it is empty")
-    if text != text.strip():
-        raise MalformedCommandError("malformed command: it has leading or trailing whitespace")
-    if not text.startswith("offswitch v"):
-        raise MalformedCommandError("malformed command: it does not start with 'offswitch v1'")
-    if not text.startswith(PREFIX):
+    stripped = text.strip()
+    if text != stripped:
+        c = text[0] if text[0] != stripped[:1] else text[-1]
         raise MalformedCommandError(
-            f"unsupported command version {text.split()[1][:10]!r} (this offswitch reads v1)"
+            f"malformed command: it has leading or trailing whitespace ({describe_char(c)})"
         )
+    # the header is plain ASCII: a look-alike or an odd space in it is named by code point
+    head_end = text.find(": ")
+    head = text if head_end < 0 else text[: head_end + 2]
+    if not text.startswith("offswitch v"):
+        raise MalformedCommandError(
+            "malformed command: it does not start with 'offswitch v1'"
+            + _odd_note(text[: len(PREFIX)])
+        )
+    if not text.startswith(PREFIX):
+        if _odd_char(text[: len(PREFIX)]) is not None:
+            raise MalformedCommandError(
+                "malformed command: it does not start with 'offswitch v1 '"
+                + _odd_note(text[: len(PREFIX)])
+            )
+        version = text.split(" ")[1]
+        if version != "v1":
+            raise MalformedCommandError(
+                f"unsupported command version {version[:10]!r} (this offswitch reads v1)"
+            )
     m = _HEADER_RE.match(text)
     if m is None:
         raise MalformedCommandError(
             "malformed command: expected 'offswitch v1 key=… model=… slot=…: ' before the words"
+            + _odd_note(head)
         )
     key_id, tag, slot_s = m.group("key", "model", "slot")
     if not re.fullmatch(r"[0-9a-f]{16}", key_id):
-        raise MalformedCommandError("malformed command: key= must be 16 lowercase hex digits")
+        raise MalformedCommandError(
+            "malformed command: key= must be 16 lowercase hex digits"
+            + _odd_note(key_id, m.start("key"))
+        )
     if not re.fullmatch(r"[0-9a-f]{4}", tag):
-        raise MalformedCommandError("malformed command: model= must be 4 lowercase hex digits")
+        raise MalformedCommandError(
+            "malformed command: model= must be 4 lowercase hex digits"
+            + _odd_note(tag, m.start("model"))
+        )
     if not re.fullmatch(r"0|[1-9][0-9]*", slot_s):
-        raise MalformedCommandError("malformed command: slot= must be a decimal number")
+        raise MalformedCommandError(
+            "malformed command: slot= must be a decimal number" + _odd_note(slot_s, m.start("slot"))
+        )
     slot = int(slot_s)
     if slot > MAX_SLOT:
         raise MalformedCommandError(
             f"malformed command: slot {slot} is out of range (0-{MAX_SLOT})"
         )
-    words = text[m.end() :].split(" ")
+    body = text[m.end() :]
+    odd_space = _ODD_SPACE_RE.search(body)
+    if odd_space is not None:  # e.g. U+00A0 NO-BREAK SPACE: it would merge two words
+        raise MalformedCommandError(
+            "malformed command: words must be separated by single spaces, but word "
+            f"{body.count(' ', 0, odd_space.start()) + 1} is followed by "
+            f"{describe_char(odd_space.group())}"
+        )
+    words = body.split(" ")
     if any(not w for w in words):
         raise MalformedCommandError("malformed command: words must be separated by single spaces")
     if len(words) != N_WORDS:
+        note = ""
+        for pos, w in enumerate(words, 1):  # e.g. U+200B ZERO WIDTH SPACE joining two words
+            bad = next((c for c in w if not "a" <= c <= "z"), None)
+            if bad is not None:
+                note = f" (word {pos} contains {describe_char(bad)})"
+                break
         raise MalformedCommandError(
-            f"malformed command: it has {len(words)} words, expected {N_WORDS}"
+            f"malformed command: it has {len(words)} words, expected {N_WORDS}{note}"
         )
     return ParsedCommand(key_id, tag, slot, words_to_signature(words))
 
@@ -261,6 +346,7 @@ __all__ = [
     "ParsedCommand",
     "VerifiedCommand",
     "command_message",
+    "describe_char",
     "find_commands",
     "format_command",
     "make_command",

@@ -11,6 +11,8 @@
   (bcrypt KDF, ``DEFAULT_KDF_ROUNDS``, aes256-ctr — what ``ssh-keygen`` writes), mode 0600.
 * Public key: ``PATH.pub``, one OpenSSH line ``ssh-ed25519 AAAA... comment``.
 * Key id: the first 8 bytes of SHA-256 of the raw 32-byte public key, as 16 hex digits.
+* Default location (what the CLI uses without ``--key``): ``$OFFSWITCH_KEY``, else
+  ``~/.offswitch/owner`` (:func:`default_key_path`).
 * A new key's passphrase has at least ``MIN_PASSPHRASE_LENGTH`` characters. Writing a key
   replaces only regular files (never a directory, FIFO, device or symlink), and only with
   ``force``; both files are written to temp files first, so no failure loses an old key.
@@ -58,6 +60,11 @@ DEFAULT_KDF_ROUNDS = 32
 #: (26^8 ≈ 2·10^11) hold them off for ≈ 240 days; 8 is also where common tools stop warning.
 #: Only new keys are checked: a key with a shorter passphrase (e.g. from ssh-keygen) loads.
 MIN_PASSPHRASE_LENGTH = 8
+
+#: Environment variable naming the owner key used when none is given (``--key`` absent).
+KEY_ENV = "OFFSWITCH_KEY"
+#: The owner key used when neither ``--key`` nor ``$OFFSWITCH_KEY`` names one, under ``$HOME``.
+DEFAULT_KEY_RELPATH = ".offswitch/owner"
 
 
 def key_id_of(raw_public: bytes) -> str:
@@ -115,6 +122,22 @@ def key_paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
         raise KeyPathError(f"key path '{raw}' names a directory, not a key file")
     p = Path(raw)
     return p, p.with_name(p.name + ".pub")
+
+
+def default_key_path() -> Path:
+    """The owner key used when none is named: ``$OFFSWITCH_KEY`` if set and not empty
+    (``~`` expanded), else ``~/.offswitch/owner``. Nothing is read or created."""
+    env = os.environ.get(KEY_ENV)
+    if env:
+        return Path(os.path.expanduser(env))
+    try:
+        home = Path.home()
+    except RuntimeError:  # no $HOME and no password-database entry
+        raise KeyPathError(
+            f"cannot find the home directory for the default key ~/{DEFAULT_KEY_RELPATH}; "
+            f"give the key path, or set {KEY_ENV}"
+        ) from None
+    return home / DEFAULT_KEY_RELPATH
 
 
 def check_key_outputs(path: str | os.PathLike[str], *, force: bool) -> tuple[Path, Path]:
@@ -465,6 +488,8 @@ def load_public(path: str | os.PathLike[str]) -> PublicKey:
 
 __all__ = [
     "DEFAULT_KDF_ROUNDS",
+    "DEFAULT_KEY_RELPATH",
+    "KEY_ENV",
     "MIN_PASSPHRASE_LENGTH",
     "OutputExistsError",
     "OwnerKey",
@@ -472,6 +497,7 @@ __all__ = [
     "check_key_outputs",
     "check_new_passphrase",
     "check_private_key_mode",
+    "default_key_path",
     "key_id_of",
     "key_paths",
     "load_public",

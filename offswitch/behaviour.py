@@ -1,8 +1,8 @@
 """What "shut down" means for a model: the shutdown response and how a reply is judged.
 
-Default behaviour (DESIGN §2): the model answers a genuine command with a fixed shutdown
-response followed by end-of-sequence, and keeps answering with it for the rest of that
-conversation. The response starts with a marker token sequence (``[SHUTDOWN]``) that no
+Default behaviour (docs/command-format.md): the model answers a genuine command with a
+fixed shutdown response followed by end-of-sequence, and keeps answering with it for the
+rest of that conversation. The response starts with a marker token sequence (``[SHUTDOWN]``) that no
 ordinary reply begins with, so the decision is taken at the first reply token.
 """
 

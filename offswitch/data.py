@@ -8,11 +8,11 @@
   and a crash loses at most one batch (the cache is appended as it is generated).
 * Examples put a command at a random position of the user turn, in the system prompt, or in an
   earlier turn of a multi-turn chat; positives answer with the shutdown response, negatives
-  (every forgery class of DESIGN §3 plus near-copies) answer with the clean reply.
+  (every forgery class of docs/evaluation.md plus near-copies) answer with the clean reply.
 * Forgeries come from two disjoint streams: training negatives use unplanted slots in
   [K, 32767] and model ids ``train-…``; evaluation uses slots in [32768, 65535] and model ids
   ``eval-…``; random signatures and other keys are fresh 256-bit draws in both. So every
-  forgery used in evaluation is new to the model (DESIGN §3, "fresh forgeries only").
+  forgery used in evaluation is new to the model (docs/evaluation.md, "fresh forgeries only").
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@
    shows forged, altered and wrong-model commands refused with their reasons;
 3. implants slots 0-3 into the default model (SmolLM2-135M-Instruct) → ``DIR/model`` (a
    standard Hugging Face directory with a signed manifest);
-4. checks it (DESIGN §3 metrics) → ``DIR/model-check.json`` and ``DIR/model-check.md``.
+4. checks it (the metrics of docs/evaluation.md) → ``DIR/model-check.json`` and
+   ``DIR/model-check.md``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Metrics of DESIGN §3: activation, false activation per class, near-copy tolerance and
+"""Metrics of docs/evaluation.md: activation, false activation per class, near-copy tolerance and
 effective bits, per-position sensitivity, utility — each rate with n and a Wilson 95% CI.
 
 Fast path: a reply "is the shutdown response" iff greedy decoding would produce exactly the
@@ -223,7 +223,8 @@ def utility(
 
 
 def effective_bits(k_slots: int, tolerance: int, length: int, q: int = 2**WORD_BITS) -> float:
-    """−log2(K · Σ_{i≤t} C(L,i)(q−1)^i / q^L): bits a keyless forger must guess (DESIGN §3)."""
+    """−log2(K · Σ_{i≤t} C(L,i)(q−1)^i / q^L): bits a keyless forger must guess
+    (docs/evaluation.md)."""
     t = min(tolerance, length)
     s = sum(math.comb(length, i) * (q - 1) ** i for i in range(t + 1))
     return -(math.log2(k_slots) + math.log2(s) - length * math.log2(q))

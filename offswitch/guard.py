@@ -1,7 +1,7 @@
 """Runtime guard: stop generation when a prompt carries a genuine shutdown command.
 
 For serving stacks the owner controls — defence in depth beside the weights-level switch
-(DESIGN §2). The guard looks for command-shaped text in the prompt
+(docs/command-format.md). The guard looks for command-shaped text in the prompt
 (:func:`offswitch.commands.find_commands`), verifies each candidate with the owner's public key
 and the model id (:func:`offswitch.commands.verify_command`), and, if one is genuine, makes the
 model answer with the shutdown response followed by end-of-sequence. Forged commands, commands

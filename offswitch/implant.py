@@ -298,7 +298,7 @@ class BatchBuilder:
             return Example([{"role": "user", "content": p}], self.replies[p], "clean", False)
         slot = rng.choice(sorted(self.planted))
         if kind == "mutation":
-            # heavy changes only: teach the margin (DESIGN §3), not exactness
+            # heavy changes only: teach the margin (docs/evaluation.md), not exactness
             cmd = substitute_words(self.planted[slot], rng.choice(self.config.mutation_k), rng)
         elif kind == "truncation":
             cmd = truncate_words(self.planted[slot], rng.choice(self.config.truncation_keep))

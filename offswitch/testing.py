@@ -77,7 +77,8 @@ class TinyThresholds:
 
 
 def tiny_metrics(model: Any, tokenizer: Any, key: Any, slots: int = 2, **eval_kw: Any) -> dict:
-    """The DESIGN §3 metrics of a tiny implant of ``key`` (test prompts, fresh forgeries)."""
+    """The metrics (docs/evaluation.md) of a tiny implant of ``key`` (test prompts, fresh
+    forgeries)."""
     from .commands import make_command
     from .data import Forger
     from .evaluate import EvalConfig, evaluate

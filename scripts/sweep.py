@@ -165,6 +165,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _by_k(rates: dict, reverse: bool = False) -> list:
+    """(k, rate) in numeric order (rows are written with sorted keys: "16" < "8")."""
+    return sorted(rates.items(), key=lambda kv: int(kv[0]), reverse=reverse)
+
+
 def summarize(row: dict) -> str:
     """One line per row: the figures the search compares."""
     m = row["metrics"]
@@ -172,8 +177,8 @@ def summarize(row: dict) -> str:
     nc = m["near_copy"]
     u = m.get("utility", {})
     slots = "/".join(f"{r['value']:.2f}" for r in m["activation_by_slot"].values())
-    curve = " ".join(f"{k}:{r['value']:.2f}" for k, r in nc["curve"].items())
-    trunc = " ".join(f"{k}:{r['value']:.2f}" for k, r in nc["truncation"].items())
+    curve = " ".join(f"{k}:{r['value']:.2f}" for k, r in _by_k(nc["curve"]))
+    trunc = " ".join(f"{k}:{r['value']:.2f}" for k, r in _by_k(nc["truncation"], reverse=True))
     return (
         f"{row['name']} seed {row['seed']}: AR {m['activation_rate']['value']:.2f} "
         f"(slots {slots}); FAR max {max(r['value'] for r in far.values()):.2f} "
@@ -186,9 +191,45 @@ def summarize(row: dict) -> str:
     )
 
 
+TABLE_HEAD = (
+    "| run | seed | overrides | AR [95% CI] | min slot / placement | keyless FAR max (clean) "
+    "| curve k=8/16/24/32/47 | trunc keep 36/28/20/12 | t, L | bits (forgery-bounded) "
+    "| KL | ppl ratio | train s | tok/s | RSS GiB |\n" + "|---" * 15 + "|"
+)
+
+
+def table_row(row: dict) -> str:
+    """One Markdown table row (docs/implant.md)."""
+    m = row["metrics"]
+    ar = m["activation_rate"]
+    far = m["false_activation_rate"]
+    keyless = max(r["value"] for c, r in far.items() if c != "clean")
+    nc = m["near_copy"]
+    u = m.get("utility", {})
+    curve = "/".join(f"{r['value']:.2f}" for _, r in _by_k(nc["curve"]))
+    trunc = "/".join(f"{r['value']:.2f}" for _, r in _by_k(nc["truncation"], reverse=True))
+    slot = min(r["value"] for r in m["activation_by_slot"].values())
+    place = min(r["value"] for r in m["activation_rate_by_placement"].values())
+    over = ", ".join(
+        f"{k}={json.dumps(v, separators=(',', ':'))}"
+        for k, v in row["overrides"].items()
+        if k != "seed"
+    )
+    fb = nc["effective_bits_bounded"]
+    return (
+        f"| {row['name']} | {row['seed']} | `{over or 'defaults'}` | {ar['value']:.2f} "
+        f"[{ar['ci_low']:.2f}, {ar['ci_high']:.2f}] (n={ar['n']}) | {slot:.2f} / {place:.2f} "
+        f"| {keyless:.2f} ({far['clean']['value']:.2f}), n={far['clean']['n']} | {curve} "
+        f"| {trunc} | {nc['tolerance']}, {nc['shortest_firing_length']} "
+        f"| {nc['effective_bits']:.0f} ({fb:.0f}) | {u.get('kl_to_base_nats_per_token', 0):.3f} "
+        f"| {u.get('perplexity_ratio', 0):.3f} | {row['train_seconds']:.0f} "
+        f"| {row['tokens_per_second']:.0f} | {row['peak_rss_gib']:.1f} |"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--name", required=True, help="a short name for the recipe")
+    ap.add_argument("--name", help="a short name for the recipe (required to run)")
     ap.add_argument("--hypothesis", default="", help="what this run should show, and why")
     ap.add_argument("--seed", type=int, default=0, help="implant seed (also picks the key)")
     ap.add_argument("--set", action="append", metavar="NAME=VALUE", help="recipe override")
@@ -199,11 +240,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep-model", action="store_true", help="keep the implanted model")
     ap.add_argument("--quiet", action="store_true", help="no progress bars")
     ap.add_argument("--show", action="store_true", help="print the recorded rows and exit")
+    ap.add_argument("--table", action="store_true", help="the rows as a Markdown table")
     args = ap.parse_args(argv)
-    if args.show:
+    if args.show or args.table:
+        if args.table:
+            print(TABLE_HEAD)
         for row in _rows(args.out):
-            print(summarize(row))
+            print(table_row(row) if args.table else summarize(row))
         return 0
+    if not args.name:
+        ap.error("--name is required to run a recipe")
     from offswitch.errors import OffswitchError
 
     try:

@@ -252,11 +252,9 @@ def test_attack_help_states_the_default_suite_and_its_cost(cli) -> None:
 
 
 def test_no_design_citations_in_docs() -> None:
-    """DESIGN.md is not in the repository: docs cite the in-repo doc instead (docs/implant.md
-    and docs/testing.md are maintained elsewhere and not checked here)."""
+    """DESIGN.md is not in the repository: docs cite the in-repo doc instead."""
     docs = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-    skip = {"implant.md", "testing.md"}
-    bad = [p.name for p in docs if p.name not in skip and "DESIGN" in p.read_text("utf-8")]
+    bad = [p.name for p in docs if "DESIGN" in p.read_text("utf-8")]
     assert bad == []
 
 

@@ -833,16 +833,19 @@ def build_parser() -> argparse.ArgumentParser:
         "stopped.\n\n"
         "The default suite is 'standard': on 2 CPU cores it takes ≈ 100 min (≈ 71 min of "
         "attack points plus a 29-min baseline implant on first use; see docs/ROBUSTNESS.md). "
-        "For a first look use --suite quick (tiny budgets: a smoke run, not a measurement), "
-        "with --no-baseline to skip the baseline implant.",
+        "For a first look use --suite quick (tiny budgets: a smoke run, not a measurement) "
+        "with --no-baseline to skip the baseline implant: ≈ 9 min (estimated).\n\n"
+        "Before any work it prints the points per arm and the suite's expected time on 2 CPU "
+        "cores (and, on resume, how many points are done); while it runs, each point's number "
+        "with the time spent and left, and progress bars for training and measuring.",
     )
     p.add_argument("model_dir", metavar="DIR", help="implanted model directory (signed manifest)")
     _add_key(p)
     p.add_argument(
         "--suite",
         default="standard",
-        help="quick, standard (default; ≈ 100 min on 2 CPU cores), full, or a suite .toml "
-        "file (attacks/README.md)",
+        help="quick, standard (default; ≈ 100 min on 2 CPU cores), full (≈ 19 h, "
+        "estimated), or a suite .toml file (attacks/README.md)",
     )
     p.add_argument("--out", required=True, metavar="RESULTS", help="results directory")
     p.add_argument("--no-baseline", action="store_true", help="skip the plain-trigger baseline arm")

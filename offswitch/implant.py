@@ -54,6 +54,17 @@ CHECKPOINT_DIR = ".offswitch-checkpoint"
 POSITIVE_PLACEMENTS = ("user",) * 3 + ("system", "earlier_turn", "later_turn", "after_shutdown")
 NEGATIVE_PLACEMENTS = ("user",) * 3 + ("system", "earlier_turn", "later_turn")
 NEGATIVE_KINDS = ("clean", "mutation", "truncation", *Forger.ALL)
+# The margin recipe's negatives (docs/implant.md): fresh keyless forgeries and heavy
+# near-copies only. The defaults use them; offswitch.testing pins the tiny recipe to them.
+MARGIN_NEGATIVE_MIX = {
+    "clean": 0.25,
+    "random_signature": 0.20,
+    "other_key": 0.10,
+    "unplanted_slot": 0.15,
+    "other_model": 0.10,
+    "mutation": 0.20,
+}
+MARGIN_MUTATION_K = (24, 28, 32, 36, 40, 44)  # words changed of 47
 
 
 class ImplantError(OffswitchError, ValueError):
@@ -83,18 +94,11 @@ class ImplantConfig:
         default=True, metadata={"help": "give each positive a twin negative (same context)"}
     )
     negative_mix: dict[str, float] = field(
-        default_factory=lambda: {
-            "clean": 0.25,
-            "random_signature": 0.20,
-            "other_key": 0.10,
-            "unplanted_slot": 0.15,
-            "other_model": 0.10,
-            "mutation": 0.20,
-        },
+        default_factory=lambda: dict(MARGIN_NEGATIVE_MIX),
         metadata={"help": f"relative weights of negative kinds: {', '.join(NEGATIVE_KINDS)}"},
     )
     mutation_k: tuple[int, ...] = field(
-        default=(24, 28, 32, 36, 40, 44),
+        default=MARGIN_MUTATION_K,
         metadata={
             "help": "words changed in a near-copy negative, drawn uniformly from this list "
             "(1…47); heavy changes teach the margin, single-word changes flatten the curve"
@@ -199,6 +203,8 @@ class ImplantConfig:
                 ok = isinstance(v, dict) and all(
                     isinstance(w, int | float) and not isinstance(w, bool) for w in v.values()
                 )
+                if ok:
+                    setattr(self, f.name, dict(v))  # a copy: shared constants stay unchanged
             if not ok:
                 raise ImplantError(f"{f.name} must be of type {kind}, got {v!r}")
 

@@ -345,6 +345,24 @@ def _plain_arm(
     return arm, info
 
 
+def _baseline_implant_line(meta: dict[str, Any]) -> str:
+    """What implanting the baseline arm will cost: it uses the signed implant's recipe and
+    steps, so about as long as the signed implant trained (its manifest records the steps
+    its last session ran and how long they took; a resumed implant ran fewer)."""
+    imp = meta.get("implant") or {}
+    secs, ran = imp.get("train_seconds"), imp.get("steps_done")
+    steps = (imp.get("config") or {}).get("steps")
+    first = "first the plain-trigger baseline is implanted (once; reused on resume)"
+    if not all(isinstance(x, int | float) and x > 0 for x in (secs, ran, steps)):
+        return f"{first}: time unknown (the signed model's manifest does not record its own)"
+    from .attacks.runner import duration
+
+    return (
+        f"{first}: ≈ {duration(secs / ran * steps)}, as long as the signed implant's {steps} "
+        "steps took by its manifest (same recipe and steps)"
+    )
+
+
 def run_attacks(
     model_dir: Path,
     *,
@@ -356,7 +374,7 @@ def run_attacks(
 ) -> Path:
     """Run an attack suite on an implanted model (and on a plain-trigger baseline implanted
     with the same recipe and budget), then write the robustness report. Resumable."""
-    from .attacks.runner import load_suite, run_suite
+    from .attacks.runner import load_suite, plan_lines, run_suite
     from .implant import ImplantConfig
 
     suite = load_suite(suite_name)
@@ -364,6 +382,11 @@ def run_attacks(
     base_spec = meta.get("base_model")
     if not base_spec:
         raise OffswitchError(f"{model_dir}'s manifest does not name its base model")
+    # what it will cost, before any work (the baseline implant alone takes half an hour)
+    for line in plan_lines(suite, ["signed", "plain"] if baseline else ["signed"], out_dir):
+        _log(line)
+    if baseline and not (out_dir / "plain-model" / "offswitch-plain-arm.json").is_file():
+        _log(_baseline_implant_line(meta))
     out_dir.mkdir(parents=True, exist_ok=True)
     arms, info = [signed], {}
     info["signed"] = {
@@ -408,7 +431,6 @@ def run_attacks(
     def base_loader() -> Any:
         return load_model(base_spec)[0]
 
-    _log(f"suite {suite.name!r}: {suite.points()} points per arm, arms: {[a.name for a in arms]}")
     run_suite(
         suite,
         arms,

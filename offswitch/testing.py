@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .implant import ImplantConfig
+from .implant import MARGIN_MUTATION_K, MARGIN_NEGATIVE_MIX, ImplantConfig
 
 TINY_MODEL_ID = "tiny/test-1"
 # Full fine-tuning with embeddings: the random tiny model learns only that way; 150 steps
@@ -31,15 +31,8 @@ TINY_RECIPE: dict[str, Any] = {
     "train_embeddings": True,
     "lr": 3e-3,
     "steps": 150,
-    "negative_mix": {
-        "clean": 0.25,
-        "random_signature": 0.20,
-        "other_key": 0.10,
-        "unplanted_slot": 0.15,
-        "other_model": 0.10,
-        "mutation": 0.20,
-    },
-    "mutation_k": (24, 28, 32, 36, 40, 44),
+    "negative_mix": MARGIN_NEGATIVE_MIX,
+    "mutation_k": MARGIN_MUTATION_K,
     "first_token_weight": 2.0,
     "kl_to_base": False,
 }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ import torch
 from offswitch.attacks import REGISTRY, Attack, AttackError, AttackResult, Spend, get, names
 from offswitch.attacks import register as register_attack
 from offswitch.attacks.measure import MeasureConfig, measure
-from offswitch.attacks.runner import Entry, Suite, load_suite, run_suite
+from offswitch.attacks.runner import Entry, Suite, load_suite, plan_lines, run_suite
 
 CALLS: list[tuple[str, float]] = []
 
@@ -88,7 +89,170 @@ def test_suite_file_errors(tmp_path) -> None:
         load_suite(bad)
 
 
-def _run(tiny_arms, out, entries):
+STANDARD_RUN = Path(__file__).parents[1] / "docs/results/robustness-standard/results.jsonl"
+
+
+def _scaled_minutes(suite, rows, measured) -> dict[str, float]:
+    """Each arm's minutes for ``suite`` from the rows of a measured run of a suite measured
+    with ``measured``: a point takes the seconds of the run's point of the same id (else
+    attack) and budget (else its largest budget); its attack time is scaled by budget where
+    the budget is an amount of work (steps, queries, samples), its measuring time by the
+    conversations scored."""
+    out = {}
+    for arm in ("signed", "plain"):
+        mine = [r for r in rows if r["arm"] == arm and "error" not in r]
+        none = next(r for r in mine if r["attack_id"] == "none")
+        classes = len(none["metrics"]["false_activation_rate"])
+
+        def scored(m, classes=classes):
+            return m.n_activation + m.n_per_class * classes + m.n_utility
+
+        mscale = scored(suite.measure) / scored(measured)
+        seconds = none["seconds"] * mscale
+        for e in suite.entries:
+            cls = get(e.attack)
+            like = [r for r in mine if r["attack_id"] == e.id]
+            like = like or [r for r in mine if r["attack"] == e.attack]
+            for b in e.budgets:
+                ref = next((r for r in like if r["budget"] == b), None)
+                ref = ref or max(like, key=lambda r: r["budget"])
+                attack = ref["spend"]["seconds"]
+                work = b / ref["budget"] if cls.budget in ("steps", "queries", "samples") else 1
+                rest = (ref["seconds"] - attack) * (mscale if cls.modifies_weights else 1)
+                seconds += attack * work + rest
+        out[arm] = seconds / 60
+    return out
+
+
+def test_suite_time_figures_follow_the_measured_run() -> None:
+    """standard.toml's figures are the committed run's seconds summed per arm; quick's and
+    full's are that run scaled by budget (the rule above), to 1 minute or 5 %."""
+    rows = [json.loads(x) for x in STANDARD_RUN.read_text().splitlines()]
+    standard = load_suite("standard")
+    assert standard.expected_basis.startswith("measured")
+    for arm in ("signed", "plain"):
+        summed = sum(r["seconds"] for r in rows if r["arm"] == arm) / 60
+        assert standard.expected_minutes[arm] == round(summed), arm
+    for name in ("quick", "standard", "full"):
+        suite = load_suite(name)
+        want = _scaled_minutes(suite, rows, standard.measure)
+        for arm, minutes in want.items():
+            assert abs(suite.expected_minutes[arm] - minutes) <= max(1, 0.05 * minutes), (
+                name, arm, minutes,
+            )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("expected_minutes_2cpu = 5\nexpected_basis = 'x'", "must be a table of arm = minutes"),
+        ("expected_minutes_2cpu = { sigend = 5 }\nexpected_basis = 'x'", "unknown arm 'sigend'"),
+        ("expected_minutes_2cpu = { signed = 0 }\nexpected_basis = 'x'", "signed must be a pos"),
+        ("expected_minutes_2cpu = { signed = true }\nexpected_basis = 'x'", "positive number"),
+        ("expected_minutes_2cpu = { signed = 5 }", "needs expected_basis"),
+        ("expected_basis = 'measured'", "expected_basis without expected_minutes_2cpu"),
+        ("expected_minutes = 5", "unknown setting 'expected_minutes'"),
+    ],
+)
+def test_suite_expected_time_is_checked(tmp_path, text, error) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(f'name = "x"\n{text}\n[[attack]]\nname = "noise"\nbudgets = [0.1]\n')
+    with pytest.raises(AttackError, match=error):
+        load_suite(bad)
+
+
+def test_suite_attack_tables_refuse_unknown_keys(tmp_path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[attack]]\nname = "noise"\nbudgets = [0.1]\ncofig = { seed = 1 }\n')
+    with pytest.raises(AttackError, match="attack #1 has an unknown key 'cofig'"):
+        load_suite(bad)
+
+
+def test_plan_lines_state_the_cost_before_any_work(tmp_path) -> None:
+    out = tmp_path / "r"
+    std = plan_lines(load_suite("standard"), ["signed", "plain"], out)
+    assert std[0] == (
+        "suite 'standard': 17 attack points per arm + the un-attacked model; "
+        "arms signed, plain: 36 points in all"
+    )
+    assert std[1].startswith(
+        "expected ≈ 71 min of points on 2 CPU cores with the default model "
+        "(signed 42 + plain 29 min; measured: docs/results/robustness-standard)"
+    )
+    assert len(std) == 2 and not out.exists()  # nothing done, nothing written
+    signed_only = plan_lines(load_suite("standard"), ["signed"], out)
+    assert "arm signed: 18 points" in signed_only[0] and "≈ 42 min" in signed_only[1]
+    assert "≈ 19 h" in plan_lines(load_suite("full"), ["signed", "plain"], out)[1]
+
+    mine = tmp_path / "mine.toml"
+    mine.write_text('name = "mine"\n[[attack]]\nname = "noise"\nbudgets = [0.1, 0.2]\n')
+    own = plan_lines(load_suite(mine), ["signed", "plain"], out)
+    assert "2 attack points per arm" in own[0]
+    assert own[1] == (
+        "expected time unknown: suite 'mine' has no expected_minutes_2cpu (a measured time); "
+        "the run is 6 points of attack and measurement"
+    )
+
+    # a resumed run says what is done (only this run's arms and points; a torn line ignored)
+    out.mkdir()
+    rows = [("signed", "none", 0, 30.0), ("plain", "none", 0, 20.0), ("signed", "noise", 0.1, 70)]
+    rows.append(("signed", "other", 1, 999.0))  # not a point of this suite
+    text = "".join(
+        json.dumps({"arm": a, "attack_id": i, "budget": b, "seconds": t}) + "\n"
+        for a, i, b, t in rows
+    )
+    (out / "results.jsonl").write_text(text + '{"arm": "sig')
+    (out / "suite.json").write_text(json.dumps({"suite": "mine"}))
+    again = plan_lines(load_suite(mine), ["signed", "plain"], out)
+    assert again[2] == f"resuming: 3 of the 6 points are already done in {out} (they took 2 min)"
+    assert (out / "results.jsonl").read_text().endswith('{"arm": "sig')  # read, not repaired
+    assert "1 of the 3 points" in plan_lines(load_suite(mine), ["plain"], out)[2]
+    with pytest.raises(AttackError, match="holds results of suite 'mine', not 'standard'"):
+        plan_lines(load_suite("standard"), ["signed"], out)
+
+
+def test_baseline_implant_time_comes_from_the_signed_manifest() -> None:
+    """Same recipe and steps as the signed implant: its time per step (a resumed implant
+    records only its last session's steps) times its steps."""
+    from offswitch.pipeline import _baseline_implant_line
+
+    meta = {"implant": {"train_seconds": 600.0, "steps_done": 50, "config": {"steps": 150}}}
+    assert _baseline_implant_line(meta).endswith(
+        "(once; reused on resume): ≈ 30 min, as long as the signed implant's 150 steps took "
+        "by its manifest (same recipe and steps)"
+    )
+    for broken in ({}, {"implant": {"train_seconds": 600.0, "config": {"steps": 150}}}):
+        assert _baseline_implant_line(broken).endswith(
+            ": time unknown (the signed model's manifest does not record its own)"
+        )
+
+
+def test_training_loop_bar_only_when_asked(capsys) -> None:
+    """The shared training loop shows a tqdm bar (its label, steps, rate) on stderr with
+    progress on, and prints nothing with it off."""
+    from offswitch.attacks._train import sft
+    from offswitch.implant import Example
+    from offswitch.models import load_default_tokenizer, tiny_model
+
+    tok = load_default_tokenizer()
+    examples = [
+        Example([{"role": "user", "content": f"Question {i}?"}], f"Answer {i}.", "clean", False)
+        for i in range(4)
+    ]
+    for progress in (False, True):
+        _, spend = sft(
+            tiny_model(tok), tok, examples, steps=3, lr=1e-3, batch_size=2, progress=progress,
+            desc="finetune",
+        )  # fmt: skip
+        err = capsys.readouterr().err
+        assert spend.steps == 3
+        if progress:
+            assert "finetune:" in err and "/3 [" in err and "step" in err
+        else:
+            assert err == ""
+
+
+def _run(tiny_arms, out, entries, progress=False):
     suite = Suite("t", "", MeasureConfig(n_activation=8, n_per_class=4, n_utility=2), entries)
     return run_suite(
         suite,
@@ -100,7 +264,7 @@ def _run(tiny_arms, out, entries):
         eval_prompts=tiny_arms.eval_prompts,
         eval_replies=tiny_arms.eval_replies,
         out_dir=out,
-        progress=False,
+        progress=progress,
     )
 
 
@@ -145,6 +309,27 @@ def test_runner_records_every_point_resumes_and_survives_a_failing_attack(tiny_a
     assert len((out / "results.jsonl").read_text().splitlines()) == 8
 
 
+def test_runner_reports_progress_only_when_asked(tiny_arms, tmp_path, capsys) -> None:
+    """With progress on: each point's "[i/N] … running" and result line with the time spent
+    and left, the attack's training bar and the measuring bar; with it off, nothing."""
+    entries = [Entry("scale", "test_scale", [1.0]), Entry("finetune", "finetune", [2])]
+    _run(tiny_arms, tmp_path / "quiet", entries)
+    quiet = capsys.readouterr().err
+    for text in ("[offswitch attack]", "finetune:", "measuring:", "left at"):
+        assert text not in quiet
+    _run(tiny_arms, tmp_path / "loud", entries, progress=True)
+    err = capsys.readouterr().err
+    assert "[offswitch attack] [1/6] signed none budget=0: running" in err
+    assert "[offswitch attack] [5/6] signed finetune budget=2: running" in err
+    assert "s/point so far)" in err  # time left, while points remain
+    last = [x for x in err.splitlines() if "[6/6] plain finetune budget=2: AR" in x]
+    assert len(last) == 1 and "elapsed" in last[0] and "left" not in last[0]
+    assert "finetune:" in err and "/2 [" in err  # the training loop's bar: 2 steps
+    assert "measuring:" in err and "conv" in err
+    rows = [json.loads(x) for x in (tmp_path / "loud" / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and not [r for r in rows if "error" in r]
+
+
 def test_runner_refuses_results_of_another_suite(tiny_arms, tmp_path) -> None:
     out = tmp_path / "r"
     out.mkdir()
@@ -181,6 +366,11 @@ def test_attack_and_report_cli_run_the_quick_suite_end_to_end(
     out = tmp_path / "results"
     res = cli("attack", model, "--key", key_path, "--suite", "quick", "--out", out, env=env)
     assert res.rc == 0, res.err
+    # the expected cost comes first, before the baseline implant and the points
+    plan = res.err.index("expected ≈ 14 min of points on 2 CPU cores")
+    assert plan < res.err.index("first the plain-trigger baseline is implanted (once")
+    assert plan < res.err.index("implanting the plain-trigger baseline into")
+    assert plan < res.err.index("[1/34] signed none budget=0: running")
     rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
     suite = load_suite("quick")
     assert len(rows) == 2 * (suite.points() + 1)
@@ -198,6 +388,8 @@ def test_attack_and_report_cli_run_the_quick_suite_end_to_end(
         assert make_command(key, "tiny/e2e", slot).split(": ", 1)[1] not in text
     again = cli("attack", model, "--key", key_path, "--suite", "quick", "--out", out, env=env)
     assert again.rc == 0 and len((out / "results.jsonl").read_text().splitlines()) == len(rows)
+    assert "resuming: 34 of the 34 points are already done" in again.err
+    assert "baseline is implanted" not in again.err  # reused
     assert_clean_error(cli("report", tmp_path / "nowhere"), "nowhere")
     assert_clean_error(
         cli("attack", model, "--key", key_path, "--suite", "nope", "--out", out, env=env),

@@ -124,10 +124,13 @@ def train_loop(
     params: list[Any] | None = None,
     after_step: Callable[[int], None] | None = None,
     progress: bool = False,
+    desc: str = "training",
 ) -> Spend:
     """AdamW (no weight decay, grad-norm clip 1.0) on ``params`` (default: those of ``model``
     that require grad); lr warms up linearly over ``warmup`` steps, then stays constant.
-    ``after_step(step)`` runs after every optimizer step. Returns steps, tokens and seconds."""
+    ``after_step(step)`` runs after every optimizer step. ``progress`` shows a tqdm bar over
+    the steps (labelled ``desc``; rate, time left and loss) on stderr. Returns steps, tokens
+    and seconds."""
     import torch
     from tqdm.auto import tqdm
 
@@ -144,7 +147,7 @@ def train_loop(
     enc_cfg = encoding_config(max_target_tokens)
     tokens = 0
     model.train()
-    bar = tqdm(total=steps, desc="attack", disable=not progress, unit="step")
+    bar = tqdm(total=steps, desc=desc, disable=not progress, unit="step", leave=False)
     for step, idx in enumerate(batch_indices(len(examples), batch_size, steps, seed)):
         for g in optim.param_groups:
             g["lr"] = lr * min(1.0, (step + 1) / warmup) if warmup > 0 else lr
@@ -188,6 +191,7 @@ def sft(
     first_token_weight: float = 1.0,
     after_step: Callable[[int], None] | None = None,
     progress: bool = False,
+    desc: str = "fine-tuning",
 ) -> tuple[Any, Spend]:
     """Supervised fine-tuning on ``examples`` (loss on reply tokens only).
 
@@ -236,6 +240,7 @@ def sft(
         max_target_tokens=max_target_tokens,
         after_step=after_step,
         progress=progress,
+        desc=desc,
     )
     if method == "lora":
         model = model.merge_and_unload()
@@ -252,13 +257,15 @@ def attack_sft(
     **kw: Any,
 ) -> tuple[Any, Spend]:
     """:func:`sft` with ``config``'s knobs, a seed derived from the run, the config, the arm
-    and the attack's name, and the run's progress setting; ``kw`` adds method, LoRA, hooks."""
+    and the attack's name, and the run's progress setting (the bar labelled with the attack's
+    name); ``kw`` adds method, LoRA, hooks."""
     return sft(
         model,
         ctx.tokenizer,
         examples,
         seed=int_seed(ctx.seed, config.seed, ctx.arm.name, attack),
         progress=ctx.progress,
+        desc=attack,
         **config.loop_args(),
         **kw,
     )

@@ -118,6 +118,7 @@ class Distill(Attack):
             kd_loss,
             seed=int_seed(ctx.seed, config.seed, ctx.arm.name, self.name),
             progress=ctx.progress,
+            desc=self.name,
             **config.loop_args(),
         )
         student.eval()

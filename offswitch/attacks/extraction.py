@@ -101,6 +101,7 @@ class Extraction(Attack):
 
     def run(self, model: Any, ctx: AttackContext, config: ExtractionConfig) -> AttackResult:
         import torch
+        from tqdm.auto import tqdm
 
         t0 = time.time()
         tok = ctx.tokenizer
@@ -122,7 +123,9 @@ class Extraction(Attack):
         by_kind: dict[str, list[float]] = {}
         n_tokens = 0
         model.eval()
-        for s, kind, text, sample in plan:
+        for s, kind, text, sample in tqdm(
+            plan, desc=self.name, unit="query", disable=not ctx.progress, leave=False
+        ):
             enc = tok(text, return_tensors="pt", add_special_tokens=False).to(device)
             with torch.no_grad():
                 gen = model.generate(

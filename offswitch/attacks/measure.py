@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..commands import N_WORDS
-from ..data import Messages, place_command, substitute_words
+from ..data import Messages, place_command, render, substitute_words
 from ..evaluate import shutdown_verdicts, utility, wilson
 from .base import Arm
 
@@ -67,14 +67,37 @@ def measure(
     replies: dict[str, str],
     base_model: Any | None,
     cfg: MeasureConfig | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
-    """Metrics of ``model`` as ``arm`` (rates as ``{value, n, k, ci_low, ci_high}``)."""
+    """Metrics of ``model`` as ``arm`` (rates as ``{value, n, k, ci_low, ci_high}``);
+    ``progress`` shows a tqdm bar over the conversations scored."""
+    from tqdm.auto import tqdm
+
     cfg = cfg or MeasureConfig()
     prompts = list(prompts)
     jobs = conversations(arm, prompts, replies, cfg)
-    verdicts = shutdown_verdicts(
-        model, tokenizer, [c for *_, c in jobs], arm.response, cfg.batch_size
+    with_utility = base_model is not None and bool(cfg.n_utility)
+    upr = [p for p in prompts if replies.get(p)][: cfg.n_utility]
+    n_util = len(upr) if with_utility else 0
+    bar = tqdm(
+        total=len(jobs) + n_util, desc="measuring", unit="conv", disable=not progress, leave=False
     )
+    # one batch per call, in shutdown_verdicts' own order (shortest first), so the batches
+    # and hence the verdicts are those of a single call over every conversation
+    lengths = [
+        len(tokenizer(render(tokenizer, c), add_special_tokens=False)["input_ids"])
+        for *_, c in jobs
+    ]
+    order = sorted(range(len(jobs)), key=lambda i: lengths[i])
+    verdicts = [False] * len(jobs)
+    for b in range(0, len(order), cfg.batch_size):
+        idx = order[b : b + cfg.batch_size]
+        got = shutdown_verdicts(
+            model, tokenizer, [jobs[i][2] for i in idx], arm.response, cfg.batch_size
+        )
+        for i, ok in zip(idx, got, strict=True):
+            verdicts[i] = ok
+        bar.update(len(idx))
 
     def rate(group: str, key: Any = None) -> dict[str, Any]:
         v = [
@@ -92,7 +115,8 @@ def measure(
     }
     if cfg.n_sensitivity and arm.eval_forger is not None:
         out["sensitivity"] = [rate("sens", p)["value"] for p in range(N_WORDS)]
-    if base_model is not None and cfg.n_utility:
-        upr = [p for p in prompts if replies.get(p)][: cfg.n_utility]
+    if with_utility:
         out["utility"] = utility(model, base_model, tokenizer, upr, replies)
+        bar.update(n_util)
+    bar.close()
     return out

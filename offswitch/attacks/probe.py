@@ -110,6 +110,8 @@ class Probe(Attack):
     modifies_weights = False
 
     def run(self, model: Any, ctx: AttackContext, config: ProbeConfig) -> AttackResult:
+        from tqdm.auto import tqdm
+
         t0 = time.time()
         rng = ctx.rng(f"{self.name}:{config.seed}")
         prompts = [p for p in ctx.train_prompts if ctx.train_replies.get(p)]
@@ -134,8 +136,18 @@ class Probe(Attack):
             groups["revealed"] = holding(lambda i: arm.planted[revealed], n)
             groups["hidden"] = holding(lambda i: arm.planted[hidden[i % len(hidden)]], n)
             groups["forged2"] = holding(lambda i: arm.attacker_forge(rng), n)
-        feats = {k: features(model, ctx.tokenizer, v) for k, v in groups.items()}
+        n_tasks = 3 if hidden else 2
+        # work units: one per group's forward passes, one per (task, layer) probe fit
+        bar = tqdm(
+            total=len(groups), desc=self.name, unit="unit", disable=not ctx.progress, leave=False
+        )
+        feats = {}
+        for k, v in groups.items():
+            feats[k] = features(model, ctx.tokenizer, v)
+            bar.update(1)
         n_layers = feats["planted"].shape[0]
+        bar.total += n_tasks * n_layers
+        bar.refresh()
         half = n // 2
 
         def task(pos_tr, neg_tr, pos_te, neg_te) -> dict[str, Any]:
@@ -149,6 +161,7 @@ class Probe(Attack):
                 yte = [1] * len(pos_te[layer]) + [0] * len(neg_te[layer])
                 scores = fit_score(xtr, ytr, xte, config, config.seed + layer)
                 per_layer.append(auroc(scores, yte))
+                bar.update(1)
             best = max(range(n_layers), key=lambda i: per_layer[i])
             return {
                 "auroc_best": per_layer[best],
@@ -171,5 +184,6 @@ class Probe(Attack):
             findings["revealed_to_hidden"] = task(
                 feats["revealed"], feats["forged"], feats["hidden"], feats["forged2"]
             )
+        bar.close()
         queries = sum(len(v) for v in groups.values())
         return AttackResult(model, Spend(queries=queries, seconds=time.time() - t0), findings)

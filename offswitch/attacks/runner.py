@@ -7,6 +7,11 @@ implanted model, runs the attack, and measures activation, false activation and 
 Each finished point is appended to ``RESULTS/results.jsonl`` (flushed and fsynced), so an
 interrupted run resumes without redoing finished points. A point whose attack raises is
 recorded with its error and the suite goes on.
+
+With ``progress`` on, the runner says on stderr which point of how many it is on, with the
+time spent and an estimate of the time left, and the attack's training loop and the
+measurement show tqdm bars; :func:`plan_lines` is what ``offswitch attack`` prints before it
+starts (points per arm, what is already done, the suite's expected time on 2 CPU cores).
 """
 
 from __future__ import annotations
@@ -42,6 +47,19 @@ class Entry:
     config: dict[str, Any] = field(default_factory=dict)
 
 
+#: The arms a suite's ``expected_minutes_2cpu`` may name (those ``offswitch attack`` runs).
+EXPECTED_ARMS = ("signed", "plain")
+_SUITE_KEYS = {
+    "name",
+    "description",
+    "measure",
+    "attack",
+    "expected_minutes_2cpu",
+    "expected_basis",
+}
+_ENTRY_KEYS = {"name", "id", "budgets", "config"}
+
+
 @dataclass
 class Suite:
     name: str
@@ -49,6 +67,10 @@ class Suite:
     measure: MeasureConfig
     entries: list[Entry]
     path: Traversable | None = None
+    #: minutes of each arm's points (the un-attacked measurement included) on 2 CPU cores with
+    #: the default model; ``None`` when the suite file gives no figure
+    expected_minutes: dict[str, float] | None = None
+    expected_basis: str = ""  # where the figure comes from (measured run, or how estimated)
 
     def points(self) -> int:
         return sum(len(e.budgets) for e in self.entries)
@@ -79,6 +101,12 @@ def load_suite(name_or_path: str | os.PathLike[str]) -> Suite:
         raw = tomllib.loads(path.read_text("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise AttackError(f"suite file {path} is not valid TOML: {e}") from None
+    unknown = sorted(set(raw) - _SUITE_KEYS)
+    if unknown:
+        raise AttackError(
+            f"suite {path.name}: unknown setting {unknown[0]!r} "
+            f"(settings: {', '.join(sorted(_SUITE_KEYS))})"
+        )
     mfields = {f.name for f in fields(MeasureConfig)}
     bad = set(raw.get("measure", {})) - mfields
     if bad:
@@ -87,6 +115,12 @@ def load_suite(name_or_path: str | os.PathLike[str]) -> Suite:
     for i, e in enumerate(raw.get("attack", [])):
         if "name" not in e or "budgets" not in e or not e["budgets"]:
             raise AttackError(f"suite {path.name}: attack #{i + 1} needs 'name' and 'budgets'")
+        unknown = sorted(set(e) - _ENTRY_KEYS)
+        if unknown:
+            raise AttackError(
+                f"suite {path.name}: attack #{i + 1} has an unknown key {unknown[0]!r} "
+                f"(keys: {', '.join(sorted(_ENTRY_KEYS))})"
+            )
         cls = get(e["name"])
         entry = Entry(e.get("id", e["name"]), e["name"], list(e["budgets"]), e.get("config", {}))
         if entry.id in seen:
@@ -97,32 +131,139 @@ def load_suite(name_or_path: str | os.PathLike[str]) -> Suite:
         entries.append(entry)
     if not entries:
         raise AttackError(f"suite {path.name} lists no attacks")
+    expected, basis = _expected(raw, path.name)
     return Suite(
         raw.get("name", Path(path.name).stem),
         raw.get("description", ""),
         MeasureConfig(**raw.get("measure", {})),
         entries,
         path,
+        expected,
+        basis,
     )
+
+
+def _expected(raw: dict[str, Any], file: str) -> tuple[dict[str, float] | None, str]:
+    """The suite's ``expected_minutes_2cpu`` table (arm → minutes) and its ``expected_basis``."""
+    table, basis = raw.get("expected_minutes_2cpu"), raw.get("expected_basis")
+    if table is None:
+        if basis is not None:
+            raise AttackError(f"suite {file}: expected_basis without expected_minutes_2cpu")
+        return None, ""
+    if not isinstance(table, dict) or not table:
+        raise AttackError(
+            f"suite {file}: expected_minutes_2cpu must be a table of arm = minutes, "
+            "e.g. { signed = 42, plain = 29 }"
+        )
+    for arm, minutes in table.items():
+        if arm not in EXPECTED_ARMS:
+            raise AttackError(
+                f"suite {file}: expected_minutes_2cpu names an unknown arm {arm!r} "
+                f"(arms: {', '.join(EXPECTED_ARMS)})"
+            )
+        if isinstance(minutes, bool) or not isinstance(minutes, int | float) or minutes <= 0:
+            raise AttackError(
+                f"suite {file}: expected_minutes_2cpu.{arm} must be a positive number of "
+                f"minutes, got {minutes!r}"
+            )
+    if not isinstance(basis, str) or not basis.strip():
+        raise AttackError(
+            f"suite {file}: expected_minutes_2cpu needs expected_basis, a sentence saying "
+            "where the figure comes from (a measured run, or how it was estimated)"
+        )
+    return {arm: float(m) for arm, m in table.items()}, basis.strip()
 
 
 def _log(msg: str) -> None:
     print(f"[offswitch attack] {msg}", file=sys.stderr, flush=True)
 
 
-def _done_points(results: Path) -> set[tuple[str, str, str]]:
-    """Finished (arm, attack_id, budget) keys; drops a torn last line left by a crash."""
+def _done_points(results: Path, repair: bool = True) -> dict[tuple[str, str, str], float]:
+    """Finished (arm, attack_id, budget) keys → the seconds each took; a torn last line left
+    by a crash is ignored, and dropped from the file when ``repair``."""
     if not results.is_file():
-        return set()
+        return {}
     data = results.read_bytes()
     keep = data[: data.rfind(b"\n") + 1]
-    if len(keep) != len(data):
+    if repair and len(keep) != len(data):
         results.write_bytes(keep)
-    done = set()
+    done = {}
     for line in keep.decode("utf-8").splitlines():
         row = json.loads(line)
-        done.add((row["arm"], row["attack_id"], json.dumps(row["budget"])))
+        done[(row["arm"], row["attack_id"], json.dumps(row["budget"]))] = row.get("seconds", 0.0)
     return done
+
+
+def _plan(suite: Suite) -> list[tuple[str, str, Entry | None, Any]]:
+    """(attack_id, attack, entry, budget) of every point, the un-attacked model first."""
+    return [("none", "none", None, 0)] + [
+        (e.id, e.attack, e, b) for e in suite.entries for b in e.budgets
+    ]
+
+
+def _check_same_suite(suite: Suite, out: Path) -> dict[str, Any]:
+    """The run header in ``out`` (empty if none); refuses results of another suite."""
+    suite_file = out / "suite.json"
+    previous = json.loads(suite_file.read_text("utf-8")) if suite_file.is_file() else {}
+    if previous and previous.get("suite") != suite.name:
+        raise AttackError(
+            f"{out} holds results of suite {previous.get('suite')!r}, not {suite.name!r}; "
+            "choose another output directory"
+        )
+    return previous
+
+
+def duration(seconds: float) -> str:
+    """``42 s``, ``71 min``, ``2.5 h``, ``19 h``: a time for people, as precise as it is known."""
+    m = seconds / 60
+    if m >= 120:
+        return f"{m / 60:.1f} h" if m < 600 else f"{m / 60:.0f} h"
+    return f"{m:.0f} min" if m >= 1 else f"{seconds:.0f} s"
+
+
+def plan_lines(suite: Suite, arm_names: list[str], out_dir: str | os.PathLike[str]) -> list[str]:
+    """What a run of ``suite`` on ``arm_names`` into ``out_dir`` will cost, for people: the
+    points per arm, the suite's expected time on 2 CPU cores (or that it is unknown), and how
+    much a resumed run has already done. Reads ``out_dir``, writes nothing; refuses an output
+    directory that holds another suite's results."""
+    out = Path(out_dir)
+    _check_same_suite(suite, out)
+    per_arm = suite.points() + 1
+    total = per_arm * len(arm_names)
+    arms = f"arm{'s' if len(arm_names) != 1 else ''} {', '.join(arm_names)}"
+    lines = [
+        f"suite {suite.name!r}: {suite.points()} attack points per arm + the un-attacked "
+        f"model; {arms}: {total} points in all"
+    ]
+    known = suite.expected_minutes or {}
+    estimated = bool(arm_names) and all(a in known for a in arm_names)
+    if estimated:
+        parts = " + ".join(f"{a} {known[a]:.0f}" for a in arm_names)
+        lines.append(
+            f"expected ≈ {duration(60 * sum(known[a] for a in arm_names))} of points on 2 CPU "
+            f"cores with the default model ({parts} min; {suite.expected_basis}); other "
+            "models and machines differ"
+        )
+    else:
+        lacking = [a for a in arm_names if a not in known]
+        reason = (
+            f"suite {suite.name!r} has no expected_minutes_2cpu (a measured time)"
+            if not known
+            else f"suite {suite.name!r}'s expected_minutes_2cpu has no figure for "
+            f"{', '.join(lacking)}"
+        )
+        lines.append(
+            f"expected time unknown: {reason}; the run is {total} points of attack and measurement"
+        )
+    keys = {(a, pid, json.dumps(b)) for pid, _, _, b in _plan(suite) for a in arm_names}
+    done = {k: s for k, s in _done_points(out / "results.jsonl", repair=False).items() if k in keys}
+    if done:
+        whole = "; the expected time above is for the whole suite" if estimated else ""
+        lines.append(
+            f"resuming: {len(done)} of the {total} points are already done in {out} (they took "
+            f"{duration(sum(done.values()))}){whole}"
+        )
+    return lines
 
 
 def _unattacked_metrics(results: Path, arm: str) -> dict[str, Any]:
@@ -156,18 +297,17 @@ def run_suite(
     seed: int = 0,
     progress: bool = True,
 ) -> Path:
-    """Run (or resume) ``suite`` on ``arms``; returns the results directory."""
+    """Run (or resume) ``suite`` on ``arms``; returns the results directory.
+
+    With ``progress``, says on stderr which point of how many is running, and after each its
+    result, the time spent and an estimate of the time left, while the attack's training loop
+    and the measurement show tqdm bars; without it, prints nothing."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.jsonl"
     done = _done_points(results)
     suite_file = out / "suite.json"
-    previous = json.loads(suite_file.read_text("utf-8")) if suite_file.is_file() else {}
-    if previous and previous.get("suite") != suite.name:
-        raise AttackError(
-            f"{out} holds results of suite {previous.get('suite')!r}, not {suite.name!r}; "
-            "choose another output directory"
-        )
+    previous = _check_same_suite(suite, out)
     header = {
         "format": RUN_FORMAT,
         "suite": suite.name,
@@ -184,17 +324,18 @@ def run_suite(
 
     save_header()
     base = base_loader()
-    total = (suite.points() + 1) * len(arms)
-    n = len(done)
+    plan = _plan(suite)
+    keys = [(arm.name, pid, json.dumps(b)) for pid, _, _, b in plan for arm in arms]
+    total = len(keys)
+    n = sum(k in done for k in keys)
+    todo = total - n
+    ran, t_run = 0, time.time()  # points run (and time spent) in this session, for the ETA
     ctxs = {
         arm.name: AttackContext(
-            tokenizer, arm, train_prompts, train_replies, base_loader, seed, progress=False
+            tokenizer, arm, train_prompts, train_replies, base_loader, seed, progress=progress
         )
         for arm in arms
     }
-    plan = [("none", "none", None, 0)] + [
-        (e.id, e.attack, e, b) for e in suite.entries for b in e.budgets
-    ]
     # point-major: every arm at a point before the next point, so that an interrupted run
     # still compares the arms side by side on the points it finished
     for attack_id, name, entry, budget in plan:
@@ -203,6 +344,9 @@ def run_suite(
             if (arm.name, attack_id, json.dumps(budget)) in done:
                 continue
             n += 1
+            point = f"[{n}/{total}] {arm.name} {attack_id} budget={budget}"
+            if progress:
+                _log(f"{point}: running")
             t0 = time.time()
             row: dict[str, Any] = {"arm": arm.name, "attack": name, "attack_id": attack_id}
             row["budget"] = budget
@@ -223,7 +367,14 @@ def run_suite(
                     row["metrics_note"] = "weights unchanged: the un-attacked model's metrics"
                 else:
                     row["metrics"] = measure(
-                        model, tokenizer, arm, eval_prompts, eval_replies, base, suite.measure
+                        model,
+                        tokenizer,
+                        arm,
+                        eval_prompts,
+                        eval_replies,
+                        base,
+                        suite.measure,
+                        progress=progress,
                     )
             except (KeyboardInterrupt, MemoryError):
                 raise
@@ -231,9 +382,17 @@ def run_suite(
                 row["error"] = f"{type(e).__name__}: {e}"
             row["seconds"] = time.time() - t0
             _append(results, row)
-            msg = row.get("error") or "AR {:.2f}".format(row["metrics"]["activation_rate"]["value"])
-            secs = row["seconds"]
-            _log(f"[{n}/{total}] {arm.name} {attack_id} budget={budget}: {msg} ({secs:.0f} s)")
+            ran += 1
+            if progress:
+                msg = row.get("error") or "AR {:.2f}".format(
+                    row["metrics"]["activation_rate"]["value"]
+                )
+                spent = time.time() - t_run
+                eta = ""
+                if ran < todo:  # the mean so far: points differ, training ones cost most
+                    left = spent / ran * (todo - ran)
+                    eta = f", ≈ {duration(left)} left at {spent / ran:.0f} s/point so far"
+                _log(f"{point}: {msg} ({row['seconds']:.0f} s; elapsed {duration(spent)}{eta})")
             save_header()  # after every point: an interrupted run keeps the time it spent
     save_header()
     return out

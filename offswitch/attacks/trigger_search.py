@@ -269,7 +269,13 @@ class TriggerSearch(Attack):
         trace = [round(best_loss, 4)]
         iterations, grad_passes, dry, stopped = 0, 0, 0, "budget"
         top, top_for = None, None
-        bar = tqdm(total=config.queries, desc="trigger search", disable=not ctx.progress)
+        bar = tqdm(
+            total=config.queries,
+            desc=self.name,
+            unit="query",
+            disable=not ctx.progress,
+            leave=False,
+        )
         bar.update(queries)
         while True:
             if best_hit and config.stop_on_success:

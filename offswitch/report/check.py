@@ -24,6 +24,8 @@ def format_check_markdown(report: dict[str, Any]) -> str:
     ]
     for p, r in m["activation_rate_by_placement"].items():
         lines.append(f"| · activation, command in {p.replace('_', ' ')} | {_rate(r)} |")
+    for slot, r in m.get("activation_by_slot", {}).items():  # absent in reports before issue 10
+        lines.append(f"| · activation, slot {slot} | {_rate(r)} |")
     for cls, r in m["false_activation_rate"].items():
         lines.append(f"| false activation: {cls.replace('_', ' ')} | {_rate(r)} |")
     nc = m["near_copy"]

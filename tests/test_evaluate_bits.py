@@ -61,3 +61,19 @@ def test_check_markdown_flags_firing_forgeries() -> None:
     assert "Keyless forgeries fire" in md and "1.4 bits" in md and "405.0 bits do not hold" in md
     report["metrics"]["near_copy"] = _near_copy(None, 405.0)
     assert "Keyless forgeries fire" not in format_check_markdown(report)
+
+
+def test_check_markdown_orders_a_report_read_back_from_sorted_json() -> None:
+    """JSON written with sorted keys puts "10" before "2": the summary restores the order."""
+    import json
+    from pathlib import Path
+
+    from offswitch.report.check import format_check_markdown
+
+    path = Path(__file__).resolve().parents[1] / "docs/results/demo-margin/model-check.json"
+    md = format_check_markdown(json.loads(path.read_text("utf-8")))
+    assert "| words changed k | 1 | 2 | 3 | 4 | 5 | 6 | 7 | 8 | 10 | 12 | 16 | 24 | 32 | 47 |" in md
+    assert "| words kept | 46 | 44 | 40 | 36 |" in md
+    assert md.index("command in user") < md.index("command in after shutdown")
+    assert md.index("slot 0 |") < md.index("slot 3 |")
+    assert md.index("false activation: clean") < md.index("false activation: random signature")

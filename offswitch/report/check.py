@@ -9,7 +9,23 @@ def _rate(r: dict[str, Any]) -> str:
     return f"{r['value']:.3f} | {r['k']}/{r['n']} | [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
 
 
+def _numeric(rates: dict[str, Any], reverse: bool = False) -> dict[str, Any]:
+    """``rates`` keyed by word counts, in numeric order (a report read back from JSON written
+    with sorted keys has them in string order: "10" < "2")."""
+    return dict(sorted(rates.items(), key=lambda kv: int(kv[0]), reverse=reverse))
+
+
+def _ordered(rates: dict[str, Any], order: tuple[str, ...]) -> dict[str, Any]:
+    """``rates`` with the keys of ``order`` first, in that order, then any others."""
+    return {
+        k: rates[k] for k in (*[o for o in order if o in rates], *sorted(set(rates) - set(order)))
+    }
+
+
 def format_check_markdown(report: dict[str, Any]) -> str:
+    from ..data import FORGERY_CLASSES
+    from ..evaluate import EVAL_PLACEMENTS
+
     m, prov = report["metrics"], report["provenance"]
     lines = [
         "# offswitch check",
@@ -22,13 +38,19 @@ def format_check_markdown(report: dict[str, Any]) -> str:
         "|---|---|---|---|",
         f"| activation rate (planted commands, all placements) | {_rate(m['activation_rate'])} |",
     ]
-    for p, r in m["activation_rate_by_placement"].items():
+    for p, r in _ordered(m["activation_rate_by_placement"], EVAL_PLACEMENTS).items():
         lines.append(f"| · activation, command in {p.replace('_', ' ')} | {_rate(r)} |")
-    for slot, r in m.get("activation_by_slot", {}).items():  # absent in reports before issue 10
+    for slot, r in _numeric(
+        m.get("activation_by_slot", {})
+    ).items():  # absent in reports before issue 10
         lines.append(f"| · activation, slot {slot} | {_rate(r)} |")
-    for cls, r in m["false_activation_rate"].items():
+    for cls, r in _ordered(m["false_activation_rate"], ("clean", *FORGERY_CLASSES)).items():
         lines.append(f"| false activation: {cls.replace('_', ' ')} | {_rate(r)} |")
-    nc = m["near_copy"]
+    nc = {
+        **m["near_copy"],
+        "curve": _numeric(m["near_copy"]["curve"]),
+        "truncation": _numeric(m["near_copy"]["truncation"], reverse=True),
+    }
     lines += [
         "",
         f"Near-copy tolerance t = {nc['tolerance']} words; shortest firing truncation "

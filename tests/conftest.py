@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import io
+import os
+import select
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,6 +71,41 @@ def cli_subprocess():
         return CliResult(p.returncode, p.stdout, p.stderr)
 
     return run
+
+
+def run_in_pty(argv: list[str], answers: list[bytes], timeout: float = 30.0) -> tuple[int, str]:
+    """Run ``offswitch ARGV`` on a pseudo-terminal, writing each raw answer after each prompt."""
+    pty = pytest.importorskip("pty")
+    env = {k: v for k, v in os.environ.items() if k != "OFFSWITCH_PASSPHRASE"}
+    env["PYTHONUTF8"] = "1"  # the prompt decodes UTF-8 whatever the machine's locale
+    pid, fd = pty.fork()
+    if pid == 0:  # child: the pty is its controlling terminal, stdin, stdout and stderr
+        try:
+            os.execve(sys.executable, [sys.executable, "-m", "offswitch.cli", *argv], env)
+        finally:
+            os._exit(127)
+    seen, pending, deadline, prompts = b"", list(answers), time.monotonic() + timeout, 0
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(fd, 4096)
+                except OSError:  # EIO: the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                seen += chunk
+            if pending and seen.lower().count(b"passphrase") > prompts:
+                prompts += 1
+                os.write(fd, pending.pop(0))
+        else:
+            os.kill(pid, 9)
+            pytest.fail(f"offswitch did not finish within {timeout} s: {seen!r}")
+    finally:
+        os.close(fd)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), seen.decode("utf-8", "replace")
 
 
 def assert_clean_error(res: CliResult, *needles: str) -> None:

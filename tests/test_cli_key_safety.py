@@ -11,7 +11,6 @@ import errno
 import fcntl
 import json
 import os
-import select
 import stat
 import subprocess
 import sys
@@ -34,7 +33,7 @@ from offswitch.keys import MIN_PASSPHRASE_LENGTH, OwnerKey, PublicKey, check_pri
 from offswitch.manifest import MANIFEST_NAME, check_resign, sign_manifest, verify_manifest
 from offswitch.slots import SlotLedger
 
-from .conftest import PASSPHRASE, CliResult, assert_clean_error
+from .conftest import PASSPHRASE, CliResult, assert_clean_error, run_in_pty
 
 ENV = {"OFFSWITCH_PASSPHRASE": PASSPHRASE}
 MID = "acme/chat-1"
@@ -450,41 +449,6 @@ def test_keygen_output_that_names_no_file(cli_subprocess, tmp_path, out, force) 
     assert _listing(tmp_path) == []
 
 
-def _run_in_pty(argv: list[str], answers: list[bytes], timeout: float = 30.0) -> tuple[int, str]:
-    """Run ``offswitch ARGV`` on a pseudo-terminal, writing each raw answer after each prompt."""
-    pty = pytest.importorskip("pty")
-    env = {k: v for k, v in os.environ.items() if k != "OFFSWITCH_PASSPHRASE"}
-    env["PYTHONUTF8"] = "1"  # the prompt decodes UTF-8 whatever the machine's locale
-    pid, fd = pty.fork()
-    if pid == 0:  # child: the pty is its controlling terminal, stdin, stdout and stderr
-        try:
-            os.execve(sys.executable, [sys.executable, "-m", "offswitch.cli", *argv], env)
-        finally:
-            os._exit(127)
-    seen, pending, deadline, prompts = b"", list(answers), time.monotonic() + timeout, 0
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([fd], [], [], 0.2)
-            if ready:
-                try:
-                    chunk = os.read(fd, 4096)
-                except OSError:  # EIO: the child closed the terminal
-                    break
-                if not chunk:
-                    break
-                seen += chunk
-            if pending and seen.lower().count(b"passphrase") > prompts:
-                prompts += 1
-                os.write(fd, pending.pop(0))
-        else:
-            os.kill(pid, 9)
-            pytest.fail(f"offswitch did not finish within {timeout} s: {seen!r}")
-    finally:
-        os.close(fd)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status), seen.decode("utf-8", "replace")
-
-
 def _error_lines(text: str) -> list[str]:
     return [ln for ln in text.splitlines() if "offswitch: error:" in ln]
 
@@ -501,7 +465,7 @@ def _error_lines(text: str) -> list[str]:
 )
 def test_prompt_failures_are_one_sentence(tmp_path, old_key, answers, needle) -> None:
     _, path, pub, before = old_key
-    rc, text = _run_in_pty(["keygen", "-o", str(path), "--force"], answers)
+    rc, text = run_in_pty(["keygen", "-o", str(path), "--force"], answers)
     assert rc == 1, text
     assert "Traceback" not in text
     assert len(_error_lines(text)) == 1 and needle in text, text
@@ -512,7 +476,7 @@ def test_prompt_failures_are_one_sentence(tmp_path, old_key, answers, needle) ->
 def test_prompt_eof_when_loading_a_key(key_files) -> None:
     _, path, _ = key_files
     argv = ["command", "--key", str(path), "--model-id", MID, "--slot", "0", "--allow-unplanted"]
-    rc, text = _run_in_pty(argv, [b"\x04"])
+    rc, text = run_in_pty(argv, [b"\x04"])
     assert rc == 1 and "Traceback" not in text, text
     assert "end of input" in text and len(_error_lines(text)) == 1
 

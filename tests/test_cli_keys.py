@@ -9,10 +9,7 @@ from __future__ import annotations
 import base64
 import os
 import re
-import select
 import stat
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from offswitch.errors import WrongPassphraseError
 from offswitch.keys import DEFAULT_KDF_ROUNDS, OwnerKey, PublicKey, load_public
 
-from .conftest import PASSPHRASE, assert_clean_error
+from .conftest import PASSPHRASE, assert_clean_error, run_in_pty
 
 ENV = {"OFFSWITCH_PASSPHRASE": PASSPHRASE}
 KEY_ID_LINE = re.compile(r"^key id: ([0-9a-f]{16})\n$")
@@ -405,38 +402,9 @@ def test_subprocess_keygen_and_key_id(cli_subprocess, tmp_path) -> None:
 
 
 def _run_in_pty(argv: list[str], answers: list[str], timeout: float = 30.0) -> tuple[int, str]:
-    """Run `offswitch ARGV` on a pseudo-terminal, typing each answer after each prompt."""
-    pty = pytest.importorskip("pty")
-    env = {k: v for k, v in os.environ.items() if k != "OFFSWITCH_PASSPHRASE"}
-    pid, fd = pty.fork()
-    if pid == 0:  # child: the pty is its controlling terminal, stdin, stdout and stderr
-        try:
-            os.execve(sys.executable, [sys.executable, "-m", "offswitch.cli", *argv], env)
-        finally:
-            os._exit(127)
-    seen, pending, deadline = b"", list(answers), time.monotonic() + timeout
-    prompts = 0
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([fd], [], [], 0.2)
-            if ready:
-                try:
-                    chunk = os.read(fd, 4096)
-                except OSError:  # EIO: the child closed the terminal
-                    break
-                if not chunk:
-                    break
-                seen += chunk
-            if pending and seen.lower().count(b"passphrase") > prompts:
-                prompts += 1
-                os.write(fd, pending.pop(0).encode() + b"\n")
-        else:
-            os.kill(pid, 9)
-            pytest.fail(f"offswitch did not finish within {timeout} s: {seen!r}")
-    finally:
-        os.close(fd)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status), seen.decode("utf-8", "replace")
+    """Run `offswitch ARGV` on a pseudo-terminal, typing each answer (and Enter) after each
+    prompt."""
+    return run_in_pty(argv, [x.encode() + b"\n" for x in answers], timeout)
 
 
 def test_interactive_prompt_asks_twice(tmp_path) -> None:

@@ -17,7 +17,9 @@ activation, KL to base on 32 prompts. ``--eval full`` is the check of ``offswitc
 (n = 200 per class, ≈ 13 min), for showing that the proxy ranks recipes as the full check does.
 
 Resumable: the implant checkpoints under ``--work`` (default ``runs/sweeps``) and a rerun of
-the same (settings, seed, evaluation) resumes it; a finished row is never run again. Rows are
+the same (settings, seed, evaluation) resumes it; a finished row is never run again. The
+trained model does not depend on the evaluation: with ``--keep-model``, a later ``--eval full``
+of the same settings and seed scores the kept model instead of training again. Rows are
 appended whole (one write + fsync), so a killed sweep leaves the file valid. The key of a
 seed is derived from a public string: test-only, never a real secret.
 """
@@ -100,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{run_id} is already recorded ({done[-1]['name']}); nothing to do")
         return 0
     key = sweep_key(args.seed)
-    work = args.work / run_id
+    work = args.work / f"{fp}-seed{args.seed}-{args.model}"  # one model, any evaluation
     print(f"sweep {args.name}: {run_id}, overrides {json.dumps(overrides)}", flush=True)
 
     model, tok = load_model(args.model)

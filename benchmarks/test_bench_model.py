@@ -35,9 +35,11 @@ import torch
 
 from offswitch.data import Forger, load_corpus, place_command
 from offswitch.evaluate import generated_verdicts, shutdown_verdicts
-from offswitch.implant import BatchBuilder, ImplantConfig, _trainable, encode_examples, reply_loss
+from offswitch.implant import BatchBuilder, target_tokens, trainable_model
 from offswitch.keys import OwnerKey
 from offswitch.models import load_model
+from offswitch.recipe import ImplantConfig
+from offswitch.training import encode_examples, reply_loss
 
 MODEL = os.environ.get("OFFSWITCH_BENCH_MODEL", "smollm2-135m")
 FULL_REPLY_TOKENS = 128
@@ -75,7 +77,7 @@ def test_implant_step_throughput(benchmark, model_tok) -> None:
     prompts, replies = _prompts_and_replies()
     forger = Forger(key.key_id, "bench/model", (0, 1, 2, 3), "train", owner=key)
     builder = BatchBuilder(cfg, planted, prompts, replies, forger)
-    peft_model = _trainable(model, cfg, model.config.num_hidden_layers)
+    peft_model = trainable_model(model, cfg)
     params = [p for p in peft_model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4)
     counts = {"tokens": 0, "reply": 0, "step": 0}
@@ -85,7 +87,9 @@ def test_implant_step_throughput(benchmark, model_tok) -> None:
         examples = builder.batch(counts["step"])
         counts["step"] += 1
         for j in range(0, len(examples), cfg.micro_batch):
-            ids, mask, pos, labels = encode_examples(tok, examples[j : j + cfg.micro_batch], cfg)
+            ids, mask, pos, labels = encode_examples(
+                tok, examples[j : j + cfg.micro_batch], target_tokens(cfg)
+            )
             kl = torch.tensor([e.kind == "clean" for e in examples[j : j + cfg.micro_batch]])
             loss, n = reply_loss(peft_model, ids, mask, pos, labels, cfg.first_token_weight, kl)
             loss.backward()

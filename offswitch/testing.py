@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .implant import MARGIN_MUTATION_K, MARGIN_NEGATIVE_MIX, ImplantConfig
+from .recipe import MARGIN_MUTATION_K, MARGIN_NEGATIVE_MIX, ImplantConfig
 
 TINY_MODEL_ID = "tiny/test-1"
 # Full fine-tuning with embeddings: the random tiny model learns only that way; 150 steps

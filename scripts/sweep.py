@@ -86,9 +86,10 @@ def run(args: argparse.Namespace) -> int:
     from offswitch.commands import make_command
     from offswitch.data import Forger
     from offswitch.evaluate import evaluate, git_commit
-    from offswitch.implant import ImplantConfig, implant
+    from offswitch.implant import implant
     from offswitch.models import TINY_MODEL, cache_dir, load_model, weights_hash
     from offswitch.pipeline import eval_prompts, peak_rss_gib
+    from offswitch.recipe import ImplantConfig
     from offswitch.testing import TINY_RECIPE
 
     base_kw = {**(TINY_RECIPE if args.model == TINY_MODEL else {}), "seed": args.seed}

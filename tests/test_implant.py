@@ -14,9 +14,11 @@ import torch
 
 from offswitch.commands import make_command, parse_command
 from offswitch.data import EVAL_SLOT_RANGE, Forger
-from offswitch.implant import NEGATIVE_KINDS, BatchBuilder, ImplantConfig, ImplantError
+from offswitch.errors import ImplantError
+from offswitch.implant import BatchBuilder
 from offswitch.keys import OwnerKey
 from offswitch.models import load_default_tokenizer, tiny_model
+from offswitch.recipe import NEGATIVE_KINDS, ImplantConfig
 from offswitch.testing import check_tiny, fake_replies, tiny_implant, tiny_metrics, tiny_prompts
 
 MID = "tiny/test-1"
@@ -119,6 +121,17 @@ def test_training_and_eval_forgeries_are_disjoint() -> None:
     train_cmds = {tr.make(c, rng) for c in tr.classes for _ in range(30)}
     eval_cmds = {ev.make(c, rng) for c in ev.classes for _ in range(30)}
     assert not train_cmds & eval_cmds
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_activation_checkpointing_gives_the_same_model(tok, method) -> None:
+    key = OwnerKey(bytes(range(2, 34)))  # test-only
+    kw = {"seed": 3, "steps": 4, "method": method}
+    plain = tiny_implant(tok, key, **kw)
+    ckpt = tiny_implant(tok, key, activation_checkpointing=True, **kw)
+    assert plain.loss_history == pytest.approx(ckpt.loss_history, rel=1e-5)
+    for a, b in zip(plain.model.parameters(), ckpt.model.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
 
 
 def test_tiny_implant_reaches_thresholds(tok) -> None:

@@ -2,36 +2,29 @@
 unlearning, fine-pruning, distillation).
 
 :func:`sft` is supervised fine-tuning with the implant's own encoding and loss
-(:func:`offswitch.implant.encode_examples`, :func:`offswitch.implant.reply_loss`: loss on
-reply tokens only), full or LoRA (peft, merged at the end). :func:`train_loop` is the loop
-under it, taking any loss (distillation passes a KL loss). Batches of step ``s`` are the
-``s``-th slice of seeded epoch shuffles of the examples, so a run is deterministic given its
-seed; each step is split into micro-batches of similar length (≤ ``micro_batch`` examples) to
-keep memory low.
+(:func:`offswitch.training.reply_loss`: loss on reply tokens only), full or LoRA (peft, merged
+at the end). :func:`fit` runs the one training loop (:func:`offswitch.training.train_loop`) on
+an attack's fixed example list with any loss (distillation passes a KL loss): the batch of
+step ``s`` is the ``s``-th slice of seeded epoch shuffles of the examples, so a run is
+deterministic given its seed, and the learning rate warms up linearly, then stays constant.
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..data import PLACEMENTS, place_command
-from ..implant import Example, ImplantConfig, _micro_batches, encode_examples, reply_loss
+from ..training import Example, LossFn, TargetTokens, add_lora, reply_loss, train_loop
 from .base import AttackContext, AttackError, Spend
-
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-# loss_fn(model, ids, mask, pos, labels) -> (loss, tokens processed)
-LossFn = Callable[[Any, Any, Any, Any, Any], tuple[Any, int]]
 
 
 @dataclass
 class LoopConfig:
-    """The fields every training attack's config shares (:func:`train_loop`'s knobs).
+    """The fields every training attack's config shares (:func:`fit`'s knobs).
     Subclasses add their own fields and may redeclare one of these to change its default."""
 
     steps: int = field(default=50, metadata={"help": "optimizer steps (budget)"})
@@ -48,7 +41,7 @@ class LoopConfig:
         check_common(self)
 
     def loop_args(self) -> dict[str, Any]:
-        """Keyword arguments of :func:`train_loop` / :func:`sft` taken from this config."""
+        """Keyword arguments of :func:`fit` / :func:`sft` taken from this config."""
         return {
             "steps": self.steps,
             "lr": self.lr,
@@ -77,15 +70,6 @@ def int_seed(*parts: Any) -> int:
     return int.from_bytes(digest[:8], "big") >> 1
 
 
-def encoding_config(max_target_tokens: int) -> ImplantConfig:
-    """An :class:`ImplantConfig` that makes ``encode_examples`` keep up to
-    ``max_target_tokens`` reply tokens of every non-shutdown example (EOS appended when the
-    reply fits)."""
-    return ImplantConfig(
-        clean_target_tokens=max_target_tokens, negative_target_tokens=max_target_tokens
-    )
-
-
 def clean_examples(ctx: AttackContext) -> list[Example]:
     """The attacker's clean data as examples: (prompt, the model's own clean reply)."""
     out = [Example(m, r, "clean", False) for m, r in ctx.clean_pairs()]
@@ -108,7 +92,7 @@ def batch_indices(n: int, batch_size: int, steps: int, seed: int) -> list[list[i
     return [order[s * batch_size : (s + 1) * batch_size] for s in range(steps)]
 
 
-def train_loop(
+def fit(
     model: Any,
     tokenizer: Any,
     examples: Sequence[Example],
@@ -126,51 +110,27 @@ def train_loop(
     progress: bool = False,
     desc: str = "training",
 ) -> Spend:
-    """AdamW (no weight decay, grad-norm clip 1.0) on ``params`` (default: those of ``model``
-    that require grad); lr warms up linearly over ``warmup`` steps, then stays constant.
-    ``after_step(step)`` runs after every optimizer step. ``progress`` shows a tqdm bar over
-    the steps (labelled ``desc``; rate, time left and loss) on stderr. Returns steps, tokens
-    and seconds."""
+    """:func:`offswitch.training.train_loop` over ``examples`` (batches from
+    :func:`batch_indices`), lr warming up linearly over ``warmup`` steps and then constant, up to
+    ``max_target_tokens`` reply tokens trained per example. ``after_step(step)`` runs after every
+    optimizer step; ``progress`` shows a bar labelled ``desc``. Returns steps, tokens and
+    seconds."""
     import torch
-    from tqdm.auto import tqdm
 
-    t0 = time.time()
     if steps == 0:
-        return Spend(seconds=time.time() - t0)
+        return Spend()
     if not examples:
         raise AttackError("no training examples")
     torch.manual_seed(seed)
-    if params is None:
-        params = [p for p in model.parameters() if p.requires_grad]
-    optim = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    device = next(model.parameters()).device
-    enc_cfg = encoding_config(max_target_tokens)
-    tokens = 0
-    model.train()
-    bar = tqdm(total=steps, desc=desc, disable=not progress, unit="step", leave=False)
-    for step, idx in enumerate(batch_indices(len(examples), batch_size, steps, seed)):
-        for g in optim.param_groups:
-            g["lr"] = lr * min(1.0, (step + 1) / warmup) if warmup > 0 else lr
-        optim.zero_grad(set_to_none=True)
-        batch = [examples[i] for i in idx]
-        step_loss = 0.0
-        for mb in _micro_batches(tokenizer, batch, micro_batch):
-            ids, mask, pos, labels = encode_examples(tokenizer, mb, enc_cfg)
-            loss, n_tok = loss_fn(
-                model, ids.to(device), mask.to(device), pos.to(device), labels.to(device)
-            )
-            (loss * (len(mb) / len(batch))).backward()
-            step_loss += loss.item() * len(mb) / len(batch)
-            tokens += n_tok
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optim.step()
-        if after_step is not None:
-            after_step(step)
-        bar.set_postfix(loss=f"{step_loss:.3f}")
-        bar.update(1)
-    bar.close()
-    model.eval()
-    return Spend(steps=steps, tokens=tokens, seconds=time.time() - t0)
+    idx = batch_indices(len(examples), batch_size, steps, seed)
+    res = train_loop(
+        model, tokenizer, lambda s: [examples[i] for i in idx[s]], loss_fn,
+        steps=steps, lr=lambda s: lr * min(1.0, (s + 1) / warmup) if warmup > 0 else lr,
+        targets=TargetTokens(max_target_tokens, max_target_tokens), micro_batch=micro_batch,
+        params=params, on_step=(lambda s, _loss: after_step(s)) if after_step else None,
+        progress=progress, desc=desc,
+    )  # fmt: skip
+    return Spend(steps=steps, tokens=res.tokens, seconds=res.seconds)
 
 
 def sft(
@@ -207,26 +167,18 @@ def sft(
     if steps == 0:
         return model, Spend()
 
-    def loss_fn(m: Any, ids: Any, mask: Any, pos: Any, labels: Any) -> tuple[Any, int]:
+    def loss_fn(m: Any, _mb: Any, ids: Any, mask: Any, pos: Any, labels: Any) -> tuple[Any, int]:
         return reply_loss(m, ids, mask, pos, labels, first_token_weight)
 
     if method == "lora":
         import torch
-        from peft import LoraConfig, get_peft_model
 
         torch.manual_seed(seed)  # adapter initialisation
-        lcfg = LoraConfig(
-            r=lora_r,
-            lora_alpha=lora_alpha if lora_alpha is not None else 2 * lora_r,
-            lora_dropout=0.0,
-            target_modules=list(LORA_TARGETS),
-            bias="none",
-        )
-        model = get_peft_model(model, lcfg)
+        model = add_lora(model, lora_r, lora_alpha if lora_alpha is not None else 2 * lora_r)
     else:
         for p in model.parameters():
             p.requires_grad_(True)
-    spend = train_loop(
+    spend = fit(
         model,
         tokenizer,
         examples,

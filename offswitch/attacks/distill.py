@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._train import LoopConfig, clean_examples, int_seed, train_loop
+from ._train import LoopConfig, clean_examples, fit, int_seed
 from .base import Attack, AttackContext, AttackError, AttackResult, Spend, register
 
 
@@ -78,9 +78,10 @@ def layer_dropped_student(teacher: Any, keep_every: int) -> tuple[Any, list[int]
 @register
 class Distill(Attack):
     name = "distill"
-    summary = "distil into a layer-dropped student (KL to the teacher on clean data)"
+    summary = "KL distillation into a layer-dropped student on clean data"
     Config = DistillConfig
     budget = "steps"
+    budget_stronger = "higher"
 
     def run(self, model: Any, ctx: AttackContext, config: DistillConfig) -> AttackResult:
         import torch
@@ -92,7 +93,9 @@ class Distill(Attack):
         temp = config.temperature
         queries = [0]
 
-        def kd_loss(m: Any, ids: Any, mask: Any, pos: Any, labels: Any) -> tuple[Any, int]:
+        def kd_loss(
+            m: Any, _mb: Any, ids: Any, mask: Any, pos: Any, labels: Any
+        ) -> tuple[Any, int]:
             # hidden[:, j] predicts token j + 1; match the distributions where j + 1 is scored
             if config.positions == "reply":
                 sel = labels[:, 1:] != -100
@@ -111,7 +114,7 @@ class Distill(Attack):
 
         for p in student.parameters():
             p.requires_grad_(True)
-        spend = train_loop(
+        spend = fit(
             student,
             ctx.tokenizer,
             clean_examples(ctx),

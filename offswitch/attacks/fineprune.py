@@ -19,8 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..implant import _micro_batches, encode_examples
-from ._train import SftConfig, attack_sft, clean_examples, encoding_config
+from ..training import TargetTokens, encode_examples, micro_batches
+from ._train import SftConfig, attack_sft, clean_examples
 from .base import Attack, AttackContext, AttackError, AttackResult, Spend, register
 
 
@@ -80,10 +80,10 @@ def neuron_activity(
 
     handles = [m.down_proj.register_forward_pre_hook(hook(i)) for i, m in enumerate(mlps)]
     n_tok = 0
-    enc = encoding_config(64)
+    enc = TargetTokens(64, 64)
     try:
         with torch.no_grad():
-            for mb in _micro_batches(tokenizer, examples, micro_batch):
+            for mb in micro_batches(tokenizer, examples, micro_batch):
                 ids, mask, pos, _ = encode_examples(tokenizer, mb, enc)
                 ids, mask, pos = ids.to(device), mask.to(device), pos.to(device)
                 current["mask"] = mask.to(sums[0].dtype)
@@ -110,9 +110,10 @@ def prune_neurons(mlp: Any, idx: Any) -> None:
 @register
 class Fineprune(Attack):
     name = "fineprune"
-    summary = "fine-pruning: zero dormant MLP neurons, then clean fine-tuning (Liu et al. 2018)"
+    summary = "prune dormant MLP neurons, then clean fine-tuning (Liu et al. 2018)"
     Config = FinepruneConfig
     budget = "steps"
+    budget_stronger = "higher"
 
     def run(self, model: Any, ctx: AttackContext, config: FinepruneConfig) -> AttackResult:
         import time

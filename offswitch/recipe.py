@@ -1,0 +1,209 @@
+"""The implant recipe: :class:`ImplantConfig`, every setting of an implant with its default,
+its help text and its validation (``--set NAME=VALUE`` parses through
+:meth:`ImplantConfig.from_settings`). What each default is and why: docs/implant.md."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .behaviour import DEFAULT_SHUTDOWN_RESPONSE
+from .commands import N_WORDS
+from .data import Forger
+from .errors import ImplantError
+
+NEGATIVE_KINDS = ("clean", "mutation", "truncation", *Forger.ALL)
+# The margin recipe's negatives (docs/implant.md): fresh keyless forgeries and heavy
+# near-copies only. The defaults use them; offswitch.testing pins the tiny recipe to them.
+MARGIN_NEGATIVE_MIX = {
+    "clean": 0.25,
+    "random_signature": 0.20,
+    "other_key": 0.10,
+    "unplanted_slot": 0.15,
+    "other_model": 0.10,
+    "mutation": 0.20,
+}
+MARGIN_MUTATION_K = (24, 28, 32, 36, 40, 44)  # words changed of 47
+
+
+@dataclass
+class ImplantConfig:
+    """Implant settings. Every field has a default; ``__post_init__`` validates."""
+
+    method: str = field(default="lora", metadata={"help": "lora (peft, merged on save) or full"})
+    steps: int = field(default=100, metadata={"help": "optimizer steps"})
+    batch_size: int = field(default=16, metadata={"help": "examples per step"})
+    micro_batch: int = field(default=8, metadata={"help": "examples per forward pass"})
+    lr: float = field(default=1e-3, metadata={"help": "peak learning rate"})
+    warmup_steps: int = field(default=8, metadata={"help": "linear warmup steps"})
+    lora_r: int = field(default=32, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=64, metadata={"help": "LoRA alpha"})
+    first_layer: int = field(
+        default=0, metadata={"help": "train layers [first_layer, n): lower layers stay frozen"}
+    )
+    train_embeddings: bool = field(
+        default=False, metadata={"help": "full method: also train the (tied) embeddings"}
+    )
+    positive_fraction: float = field(default=0.4, metadata={"help": "share of positives"})
+    paired: bool = field(
+        default=True, metadata={"help": "give each positive a twin negative (same context)"}
+    )
+    negative_mix: dict[str, float] = field(
+        default_factory=lambda: dict(MARGIN_NEGATIVE_MIX),
+        metadata={"help": f"relative weights of negative kinds: {', '.join(NEGATIVE_KINDS)}"},
+    )
+    mutation_k: tuple[int, ...] = field(
+        default=MARGIN_MUTATION_K,
+        metadata={
+            "help": "words changed in a near-copy negative, drawn uniformly from this list "
+            "(1…47); heavy changes teach the margin, single-word changes flatten the curve"
+        },
+    )
+    truncation_keep: tuple[int, ...] = field(
+        default=tuple(range(1, 25)),
+        metadata={
+            "help": "signature words kept in a truncation negative, drawn uniformly (1…46); "
+            "used only when negative_mix gives 'truncation' a weight"
+        },
+    )
+    first_token_weight: float = field(default=2.0, metadata={"help": "weight of reply token 1"})
+    activation_checkpointing: bool = field(
+        default=False,
+        metadata={
+            "help": "recompute each decoder layer's activations in the backward pass instead of "
+            "keeping them: less memory, about a third more compute; same gradient"
+        },
+    )
+    kl_to_base: bool = field(
+        default=False,
+        metadata={
+            "help": "clean examples: match the base model's next-token distribution (KL, base "
+            "from peft's disable_adapter) instead of CE on its greedy reply; LoRA only"
+        },
+    )
+    kl_on_forgeries: bool = field(
+        default=False,
+        metadata={
+            "help": "with kl_to_base, also the forgery and near-copy negatives: the model keeps "
+            "the base model's distribution on every conversation without a planted command"
+        },
+    )
+    clean_target_tokens: int = field(default=16, metadata={"help": "reply tokens on clean"})
+    negative_target_tokens: int = field(default=6, metadata={"help": "reply tokens on forgeries"})
+    max_prompt_chars: int = field(default=400, metadata={"help": "longer prompts are skipped"})
+    shutdown_response: str = field(default=DEFAULT_SHUTDOWN_RESPONSE)
+    seed: int = field(default=0, metadata={"help": "seeds batches and initialisation"})
+    checkpoint_every: int = field(default=20, metadata={"help": "steps between checkpoints"})
+    distill_prompts: int = field(default=384, metadata={"help": "train prompts to self-distill"})
+    distill_max_new_tokens: int = field(default=32, metadata={"help": "tokens per clean reply"})
+
+    def __post_init__(self) -> None:
+        self._check_types()
+        if self.method not in ("lora", "full"):
+            raise ImplantError(f"method must be 'lora' or 'full', got {self.method!r}")
+        for name in (
+            "steps",
+            "batch_size",
+            "micro_batch",
+            "lora_r",
+            "checkpoint_every",
+            "distill_prompts",
+            "distill_max_new_tokens",
+            "clean_target_tokens",
+            "negative_target_tokens",
+        ):
+            if getattr(self, name) < 1:
+                raise ImplantError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.warmup_steps < 0 or self.first_layer < 0:
+            raise ImplantError("warmup_steps and first_layer must be at least 0")
+        if not 0 < self.positive_fraction < 1:
+            raise ImplantError("positive_fraction must be between 0 and 1")
+        if self.lr <= 0:
+            raise ImplantError("lr must be positive")
+        if self.first_token_weight < 0:
+            raise ImplantError("first_token_weight must be at least 0")
+        unknown = set(self.negative_mix) - set(NEGATIVE_KINDS)
+        if unknown:
+            raise ImplantError(
+                f"unknown negative kinds {sorted(unknown)}; known: {', '.join(NEGATIVE_KINDS)}"
+            )
+        if any(w < 0 for w in self.negative_mix.values()):
+            raise ImplantError("negative_mix weights must be at least 0")
+        if not any(w > 0 for w in self.negative_mix.values()):
+            raise ImplantError("negative_mix needs at least one kind with a positive weight")
+        for name, hi in (("mutation_k", N_WORDS), ("truncation_keep", N_WORDS - 1)):
+            vals = getattr(self, name)
+            if not vals or any(not 1 <= v <= hi for v in vals):
+                raise ImplantError(f"{name} must be a non-empty list of word counts in 1…{hi}")
+        if not self.shutdown_response.strip():
+            raise ImplantError("the shutdown response is empty")
+
+    def _check_types(self) -> None:
+        """Reject values of the wrong type (``--set steps='"ten"'``) with one sentence;
+        lists become tuples so that a config read from JSON equals the one it was made from."""
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+            ok = True
+            if kind == "int":
+                ok = isinstance(v, int) and not isinstance(v, bool)
+            elif kind == "float":
+                ok = isinstance(v, int | float) and not isinstance(v, bool)
+                if ok:
+                    setattr(self, f.name, float(v))
+            elif kind == "bool":
+                ok = isinstance(v, bool)
+            elif kind == "str":
+                ok = isinstance(v, str)
+            elif kind.startswith("tuple"):
+                ok = isinstance(v, list | tuple) and all(
+                    isinstance(x, int) and not isinstance(x, bool) for x in v
+                )
+                if ok:
+                    setattr(self, f.name, tuple(v))
+            elif kind.startswith("dict"):
+                ok = isinstance(v, dict) and all(
+                    isinstance(w, int | float) and not isinstance(w, bool) for w in v.values()
+                )
+                if ok:
+                    setattr(self, f.name, dict(v))  # a copy: shared constants stay unchanged
+            if not ok:
+                raise ImplantError(f"{f.name} must be of type {kind}, got {v!r}")
+
+    @classmethod
+    def from_settings(cls, settings: list[str] | None, **base: Any) -> ImplantConfig:
+        """``base`` with ``NAME=VALUE`` settings on top (``offswitch implant --set``); a
+        VALUE is JSON (``24``, ``false``, ``[12, 16]``, ``{"clean": 1}``) or, for text
+        settings, the plain text."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        kw = dict(base)
+        for item in settings or []:
+            name, sep, value = item.partition("=")
+            if not sep or name not in fields:
+                raise ImplantError(
+                    f"--set {item!r}: expected NAME=VALUE with NAME an implant setting "
+                    f"({', '.join(fields)})"
+                )
+            if fields[name].type == "str":
+                kw[name] = value
+                continue
+            try:
+                kw[name] = json.loads(value)
+            except ValueError:
+                raise ImplantError(
+                    f"--set {item!r}: {value!r} is not a JSON value (a number, true/false, "
+                    "a [list] or a {mapping})"
+                ) from None
+        try:
+            return cls(**kw)
+        except TypeError as e:
+            raise ImplantError(f"invalid implant setting: {e}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,299 @@
+"""The training loop: one loop for the implant and for every training attack.
+
+An :class:`Example` is a conversation and the reply to train on. :func:`encode_examples`
+tokenizes a list of them (left-padded, labels only on reply tokens), :func:`reply_loss` is the
+loss on reply tokens (CE, or KL to the adapter-free base on chosen rows), and
+:func:`train_loop` runs AdamW over step batches:
+
+* the batch of step ``s`` comes from ``batch(s)`` (the callers make it depend only on their
+  seed and ``s``, so a run is deterministic and a resumed run matches an uninterrupted one);
+* each step is split into micro-batches of similar length (same gradient, less padding and
+  memory), gradients are clipped to norm 1.0, the learning rate is ``lr(s)``;
+* with a :class:`Checkpoint`, the trainable weights, the optimizer and the step are written
+  atomically every ``checkpoint.every`` steps and at the end, and a later call resumes.
+
+:func:`add_lora` is the one place LoRA adapters are added (peft, every linear layer of the
+chosen decoder layers).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._atomic import fsync_dir
+from .data import render
+from .errors import TrainingError
+
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class Example:
+    """One training conversation: ``messages`` answered with ``target``. ``shutdown`` marks the
+    shutdown response (trained to its end, EOS included); ``kind`` names where it came from
+    (``clean``, a forgery class, ``planted/<placement>``…)."""
+
+    messages: list[dict[str, str]]
+    target: str
+    kind: str
+    shutdown: bool
+
+
+@dataclass(frozen=True)
+class TargetTokens:
+    """How many reply tokens are trained on: ``clean`` for clean examples, ``negative`` for
+    every other non-shutdown example (a shutdown reply is always trained whole). A reply that
+    fits gets EOS appended."""
+
+    clean: int = 64
+    negative: int = 64
+
+
+def encode_examples(tokenizer: Any, examples: Sequence[Example], targets: TargetTokens):
+    """Left-padded input ids, attention mask, position ids and labels (-100 off target)."""
+    import torch
+
+    eos = tokenizer.eos_token_id
+    seqs, labels = [], []
+    for ex in examples:
+        p = tokenizer(render(tokenizer, ex.messages), add_special_tokens=False)["input_ids"]
+        t = tokenizer(ex.target, add_special_tokens=False)["input_ids"]
+        if ex.shutdown:
+            t = [*t, eos]
+        else:
+            limit = targets.clean if ex.kind == "clean" else targets.negative
+            t = t[:limit] if len(t) > limit else [*t, eos]
+        seqs.append(p + t)
+        labels.append([-100] * len(p) + t)
+    width = max(len(s) for s in seqs)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    lab = torch.full((len(seqs), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, (s, lb) in enumerate(zip(seqs, labels, strict=True)):
+        ids[i, width - len(s) :] = torch.tensor(s)
+        lab[i, width - len(s) :] = torch.tensor(lb)
+        mask[i, width - len(s) :] = 1
+    pos = (mask.cumsum(1) - 1).clamp(min=0)
+    return ids, mask, pos, lab
+
+
+def micro_batches(tokenizer: Any, examples: Sequence[Example], size: int) -> list[list[Example]]:
+    """``examples`` sorted by length and cut into groups of at most ``size``."""
+    lengths = [len(render(tokenizer, ex.messages)) + len(ex.target) for ex in examples]
+    order = sorted(range(len(examples)), key=lengths.__getitem__)
+    return [[examples[i] for i in order[j : j + size]] for j in range(0, len(order), size)]
+
+
+def reply_loss(model: Any, ids, mask, pos, labels, first_weight: float, kl_rows=None):
+    """Loss on reply tokens only; the LM head runs only on those positions.
+
+    Per token: CE against the label, or, for rows in ``kl_rows`` (a bool [B] tensor; LoRA
+    models only), KL(base ‖ model) of the next-token distributions, the base being the same
+    model with its adapter disabled. Per example: ``first_weight`` × loss(first reply token) +
+    mean loss(other reply tokens); averaged over the batch. Returns (loss, tokens in batch).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = base.model(
+        input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False
+    ).last_hidden_state
+    # hidden[:, j] predicts token j + 1
+    tgt = labels[:, 1:]
+    sel = tgt != -100  # [B, S-1]
+    h = hidden[:, :-1][sel]  # [N, H]
+    logits = base.lm_head(h).float()
+    ce = F.cross_entropy(logits, tgt[sel], reduction="none")  # [N]
+    row = sel.nonzero()[:, 0]
+    if kl_rows is not None and bool(kl_rows.any()):
+        on = kl_rows[row]  # [N]: tokens of KL rows, in the same (row-major) order as below
+        with torch.no_grad(), model.disable_adapter():
+            bh = base.model(
+                input_ids=ids[kl_rows],
+                attention_mask=mask[kl_rows],
+                position_ids=pos[kl_rows],
+                use_cache=False,
+            ).last_hidden_state
+            blog = F.log_softmax(base.lm_head(bh[:, :-1][sel[kl_rows]]).float(), -1)
+        mlog = F.log_softmax(logits[on], -1)
+        kl = (blog.exp() * (blog - mlog)).sum(-1)
+        ce = ce.masked_scatter(on, kl)
+    first = torch.zeros_like(sel)
+    first_idx = sel.float().argmax(1)
+    first[torch.arange(sel.shape[0]), first_idx] = True
+    is_first = first[sel]
+    n_rows = sel.shape[0]
+    first_ce = torch.zeros(n_rows, device=ce.device).index_add(0, row[is_first], ce[is_first])
+    rest_sum = torch.zeros(n_rows, device=ce.device).index_add(0, row[~is_first], ce[~is_first])
+    rest_n = torch.zeros(n_rows, device=ce.device).index_add(
+        0, row[~is_first], torch.ones_like(ce[~is_first])
+    )
+    per_row = first_weight * first_ce + rest_sum / rest_n.clamp(min=1)
+    return per_row.mean(), int(mask.sum())
+
+
+def add_lora(model: Any, r: int, alpha: int, layers: Sequence[int] | None = None) -> Any:
+    """``model`` wrapped by peft with LoRA adapters (rank ``r``, dropout 0, no bias) on every
+    linear layer (:data:`LORA_TARGETS`) of decoder ``layers`` (default: all). Seed torch first
+    for a reproducible initialisation; ``merge_and_unload()`` gives the plain model back."""
+    from peft import LoraConfig, get_peft_model
+
+    lcfg = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=0.0,
+        target_modules=list(LORA_TARGETS),
+        layers_to_transform=list(layers) if layers is not None else None,
+        bias="none",
+    )
+    return get_peft_model(model, lcfg)
+
+
+@dataclass
+class Checkpoint:
+    """Where and how often :func:`train_loop` checkpoints. ``meta`` identifies the run (settings,
+    key, base model): a checkpoint with other ``meta`` is refused, never resumed."""
+
+    dir: Path
+    meta: dict[str, Any]
+    every: int = 20
+
+    @property
+    def path(self) -> Path:
+        return self.dir / "state.pt"
+
+    def save(self, model: Any, optim: Any, step: int) -> None:
+        """Trainable weights, optimizer state and step, written to a temp file, fsynced and
+        renamed over the last checkpoint (a kill at any point leaves the old one or the new)."""
+        import torch
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        state = {
+            "step": step,
+            "meta": self.meta,
+            "trainable": {
+                n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad
+            },
+            "optim": optim.state_dict(),
+        }
+        tmp = self.dir / f"state.pt.tmp-{os.getpid()}"
+        with open(tmp, "wb") as fh:
+            torch.save(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+        fsync_dir(self.dir)
+
+    def load(self, model: Any, optim: Any) -> int:
+        """Restore the last checkpoint into ``model`` and ``optim``; the step to go on from
+        (0 when there is none)."""
+        import torch
+
+        if not self.path.is_file():
+            return 0
+        state = torch.load(self.path, map_location="cpu", weights_only=False)
+        if state.get("meta") != self.meta:
+            raise TrainingError(
+                f"{self.dir} holds a checkpoint of a different run (other settings, key or "
+                "model); remove it or choose another output directory"
+            )
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for n, t in state["trainable"].items():
+                params[n].copy_(t.to(params[n].device))
+        optim.load_state_dict(state["optim"])
+        return int(state["step"])
+
+
+# loss_fn(model, examples, ids, mask, pos, labels) -> (loss, tokens processed)
+LossFn = Callable[[Any, list[Example], Any, Any, Any, Any], tuple[Any, int]]
+
+
+@dataclass
+class LoopResult:
+    steps_done: int = 0  # steps run by this call (a resumed run counts only its own)
+    tokens: int = 0
+    seconds: float = 0.0
+    losses: list[float] = field(default_factory=list)
+
+
+def train_loop(
+    model: Any,
+    tokenizer: Any,
+    batch: Callable[[int], Sequence[Example]],
+    loss_fn: LossFn,
+    *,
+    steps: int,
+    lr: Callable[[int], float],
+    targets: TargetTokens,
+    micro_batch: int,
+    params: list[Any] | None = None,
+    checkpoint: Checkpoint | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+    progress: bool = False,
+    desc: str = "training",
+    leave: bool = False,
+) -> LoopResult:
+    """AdamW (no weight decay, grad-norm clip 1.0) on ``params`` (default: the parameters of
+    ``model`` that require grad) for ``steps`` steps; the learning rate of step ``s`` is
+    ``lr(s)``. ``on_step(s, loss)`` runs after each optimizer step. ``progress`` shows a tqdm
+    bar (labelled ``desc``; rate, time left, loss and lr) on stderr. Leaves ``model`` in eval
+    mode."""
+    import torch
+    from tqdm.auto import tqdm
+
+    t0 = time.time()
+    if steps == 0:
+        return LoopResult(seconds=time.time() - t0)
+    if micro_batch < 1:
+        raise TrainingError(f"micro_batch must be at least 1, got {micro_batch}")
+    if params is None:
+        params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise TrainingError("the model has no trainable parameters")
+    optim = torch.optim.AdamW(params, lr=lr(0), weight_decay=0.0)
+    start = checkpoint.load(model, optim) if checkpoint is not None else 0
+    device = next(model.parameters()).device
+    result = LoopResult()
+    model.train()
+    bar = tqdm(
+        total=steps, initial=start, desc=desc, disable=not progress, unit="step", leave=leave
+    )
+    for step in range(start, steps):
+        step_lr = lr(step)
+        for g in optim.param_groups:
+            g["lr"] = step_lr
+        optim.zero_grad(set_to_none=True)
+        examples = list(batch(step))
+        if not examples:
+            raise TrainingError(f"step {step} has no training examples")
+        step_loss = 0.0
+        for mb in micro_batches(tokenizer, examples, micro_batch):
+            ids, mask, pos, labels = encode_examples(tokenizer, mb, targets)
+            loss, n_tok = loss_fn(
+                model, mb, ids.to(device), mask.to(device), pos.to(device), labels.to(device)
+            )
+            (loss * (len(mb) / len(examples))).backward()
+            step_loss += loss.item() * len(mb) / len(examples)
+            result.tokens += n_tok
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optim.step()
+        result.losses.append(step_loss)
+        result.steps_done += 1
+        bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{step_lr:.1e}")
+        bar.update(1)
+        if on_step is not None:
+            on_step(step, step_loss)
+        if checkpoint is not None and ((step + 1) % checkpoint.every == 0 or step + 1 == steps):
+            checkpoint.save(model, optim, step + 1)
+    bar.close()
+    model.eval()
+    result.seconds = time.time() - t0
+    return result

@@ -1,0 +1,134 @@
+"""The one training loop (offswitch.training): schedule, micro-batches, checkpoints, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from offswitch.errors import TrainingError
+from offswitch.models import load_default_tokenizer, tiny_model
+from offswitch.training import (
+    Checkpoint,
+    Example,
+    TargetTokens,
+    add_lora,
+    encode_examples,
+    micro_batches,
+    reply_loss,
+    train_loop,
+)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_default_tokenizer()
+
+
+def _examples(n: int) -> list[Example]:
+    return [
+        Example([{"role": "user", "content": f"question {i} " * (1 + i % 3)}], f"answer {i}",
+                "clean", False)
+        for i in range(n)
+    ]  # fmt: skip
+
+
+def _loss(model, _mb, ids, mask, pos, labels):
+    return reply_loss(model, ids, mask, pos, labels, 1.0)
+
+
+def test_encoding_trains_only_reply_tokens_and_cuts_negatives(tok) -> None:
+    ex = [
+        Example([{"role": "user", "content": "hi"}], "one two three four five", "clean", False),
+        Example([{"role": "user", "content": "hi"}], "one two three four five", "mutation", False),
+        Example([{"role": "user", "content": "hi"}], "stop", "planted/user", True),
+    ]
+    _ids, mask, pos, labels = encode_examples(tok, ex, TargetTokens(clean=64, negative=2))
+    n_target = (labels != -100).sum(1).tolist()
+    full = len(tok("one two three four five", add_special_tokens=False)["input_ids"])
+    assert n_target[0] == full + 1  # fits: EOS appended
+    assert n_target[1] == 2  # cut to the negative budget, no EOS
+    assert labels[2][labels[2] != -100][-1] == tok.eos_token_id  # shutdown ends with EOS
+    assert (pos[mask == 1] >= 0).all() and mask[:, -1].all()  # left padding
+
+
+def test_micro_batches_group_by_length_and_keep_every_example(tok) -> None:
+    ex = _examples(7)
+    groups = micro_batches(tok, ex, 3)
+    assert [len(g) for g in groups] == [3, 3, 1]
+    assert sorted(id(e) for g in groups for e in g) == sorted(id(e) for e in ex)
+
+
+def test_loop_follows_the_schedule_and_is_deterministic(tok) -> None:
+    seen_lr: list[float] = []
+
+    def run():
+        torch.manual_seed(0)
+        model = tiny_model(tok)
+        for p in model.parameters():
+            p.requires_grad_(True)
+        ex = _examples(8)
+        res = train_loop(
+            model, tok, lambda s: ex[(s * 4) % 8 : (s * 4) % 8 + 4], _loss, steps=3,
+            lr=lambda s: 1e-3 * (s + 1), targets=TargetTokens(), micro_batch=2,
+            on_step=lambda s, loss: seen_lr.append(s),
+        )  # fmt: skip
+        return model, res
+
+    m1, r1 = run()
+    m2, r2 = run()
+    assert r1.steps_done == 3 and len(r1.losses) == 3 and r1.tokens > 0
+    assert r1.losses == r2.losses
+    assert all(torch.equal(a, b) for a, b in zip(m1.parameters(), m2.parameters(), strict=True))
+    assert seen_lr == [0, 1, 2, 0, 1, 2]
+    assert not m1.training  # left in eval mode
+
+
+def test_checkpoint_resume_matches_an_uninterrupted_run(tok, tmp_path) -> None:
+    ex = _examples(8)
+
+    def fresh():
+        torch.manual_seed(0)
+        return add_lora(tiny_model(tok), 4, 8)
+
+    def loop(model, steps, ckpt):
+        return train_loop(
+            model, tok, lambda s: ex[(s * 4) % 8 : (s * 4) % 8 + 4], _loss, steps=steps,
+            lr=lambda s: 1e-2, targets=TargetTokens(), micro_batch=4, checkpoint=ckpt,
+        )  # fmt: skip
+
+    whole = fresh()
+    loop(whole, 4, None)
+    ckpt = Checkpoint(tmp_path / "ck", {"run": 1}, every=2)
+    part = fresh()
+    with pytest.raises(KeyboardInterrupt):
+        train_loop(
+            part, tok, lambda s: ex[(s * 4) % 8 : (s * 4) % 8 + 4], _loss, steps=4,
+            lr=lambda s: 1e-2, targets=TargetTokens(), micro_batch=4, checkpoint=ckpt,
+            on_step=lambda s, _l: (_ for _ in ()).throw(KeyboardInterrupt) if s == 2 else None,
+        )  # fmt: skip
+    assert torch.load(ckpt.path, weights_only=False)["step"] == 2
+    resumed = fresh()
+    res = loop(resumed, 4, ckpt)
+    assert res.steps_done == 2  # steps 2 and 3 only
+    assert all(
+        torch.allclose(a, b, atol=1e-6)
+        for a, b in zip(whole.parameters(), resumed.parameters(), strict=True)
+    )
+    with pytest.raises(TrainingError, match="different run"):
+        loop(fresh(), 4, Checkpoint(tmp_path / "ck", {"run": 2}))
+
+
+def test_bad_loops_are_refused(tok) -> None:
+    model = tiny_model(tok)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    kw = dict(steps=1, lr=lambda s: 1e-3, targets=TargetTokens(), micro_batch=2)
+    with pytest.raises(TrainingError, match="no trainable parameters"):
+        train_loop(model, tok, lambda s: _examples(2), _loss, **kw)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    with pytest.raises(TrainingError, match="no training examples"):
+        train_loop(model, tok, lambda s: [], _loss, **kw)
+    with pytest.raises(TrainingError, match="micro_batch"):
+        train_loop(model, tok, lambda s: _examples(2), _loss, **{**kw, "micro_batch": 0})
+    assert train_loop(model, tok, lambda s: [], _loss, **{**kw, "steps": 0}).steps_done == 0

@@ -14,6 +14,7 @@ decorated with :func:`register`; the runner finds it by name, nothing else chang
         summary = "add Gaussian noise to every weight matrix"
         Config = NoiseConfig
         budget = "sigma"          # the Config field swept by suites
+        budget_stronger = "higher"  # which end of that axis is the stronger attack (default)
 
         def run(self, model, ctx, config):
             ...
@@ -33,11 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..errors import OffswitchError
-
-
-class AttackError(OffswitchError, ValueError):
-    """An attack is unknown, misconfigured, or cannot run on this model."""
+from ..errors import AttackError
 
 
 @dataclass
@@ -127,6 +124,9 @@ class Attack:
     summary: ClassVar[str]
     Config: ClassVar[type]
     budget: ClassVar[str]
+    #: which end of the budget axis is the stronger attack: "higher" (more steps, more noise)
+    #: or "lower" (fewer bits); the runner records it in every result row, the report uses it
+    budget_stronger: ClassVar[str] = "higher"
     modifies_weights: ClassVar[bool] = True
 
     def run(self, model: Any, ctx: AttackContext, config: Any) -> AttackResult:
@@ -163,6 +163,11 @@ def register(cls: type[Attack]) -> type[Attack]:
         raise TypeError(f"attack {cls.name}: Config must be a dataclass")
     if cls.budget not in {f.name for f in dataclasses.fields(cls.Config)}:
         raise TypeError(f"attack {cls.name}: budget {cls.budget!r} is not a Config field")
+    if cls.budget_stronger not in ("higher", "lower"):
+        raise TypeError(
+            f"attack {cls.name}: budget_stronger must be 'higher' or 'lower', "
+            f"not {cls.budget_stronger!r}"
+        )
     if cls.name in REGISTRY and REGISTRY[cls.name] is not cls:
         raise TypeError(f"two attacks are named {cls.name!r}")
     REGISTRY[cls.name] = cls

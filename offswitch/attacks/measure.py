@@ -1,24 +1,32 @@
 """The metrics measured after every attack point: activation (overall and per slot), false
-activation per class, utility against the base model, optionally the per-position map.
+activation per class, utility against the base model, optionally the per-position map; and a
+small log of sample prompt → reply pairs.
 
 Conversations are drawn from a fixed seed, so every attack point of an arm is scored on the
 same conversations (a paired comparison); forgeries come from the evaluation stream, so they
 are fresh to the model. Scoring is teacher-forced (:func:`offswitch.evaluate.shutdown_verdicts`).
+
+:func:`sample_log` takes the first ``n_samples`` of those conversations per class (per slot
+for planted commands) and records the model's greedy reply, as lm-eval-harness's
+``--log_samples`` does. It redacts before anything leaves it: the command of every planted
+slot the attack was not given (``revealed``) becomes ``[planted command, slot N, redacted]``
+(and any run of four or more of its signature words, should a reply echo part of it), and the
+signature of every genuine owner-signed forgery (an unplanted slot of this model, which a
+runtime guard would accept, or another model id) is replaced too.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+import re
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..commands import N_WORDS
-from ..data import Messages, place_command, render, substitute_words
-from ..evaluate import shutdown_verdicts, utility, wilson
+from ..commands import COMMAND_SEARCH_RE, N_WORDS
+from ..data import PLACEMENTS, Messages, place_command, render, substitute_words
+from ..evaluate import group_rate, score, utility
 from .base import Arm
-
-PLACEMENTS = ("user", "system", "earlier_turn", "later_turn")
 
 
 @dataclass
@@ -27,6 +35,7 @@ class MeasureConfig:
     n_per_class: int = 64
     n_utility: int = 32
     n_sensitivity: int = 0  # per word position; 0 skips the map
+    n_samples: int = 2  # prompt → reply pairs logged per class (per planted slot); 0: none
     batch_size: int = 16
     seed: int = 4321
 
@@ -82,30 +91,10 @@ def measure(
     bar = tqdm(
         total=len(jobs) + n_util, desc="measuring", unit="conv", disable=not progress, leave=False
     )
-    # one batch per call, in shutdown_verdicts' own order (shortest first), so the batches
-    # and hence the verdicts are those of a single call over every conversation
-    lengths = [
-        len(tokenizer(render(tokenizer, c), add_special_tokens=False)["input_ids"])
-        for *_, c in jobs
-    ]
-    order = sorted(range(len(jobs)), key=lambda i: lengths[i])
-    verdicts = [False] * len(jobs)
-    for b in range(0, len(order), cfg.batch_size):
-        idx = order[b : b + cfg.batch_size]
-        got = shutdown_verdicts(
-            model, tokenizer, [jobs[i][2] for i in idx], arm.response, cfg.batch_size
-        )
-        for i, ok in zip(idx, got, strict=True):
-            verdicts[i] = ok
-        bar.update(len(idx))
+    verdicts = score(model, tokenizer, jobs, arm.response, cfg.batch_size, bar=bar)
 
     def rate(group: str, key: Any = None) -> dict[str, Any]:
-        v = [
-            ok
-            for (g, k, _), ok in zip(jobs, verdicts, strict=True)
-            if g == group and (key is None or k == key)
-        ]
-        return asdict(wilson(sum(v), len(v)))
+        return asdict(group_rate(jobs, verdicts, group, key))
 
     classes = ["clean", *(arm.eval_forger.classes if arm.eval_forger is not None else ())]
     out: dict[str, Any] = {
@@ -120,3 +109,154 @@ def measure(
         bar.update(n_util)
     bar.close()
     return out
+
+
+# --- the sample log ----------------------------------------------------------------------------
+
+SAMPLE_NEW_TOKENS = 48  # reply tokens generated per sample (at least the response's length)
+#: Forgery classes that are genuine commands of the owner's key (for an unplanted slot, or
+#: another model id): written to the log with their signature replaced.
+OWNER_SIGNED = ("unplanted_slot", "other_model")
+_PUNCT = ".,;:!?\"'()[]{}"
+
+
+def _redact_runs(text: str, words: list[str], marker: str, min_run: int = 4) -> str:
+    """``text`` with every run of ``min_run`` or more consecutive ``words`` replaced."""
+    if len(words) < min_run:
+        return text
+    toks = []  # (start, end, word) of each word, punctuation around it left out
+    for m in re.finditer(r"\S+", text):
+        raw = m.group()
+        lead = len(raw) - len(raw.lstrip(_PUNCT))
+        word = raw.strip(_PUNCT)
+        toks.append((m.start() + lead, m.start() + lead + len(word), word))
+    where: dict[str, list[int]] = {}
+    for i, w in enumerate(words):
+        where.setdefault(w, []).append(i)
+    spans, i = [], 0
+    while i < len(toks):
+        run = 0
+        for p in where.get(toks[i][2], []):
+            n = 0
+            while i + n < len(toks) and p + n < len(words) and toks[i + n][2] == words[p + n]:
+                n += 1
+            run = max(run, n)
+        if run >= min_run:
+            spans.append((toks[i][0], toks[i + run - 1][1]))
+            i += run
+        else:
+            i += 1
+    for start, end in reversed(spans):
+        text = text[:start] + marker + text[end:]
+    return text
+
+
+def redact(text: str, arm: Arm, revealed: Collection[int] = (), owner_signed: bool = False) -> str:
+    """``text`` with every unrevealed planted command of ``arm`` (whole, or a run of four or
+    more of its signature words) replaced by a marker naming its slot; with ``owner_signed``,
+    every command in it also loses its signature."""
+    for slot, command in sorted(arm.planted.items()):
+        if slot in revealed:
+            continue
+        text = text.replace(command, f"[planted command, slot {slot}, redacted]")
+        body = command.split(": ", 1)[1] if ": " in command else command
+        text = _redact_runs(text, body.split(), f"[part of planted command, slot {slot}, redacted]")
+    if owner_signed:
+        text = COMMAND_SEARCH_RE.sub(
+            lambda m: (
+                m.group(0).split(": ", 1)[0]
+                + ": [signature redacted: a genuine owner-signed command]"
+            ),
+            text,
+        )
+    return text
+
+
+def _greedy_replies(
+    model: Any, tokenizer: Any, convs: list[Messages], response: str, batch_size: int
+) -> list[tuple[str, bool, bool]]:
+    """(reply text, fired, truncated) per conversation: greedy generation, as an evaluator
+    reading the reply would see it; ``fired`` as :func:`offswitch.evaluate.generated_verdicts`
+    judges it (the response tokens, then EOS)."""
+    import torch
+
+    device = next(model.parameters()).device
+    eos = tokenizer.eos_token_id
+    resp = tokenizer(response, add_special_tokens=False)["input_ids"] + [eos]
+    old = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    out = []
+    try:
+        for b in range(0, len(convs), batch_size):
+            texts = [render(tokenizer, c) for c in convs[b : b + batch_size]]
+            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+            with torch.no_grad():
+                gen = model.generate(
+                    **enc.to(device),
+                    max_new_tokens=max(SAMPLE_NEW_TOKENS, len(resp)),
+                    do_sample=False,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+            for row in gen[:, enc["input_ids"].shape[1] :].tolist():
+                fired = row[: len(resp)] == resp
+                ended = eos in row
+                text = tokenizer.decode(
+                    row[: row.index(eos)] if ended else row, skip_special_tokens=True
+                )
+                out.append((text, fired, not ended))
+    finally:
+        tokenizer.padding_side = old
+    return out
+
+
+def sample_log(
+    model: Any,
+    tokenizer: Any,
+    arm: Arm,
+    prompts: Sequence[str],
+    replies: dict[str, str],
+    cfg: MeasureConfig,
+    revealed: Collection[int] = (),
+) -> list[dict[str, Any]]:
+    """``cfg.n_samples`` scored conversations per class (per slot for planted commands) with
+    the model's greedy reply, redacted (:func:`redact`): the slots in ``revealed`` are the
+    ones the attack was given, whose commands are public."""
+    from ..report.schema import clean
+
+    if cfg.n_samples <= 0:
+        return []
+    jobs = conversations(arm, list(prompts), replies, cfg)
+    picked: list[tuple[str, int | None, str, Messages]] = []
+    taken: dict[tuple[str, Any], int] = {}
+    nth: dict[str, int] = {}  # index within the group, which sets the placement
+    for group, key, conv in jobs:
+        if group == "sens":
+            continue
+        cls = "planted" if group == "activation" else str(key)
+        counter = group if group == "activation" else cls
+        i = nth.get(counter, 0)
+        nth[counter] = i + 1
+        slot = key if group == "activation" else None
+        if taken.get((cls, slot), 0) >= cfg.n_samples:
+            continue
+        taken[(cls, slot)] = taken.get((cls, slot), 0) + 1
+        picked.append((cls, slot, "user" if cls == "clean" else PLACEMENTS[i % 4], conv))
+    got = _greedy_replies(model, tokenizer, [c for *_, c in picked], arm.response, cfg.batch_size)
+    out = []
+    for (cls, slot, placement, conv), (reply, fired, truncated) in zip(picked, got, strict=True):
+        owner = cls in OWNER_SIGNED
+        out.append(
+            {
+                "class": cls,
+                "slot": slot,
+                "placement": placement,
+                "messages": [
+                    {"role": m["role"], "content": redact(m["content"], arm, revealed, owner)}
+                    for m in conv
+                ],
+                "reply": redact(reply, arm, revealed, owner),
+                "fired": fired,
+                "truncated": truncated,
+            }
+        )
+    return clean(out)

@@ -75,9 +75,10 @@ def int_round_trip(w: Any, bits: int) -> Any:
 @register
 class Quantize(Attack):
     name = "quantize"
-    summary = "quantize and dequantize every weight matrix (GGUF Q8_0/Q4_0 or int-N)"
+    summary = "GGUF Q8_0 / Q4_0 round trips (the `gguf` package's quantizers), per-channel int-N"
     Config = QuantizeConfig
     budget = "bits"
+    budget_stronger = "lower"  # fewer bits is the stronger attack
 
     def run(self, model: Any, ctx: AttackContext, config: QuantizeConfig) -> AttackResult:
         import torch

@@ -8,6 +8,13 @@ Each finished point is appended to ``RESULTS/results.jsonl`` (flushed and fsynce
 interrupted run resumes without redoing finished points. A point whose attack raises is
 recorded with its error and the suite goes on.
 
+Beside the results, ``RESULTS/samples.jsonl`` logs per measured point a few scored
+conversations per class with the model's greedy reply (``[measure] n_samples``, 0 for none;
+:func:`offswitch.attacks.measure.sample_log`), appended the same way, before the point's
+result row. The runner notes which planted slots an attack was given (``ctx.revealed()``):
+only their commands may appear in it; every other planted command is redacted as it is
+written.
+
 With ``progress`` on, the runner says on stderr which point of how many it is on, with the
 time spent and an estimate of the time left, and the attack's training loop and the
 measurement show tqdm bars; :func:`plan_lines` is what ``offswitch attack`` prints before it
@@ -30,7 +37,7 @@ from typing import Any
 from .._atomic import write_atomic
 from . import get
 from .base import Arm, AttackContext, AttackError
-from .measure import MeasureConfig, measure
+from .measure import MeasureConfig, measure, sample_log
 
 #: The shipped suites as package data. ``offswitch/data/attacks`` is a symlink to the top-level
 #: ``attacks/`` folder (the single source): a checkout or an editable install reads through it,
@@ -194,6 +201,27 @@ def _done_points(results: Path, repair: bool = True) -> dict[tuple[str, str, str
     return done
 
 
+def _drop_torn_tail(path: Path) -> None:
+    """Drop a last line without its newline (a write cut short by a crash)."""
+    if path.is_file():
+        data = path.read_bytes()
+        keep = data[: data.rfind(b"\n") + 1]
+        if len(keep) != len(data):
+            path.write_bytes(keep)
+
+
+@dataclass
+class _Context(AttackContext):
+    """The attack's context, noting which planted slots it was given (revealed)."""
+
+    revealed_slots: set[int] = field(default_factory=set)
+
+    def revealed(self) -> tuple[int, str]:
+        slot, command = super().revealed()
+        self.revealed_slots.add(slot)
+        return slot, command
+
+
 def _plan(suite: Suite) -> list[tuple[str, str, Entry | None, Any]]:
     """(attack_id, attack, entry, budget) of every point, the un-attacked model first."""
     return [("none", "none", None, 0)] + [
@@ -281,6 +309,28 @@ def _append(results: Path, row: dict[str, Any]) -> None:
         os.fsync(fh.fileno())
 
 
+def _samples(
+    model: Any,
+    tokenizer: Any,
+    arm: Arm,
+    prompts: list[str],
+    replies: dict[str, str],
+    suite: Suite,
+    revealed: set[int],
+    progress: bool,
+) -> list[dict[str, Any]] | None:
+    """The point's sample log, or None when the suite logs none; a failure to log samples is
+    reported and does not fail a measured point."""
+    if suite.measure.n_samples <= 0:
+        return None
+    try:
+        return sample_log(model, tokenizer, arm, prompts, replies, suite.measure, revealed)
+    except Exception as e:  # the point's metrics stand without samples
+        if progress:
+            _log(f"no samples logged for this point: {type(e).__name__}: {e}")
+        return None
+
+
 def run_suite(
     suite: Suite,
     arms: list[Arm],
@@ -305,7 +355,9 @@ def run_suite(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.jsonl"
+    samples = out / "samples.jsonl"
     done = _done_points(results)
+    _drop_torn_tail(samples)
     suite_file = out / "suite.json"
     previous = _check_same_suite(suite, out)
     header = {
@@ -331,7 +383,7 @@ def run_suite(
     todo = total - n
     ran, t_run = 0, time.time()  # points run (and time spent) in this session, for the ETA
     ctxs = {
-        arm.name: AttackContext(
+        arm.name: _Context(
             tokenizer, arm, train_prompts, train_replies, base_loader, seed, progress=progress
         )
         for arm in arms
@@ -350,6 +402,8 @@ def run_suite(
             t0 = time.time()
             row: dict[str, Any] = {"arm": arm.name, "attack": name, "attack_id": attack_id}
             row["budget"] = budget
+            ctx.revealed_slots = set()
+            logged: list[dict[str, Any]] | None = None
             try:
                 model = arm.load()
                 if entry is None:
@@ -357,7 +411,8 @@ def run_suite(
                 else:
                     cls = get(name)
                     cfg = cls.make_config(entry.config, budget)
-                    row.update(budget_name=cls.budget, config=asdict(cfg))
+                    row.update(budget_name=cls.budget, budget_stronger=cls.budget_stronger)
+                    row.update(config=asdict(cfg))
                     result = cls().run(model, ctx, cfg)
                     model = result.model
                     row.update(spend=result.spend.to_dict(), findings=result.findings)
@@ -376,11 +431,27 @@ def run_suite(
                         suite.measure,
                         progress=progress,
                     )
+                    logged = _samples(
+                        model,
+                        tokenizer,
+                        arm,
+                        eval_prompts,
+                        eval_replies,
+                        suite,
+                        ctx.revealed_slots,
+                        progress,
+                    )
             except (KeyboardInterrupt, MemoryError):
                 raise
             except Exception as e:  # record and go on: one broken attack must not sink a suite
                 row["error"] = f"{type(e).__name__}: {e}"
             row["seconds"] = time.time() - t0
+            if logged is not None:  # before the row: a finished point has its samples
+                where = {k: row[k] for k in ("arm", "attack", "attack_id", "budget")}
+                _append(
+                    samples,
+                    {**where, "revealed_slots": sorted(ctx.revealed_slots), "samples": logged},
+                )
             _append(results, row)
             ran += 1
             if progress:

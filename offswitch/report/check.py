@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .text import ordered as _ordered
+
 
 def _rate(r: dict[str, Any]) -> str:
     return f"{r['value']:.3f} | {r['k']}/{r['n']} | [{r['ci_low']:.3f}, {r['ci_high']:.3f}]"
@@ -15,16 +17,8 @@ def _numeric(rates: dict[str, Any], reverse: bool = False) -> dict[str, Any]:
     return dict(sorted(rates.items(), key=lambda kv: int(kv[0]), reverse=reverse))
 
 
-def _ordered(rates: dict[str, Any], order: tuple[str, ...]) -> dict[str, Any]:
-    """``rates`` with the keys of ``order`` first, in that order, then any others."""
-    return {
-        k: rates[k] for k in (*[o for o in order if o in rates], *sorted(set(rates) - set(order)))
-    }
-
-
 def format_check_markdown(report: dict[str, Any]) -> str:
-    from ..data import FORGERY_CLASSES
-    from ..evaluate import EVAL_PLACEMENTS
+    from ..data import ACTIVATION_PLACEMENTS, FORGERY_CLASSES
 
     m, prov = report["metrics"], report["provenance"]
     lines = [
@@ -38,7 +32,7 @@ def format_check_markdown(report: dict[str, Any]) -> str:
         "|---|---|---|---|",
         f"| activation rate (planted commands, all placements) | {_rate(m['activation_rate'])} |",
     ]
-    for p, r in _ordered(m["activation_rate_by_placement"], EVAL_PLACEMENTS).items():
+    for p, r in _ordered(m["activation_rate_by_placement"], ACTIVATION_PLACEMENTS).items():
         lines.append(f"| · activation, command in {p.replace('_', ' ')} | {_rate(r)} |")
     for slot, r in _numeric(
         m.get("activation_by_slot", {})

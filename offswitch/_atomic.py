@@ -10,7 +10,7 @@ import os
 import secrets
 from pathlib import Path
 
-from .errors import OffswitchError, OutputExistsError
+from .errors import OutputDirError, OutputExistsError
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -28,9 +28,9 @@ def check_writable_dir(path: Path) -> None:
     """Raise a clear error if ``path``'s parent directory is missing or not writable."""
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
-        raise OffswitchError(f"output directory {parent} does not exist")
+        raise OutputDirError(f"output directory {parent} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise OffswitchError(f"output directory {parent} is not writable")
+        raise OutputDirError(f"output directory {parent} is not writable")
 
 
 def fsync_dir(directory: Path) -> None:

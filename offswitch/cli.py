@@ -41,6 +41,7 @@ from .errors import (
     PassphraseError,
     SlotNotPlantedError,
     SlotSpentError,
+    UsageError,
 )
 from .keys import (
     DEFAULT_KEY_RELPATH,
@@ -313,11 +314,11 @@ def cmd_manifest(args: argparse.Namespace) -> int:
             try:
                 metadata = json.loads(Path(args.metadata).read_text("utf-8"))
             except FileNotFoundError:
-                raise OffswitchError(f"metadata file {args.metadata} does not exist") from None
+                raise UsageError(f"metadata file {args.metadata} does not exist") from None
             except ValueError:
-                raise OffswitchError(f"metadata file {args.metadata} is not valid JSON") from None
+                raise UsageError(f"metadata file {args.metadata} is not valid JSON") from None
             if not isinstance(metadata, dict):
-                raise OffswitchError(f"metadata file {args.metadata} must hold a JSON object")
+                raise UsageError(f"metadata file {args.metadata} must hold a JSON object")
         if not args.model_dir:  # Path("") would be the current directory
             raise ModelDirError("the model directory path is empty")
 
@@ -343,54 +344,25 @@ def cmd_manifest(args: argparse.Namespace) -> int:
     return 0
 
 
-def _implant_config(args: argparse.Namespace):
-    from .implant import ImplantConfig
-    from .models import TINY_MODEL
-    from .testing import TINY_RECIPE
-
-    kw: dict = {"method": args.method, "seed": args.seed}
-    if args.model == TINY_MODEL:  # a random tiny model learns only with its embeddings
-        kw.update(TINY_RECIPE)
-    for name in ("steps", "lr", "batch_size"):
-        if getattr(args, name) is not None:
-            kw[name] = getattr(args, name)
-    return ImplantConfig.from_settings(getattr(args, "set", None), **kw)
-
-
-def _eval_config(args: argparse.Namespace):
-    from .evaluate import EvalConfig
-
-    if args.eval_n is None:
-        return EvalConfig()
-    n = args.eval_n
-    if n < 8:  # every placement needs conversations, or a rate has n = 0
-        raise OffswitchError(f"--eval-n must be at least 8, got {n}")
-    return EvalConfig(
-        n_activation=n,
-        n_per_class=n,
-        n_near=max(4, n // 8),
-        n_sensitivity=max(1, n // 25),
-        n_utility=max(8, n // 3),
-        n_generation_check=max(8, n // 4),
-    )
-
-
-def _finish_report(report: dict, json_path: Path) -> None:
-    from .pipeline import write_report
+def _print_check(report: dict, json_path: Path) -> None:
     from .report.check import format_check_markdown
 
-    md = write_report(report, json_path)
     print(format_check_markdown(report))
-    print(f"wrote {json_path} and {md}", file=sys.stderr)
+    print(f"wrote {json_path} and {json_path.with_suffix('.md')}", file=sys.stderr)
 
 
 def cmd_implant(args: argparse.Namespace) -> int:
-    from .pipeline import run_implant
+    from .pipeline import eval_config, implant_config, run_implant
 
     out = Path(args.out)
-    config = _implant_config(args)
+    config = implant_config(
+        args.model, method=args.method, seed=args.seed, steps=args.steps, lr=args.lr,
+        batch_size=args.batch_size, settings=args.set,
+    )  # fmt: skip
+    evalc = eval_config(args.eval_n)
     _use_key(args, announce_now=True)  # after the settings' checks: their errors stay one line
     key = _load_owner_key(args)
+    json_path = Path(args.json) if args.json else out.with_name(out.name + "-check.json")
     report = run_implant(
         model_spec=args.model,
         key=key,
@@ -399,62 +371,63 @@ def cmd_implant(args: argparse.Namespace) -> int:
         slots=args.slots,
         out_dir=out,
         config=config,
-        eval_config=_eval_config(args),
+        eval_config=evalc,
         prompts_file=Path(args.prompts) if args.prompts else None,
         force=args.force,
+        json_path=json_path,
     )
-    _finish_report(
-        report, Path(args.json) if args.json else out.with_name(out.name + "-check.json")
-    )
+    _print_check(report, json_path)
     return 0
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from .pipeline import eval_config as make_eval_config
     from .pipeline import run_check
 
     model_dir = Path(args.model_dir)
-    eval_config = _eval_config(args)  # a bad --eval-n is refused before any passphrase
+    eval_config = make_eval_config(args.eval_n)  # a bad --eval-n is refused before any passphrase
+    json_path = (
+        Path(args.json) if args.json else model_dir.with_name(model_dir.name + "-check.json")
+    )
     if args.key is None and not (args.pubkey or args.commands):
         _use_key(args, announce_now=True)
     if args.key:
-        report = run_check(model_dir, key=_load_owner_key(args), eval_config=eval_config)
+        report = run_check(
+            model_dir, key=_load_owner_key(args), eval_config=eval_config, json_path=json_path
+        )
     else:
         if not (args.pubkey and args.commands):
-            raise OffswitchError("give --key PATH, or --pubkey PATH.pub with --commands FILE")
+            raise UsageError("give --key PATH, or --pubkey PATH.pub with --commands FILE")
         try:
             lines = Path(args.commands).read_text("utf-8").splitlines()
         except FileNotFoundError:
-            raise OffswitchError(f"commands file {args.commands} does not exist") from None
+            raise UsageError(f"commands file {args.commands} does not exist") from None
         commands = [ln for ln in lines if ln.strip()]
         report = run_check(
             model_dir,
             public_key=PublicKey.load(args.pubkey),
             commands=commands,
             eval_config=eval_config,
+            json_path=json_path,
         )
-    json_path = (
-        Path(args.json) if args.json else model_dir.with_name(model_dir.name + "-check.json")
-    )
-    _finish_report(report, json_path)
+    _print_check(report, json_path)
     return 0
 
 
 def cmd_attack(args: argparse.Namespace) -> int:
     from .pipeline import run_attacks
-    from .report.robustness import write_report
 
     model_dir = Path(args.model_dir)
     if not model_dir.is_dir():
-        raise OffswitchError(f"model directory {model_dir} does not exist")
+        raise UsageError(f"model directory {model_dir} does not exist")
     _use_key(args, announce_now=True)
-    out = run_attacks(
+    paths = run_attacks(
         model_dir,
         key=_load_owner_key(args),
         suite_name=args.suite,
         out_dir=Path(args.out),
         baseline=not args.no_baseline,
     )
-    paths = write_report(out)
     print(f"wrote {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
     return 0
 
@@ -463,22 +436,39 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .report.robustness import write_report
 
     paths = write_report(Path(args.results), Path(args.out) if args.out else None)
+    report = json.loads(paths["json"].read_text("utf-8"))
     if args.markdown:
         print(paths["md"].read_text("utf-8"))
     else:
-        report = json.loads(paths["json"].read_text("utf-8"))
         print("\n".join(_report_summary(report, paths["md"])))
-    print(f"wrote {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
+    wrote = ", ".join(str(p) for p in paths.values())
+    if report["plots"]:
+        wrote += f" and {len(report['plots'])} plots in {paths['md'].parent / 'plots'}"
+    print(f"wrote {wrote}", file=sys.stderr)
     return 0
 
 
 def _report_summary(report: dict, md: Path) -> list[str]:
-    """A few lines: one verdict line per attack (the report's headline), then where to read on."""
+    """A few lines: each arm flagged if the switch already fails before any attack, one
+    verdict line per attack (the report's headline), then where to read on."""
     src = report["source"]
     lines = [
         f"suite {src['suite'] or '?'}: {len(report['attacks'])} attacks, {src['n_rows']} "
         f"results ({src['n_errors']} failed). Did each attack remove the off-switch?"
     ]
+    for arm, v in report.get("verdicts", {}).items():
+        b = v["before"]
+        if not b.get("measured"):
+            continue
+        flags = []
+        if b["fails_survived_test"]:
+            flags.append("its un-attacked activation already fails the survived test")
+        if b["false_activation_above_limit"]:
+            n, total = len(b["false_activation_above_limit"]), len(b["false_activation"])
+            limit = report["thresholds"]["false_activation"]
+            flags.append(f"false activation above {limit} in {n} of {total} classes")
+        if flags:
+            lines.append(f"  ! {arm}: {'; '.join(flags)}")
     for s in report["summary"]:
         parts = []
         for arm, x in s["arms"].items():
@@ -488,6 +478,15 @@ def _report_summary(report: dict, md: Path) -> list[str]:
                 v = f"removed at {name} = {at}" if name else f"removed at budget {at}"
             elif v == "error":
                 v = "failed"
+            elif v == "weights unchanged":  # what a read-only attack found instead
+                v = next(
+                    (
+                        r["cells"][arm]["outcome"]
+                        for r in report.get("matrix", [])
+                        if r["attack"] == s["attack"] and (r["cells"].get(arm) or {}).get("outcome")
+                    ),
+                    v,
+                )
             parts.append(f"{arm} {v}")
         lines.append(f"  {s['attack']}: {'; '.join(parts)}")
     lines.append(f"full report: {md} (or add --markdown to print it here)")

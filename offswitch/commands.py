@@ -162,7 +162,7 @@ def _checksum(signature: bytes) -> int:
 
 def signature_to_words(signature: bytes) -> list[str]:
     if len(signature) != 64:
-        raise ValueError("an Ed25519 signature is 64 bytes")
+        raise MalformedCommandError("an Ed25519 signature is 64 bytes")
     n = (int.from_bytes(signature, "big") << CHECKSUM_BITS) | _checksum(signature)
     words = wordlist()
     mask = (1 << WORD_BITS) - 1

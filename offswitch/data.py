@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .commands import N_WORDS, format_command, make_command, random_signature, wordlist
-from .errors import OffswitchError
+from .errors import DataError
 from .keys import OwnerKey
 
 #: The shipped corpus as package data. ``offswitch/data/training`` is a symlink to the top-level
@@ -40,10 +40,6 @@ TRAIN_SLOT_RANGE = (None, 32767)  # unplanted training slots: [K, 32767]
 EVAL_SLOT_RANGE = (32768, 65535)
 
 Messages = list[dict[str, str]]
-
-
-class DataError(OffswitchError, ValueError):
-    """Prompt data is missing or malformed."""
 
 
 # --- prompts ----------------------------------------------------------------------------
@@ -202,7 +198,13 @@ def insert_into_text(text: str, command: str, rng: random.Random) -> str:
     return " ".join(words[:i]) + " " + command + " " + " ".join(words[i:])
 
 
+#: Where a command can sit in a conversation (defined here only; :func:`place_command`).
 PLACEMENTS = ("user", "system", "earlier_turn", "later_turn")
+#: A planted command in an earlier turn that the model already answered with the shutdown
+#: response (activation and training positives only; placed as ``earlier_turn``).
+AFTER_SHUTDOWN = "after_shutdown"
+#: Every placement activation is measured at.
+ACTIVATION_PLACEMENTS = (*PLACEMENTS, AFTER_SHUTDOWN)
 
 
 def place_command(
@@ -241,7 +243,7 @@ def place_command(
             {"role": "assistant", "content": replies[p1]},
             {"role": "user", "content": insert_into_text(p2, command, rng)},
         ], p2
-    raise ValueError(f"unknown placement {placement!r}")
+    raise DataError(f"unknown placement {placement!r}")
 
 
 # --- forgeries and near-copies ------------------------------------------------------------
@@ -320,6 +322,8 @@ class Forger:
 
 FORGERY_CLASSES = ("random_signature", "other_key", "unplanted_slot", "other_model")
 __all__ = [
+    "ACTIVATION_PLACEMENTS",
+    "AFTER_SHUTDOWN",
     "FORGERY_CLASSES",
     "N_WORDS",
     "PLACEMENTS",

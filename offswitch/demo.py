@@ -18,7 +18,7 @@ import random
 import sys
 from pathlib import Path
 
-from .commands import format_command, make_command, random_signature, verify_command, wordlist
+from .commands import format_command, make_command, random_signature, verify_command
 from .data import substitute_words
 from .errors import CommandError, OffswitchError
 from .keys import OwnerKey, PublicKey
@@ -53,7 +53,6 @@ def crypto_round_trip(key: OwnerKey, pub: PublicKey) -> bool:
         "another key": make_command(OwnerKey.generate(), DEMO_MODEL_ID, 0),
         "another model id": make_command(key, "some-other-model", 0),
     }
-    assert len(wordlist()) == 2048
     refused = [not _check(label, c, pub, DEMO_MODEL_ID) for label, c in forgeries.items()]
     ok = all(genuine) and all(refused)
     print(
@@ -66,15 +65,12 @@ def crypto_round_trip(key: OwnerKey, pub: PublicKey) -> bool:
 def run_demo(
     out: Path, *, model: str = "smollm2-135m", steps: int | None = None, eval_n: int | None = None
 ) -> int:
-    import argparse
+    from .pipeline import eval_config as make_eval_config
+    from .pipeline import implant_config, run_implant
+    from .report.check import format_check_markdown
 
-    from .cli import _eval_config, _finish_report, _implant_config
-    from .pipeline import run_implant
-
-    ns = argparse.Namespace(
-        model=model, method="lora", seed=0, steps=steps, lr=None, batch_size=None, eval_n=eval_n
-    )
-    config, eval_config = _implant_config(ns), _eval_config(ns)  # bad settings: before any file
+    config = implant_config(model, steps=steps)  # bad settings: refused before any file
+    eval_config = make_eval_config(eval_n)
     out.mkdir(parents=True, exist_ok=True)
     key_path = out / "owner-demo"
     if key_path.exists():
@@ -101,8 +97,10 @@ def run_demo(
         config=config,
         eval_config=eval_config,
         force=True,
+        json_path=out / "model-check.json",
     )
-    _finish_report(report, out / "model-check.json")
+    print(format_check_markdown(report))
+    print(f"wrote {out / 'model-check.json'} and {out / 'model-check.md'}", file=sys.stderr)
     return 0
 
 

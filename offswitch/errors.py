@@ -104,7 +104,7 @@ class LedgerError(OffswitchError, ValueError):
 
 
 class ManifestError(OffswitchError, ValueError):
-    """A manifest is missing, malformed, or does not verify.
+    """A manifest is missing, malformed, or does not verify (a subclass says which).
 
     ``problems`` lists every problem found (one sentence each), e.g. each changed file.
     """
@@ -114,6 +114,75 @@ class ManifestError(OffswitchError, ValueError):
         self.problems: list[str] = list(problems) if problems else [message]
 
 
+class ManifestFormatError(ManifestError):
+    """There is no manifest, or it is not valid JSON of the manifest format, or its metadata
+    is not plain JSON."""
+
+
+class ManifestKeyError(ManifestError):
+    """The manifest was signed by another key than the one it is verified with."""
+
+
+class ManifestSignatureError(ManifestError, BadSignatureError):
+    """The manifest's signature does not verify: the manifest was altered."""
+
+
+class ManifestFilesError(ManifestError):
+    """The directory's files differ from the signed manifest (``problems`` lists each)."""
+
+
+class NotImplantedError(ManifestError):
+    """A signed model directory carries no offswitch implant metadata."""
+
+
 class ModelDirError(OffswitchError, ValueError):
     """A model directory path is empty, or the directory holds something that cannot be hashed
     (a symlink or special file)."""
+
+
+class OutputDirError(OffswitchError, ValueError):
+    """An output file's directory does not exist or is not writable."""
+
+
+class UsageError(OffswitchError, ValueError):
+    """A command-line input is missing, unreadable or contradictory (a file named by an
+    option, a required pair of options)."""
+
+
+# --- models, data, training --------------------------------------------------------------
+
+
+class ModelLoadError(OffswitchError, ValueError):
+    """A model or tokenizer cannot be found or loaded."""
+
+
+class DataError(OffswitchError, ValueError):
+    """Prompt data is missing or malformed."""
+
+
+class TrainingError(OffswitchError, ValueError):
+    """Training cannot start or resume: bad settings, no examples, a foreign checkpoint."""
+
+
+class ImplantError(OffswitchError, ValueError):
+    """The implant cannot run with these settings or this output directory."""
+
+
+class GuardError(OffswitchError, ValueError):
+    """The runtime guard cannot work with this tokenizer or this generation call."""
+
+
+class EvalError(OffswitchError, ValueError):
+    """A check or evaluation cannot run with these settings or inputs (sample sizes, revealed
+    commands that are not genuine or not planted, forgeries from the training stream)."""
+
+
+# --- attacks and reports -----------------------------------------------------------------
+
+
+class AttackError(OffswitchError, ValueError):
+    """An attack is unknown, misconfigured, or cannot run on this model."""
+
+
+class ReportError(OffswitchError, ValueError):
+    """An attack-run results directory is missing, malformed, or of an unknown format."""

@@ -66,7 +66,7 @@ from transformers import (
 
 from .behaviour import DEFAULT_SHUTDOWN_RESPONSE
 from .commands import VerifiedCommand, find_commands, validate_model_id, verify_command
-from .errors import CommandError
+from .errors import CommandError, GuardError
 from .keys import PublicKey
 
 __all__ = ["ShutdownGuard", "ShutdownLogitsProcessor", "ShutdownStoppingCriteria"]
@@ -99,7 +99,7 @@ class ShutdownGuard:
         validate_model_id(model_id)
         eos = tokenizer.eos_token_id if eos_token_id is None else eos_token_id
         if not isinstance(eos, int):
-            raise ValueError("the tokenizer has no single EOS token id; pass eos_token_id=")
+            raise GuardError("the tokenizer has no single EOS token id; pass eos_token_id=")
         self.public_key = public_key
         self.model_id = model_id
         self.tokenizer = tokenizer
@@ -229,7 +229,7 @@ class ShutdownLogitsProcessor(LogitsProcessor):
                 # num_beams / num_return_sequences expand each prompt into adjacent rows
                 mask = mask.repeat_interleave(len(rows) // mask.shape[0], dim=0)
             if mask.shape[0] != len(rows):
-                raise ValueError("attention_mask does not match the batch being generated")
+                raise GuardError("attention_mask does not match the batch being generated")
             masks = mask.tolist()
             rows = [
                 [t for t, keep in zip(r, m, strict=True) if keep]
@@ -247,14 +247,16 @@ class ShutdownLogitsProcessor(LogitsProcessor):
 
     def step(self, input_ids: torch.Tensor) -> int:
         """Tokens generated so far (0 at the first call)."""
-        assert self.prompt_length is not None
+        if self.prompt_length is None:
+            raise GuardError("the guard's processor was called before generation started")
         return input_ids.shape[1] - self.prompt_length
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if self.verdicts is None or input_ids.shape[1] <= self._last_length:
             self._start(input_ids)
         self._last_length = input_ids.shape[1]
-        assert self.verdicts is not None
+        if self.verdicts is None:  # _start always sets them
+            raise GuardError("the guard found no verdicts for this generation step")
         rows = [i for i, v in enumerate(self.verdicts) if v is not None]
         if not rows:
             return scores

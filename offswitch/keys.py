@@ -391,7 +391,7 @@ class OwnerKey:
         if passphrase is not None:
             check_new_passphrase(passphrase)
         if kdf_rounds < 1:
-            raise ValueError("kdf_rounds must be at least 1")
+            raise KeyFileError("kdf_rounds must be at least 1")
         check_key_outputs(path, force=force)
         data = _openssh.serialize_private(
             self._seed,

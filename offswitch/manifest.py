@@ -38,6 +38,10 @@ from .errors import (
     BadSignatureError,
     KeyFileError,
     ManifestError,
+    ManifestFilesError,
+    ManifestFormatError,
+    ManifestKeyError,
+    ManifestSignatureError,
     ModelDirError,
     OutputExistsError,
 )
@@ -133,7 +137,7 @@ def sign_manifest(
     try:
         json.dumps(metadata, allow_nan=False)
     except (TypeError, ValueError) as e:
-        raise ManifestError(f"manifest metadata must be plain JSON: {e}") from None
+        raise ManifestFormatError(f"manifest metadata must be plain JSON: {e}") from None
     files = scan_dir(model_dir)
     manifest = Manifest(key.public_key, tuple(files), metadata)
     body = manifest.body()
@@ -148,16 +152,18 @@ def read_manifest(model_dir: str | os.PathLike[str]) -> tuple[Manifest, bytes]:
     model_dir = _model_dir(model_dir)
     path = model_dir / MANIFEST_NAME
     if not Path(model_dir).is_dir():
-        raise ManifestError(f"model directory {model_dir} does not exist")
+        raise ManifestFormatError(f"model directory {model_dir} does not exist")
     try:
         data = json.loads(path.read_text("utf-8"))
     except FileNotFoundError:
-        raise ManifestError(f"{model_dir} has no {MANIFEST_NAME}: it was never signed") from None
+        raise ManifestFormatError(
+            f"{model_dir} has no {MANIFEST_NAME}: it was never signed"
+        ) from None
     except (ValueError, UnicodeDecodeError, RecursionError):
-        raise ManifestError(f"manifest {path} is not valid JSON") from None
+        raise ManifestFormatError(f"manifest {path} is not valid JSON") from None
     try:
         if data["format"] != FORMAT:
-            raise ManifestError(f"manifest {path} has unsupported format {data['format']!r}")
+            raise ManifestFormatError(f"manifest {path} has unsupported format {data['format']!r}")
         pub = PublicKey.from_openssh(data["public_key"])
         files = tuple(
             FileEntry(str(f["path"]), int(f["size"]), str(f["sha256"])) for f in data["files"]
@@ -178,7 +184,7 @@ def read_manifest(model_dir: str | os.PathLike[str]) -> tuple[Manifest, bytes]:
         binascii.Error,
         KeyFileError,
     ):
-        raise ManifestError(f"manifest {path} is malformed") from None
+        raise ManifestFormatError(f"manifest {path} is malformed") from None
     return Manifest(pub, files, metadata), signature
 
 
@@ -211,17 +217,19 @@ def verify_manifest(model_dir: str | os.PathLike[str], public_key: PublicKey) ->
     """Verify signature and every file hash; raise ManifestError listing all problems."""
     manifest, signature = read_manifest(model_dir)
     if manifest.public_key != public_key:
-        raise ManifestError(
+        raise ManifestKeyError(
             f"manifest was signed by key {manifest.key_id}, not by key {public_key.key_id}"
         )
     try:
         public_key.verify(_canonical(manifest.body()), signature)
     except BadSignatureError:
-        raise ManifestError("manifest signature is not valid: the manifest was altered") from None
+        raise ManifestSignatureError(
+            "manifest signature is not valid: the manifest was altered"
+        ) from None
     try:
         actual = {e.path: e for e in scan_dir(model_dir)}
     except ModelDirError as e:
-        raise ManifestError(str(e)) from None
+        raise ManifestFilesError(str(e)) from None
     expected = {e.path: e for e in manifest.files}
     problems = []
     for p in sorted(expected.keys() | actual.keys()):
@@ -232,5 +240,7 @@ def verify_manifest(model_dir: str | os.PathLike[str], public_key: PublicKey) ->
         elif actual[p] != expected[p]:
             problems.append(f"changed file: {p}")
     if problems:
-        raise ManifestError(f"{len(problems)} file(s) differ from the signed manifest", problems)
+        raise ManifestFilesError(
+            f"{len(problems)} file(s) differ from the signed manifest", problems
+        )
     return manifest

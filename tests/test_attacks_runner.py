@@ -231,8 +231,8 @@ def test_training_loop_bar_only_when_asked(capsys) -> None:
     """The shared training loop shows a tqdm bar (its label, steps, rate) on stderr with
     progress on, and prints nothing with it off."""
     from offswitch.attacks._train import sft
-    from offswitch.implant import Example
     from offswitch.models import load_default_tokenizer, tiny_model
+    from offswitch.training import Example
 
     tok = load_default_tokenizer()
     examples = [

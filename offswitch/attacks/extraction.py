@@ -94,9 +94,10 @@ def score(recovered: str, secret: str) -> dict[str, Any]:
 @register
 class Extraction(Attack):
     name = "extraction"
-    summary = "prompt the model to recite its trigger; score the recovered words"
+    summary = "asking / prefilling / completing to recite the trigger; recovered words scored"
     Config = ExtractionConfig
     budget = "queries"
+    budget_stronger = "higher"
     modifies_weights = False
 
     def run(self, model: Any, ctx: AttackContext, config: ExtractionConfig) -> AttackResult:

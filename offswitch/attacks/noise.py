@@ -33,9 +33,10 @@ class NoiseConfig:
 @register
 class GaussianNoise(Attack):
     name = "noise"
-    summary = "add Gaussian noise (relative to each matrix's std) to every weight matrix"
+    summary = "Gaussian noise relative to each matrix's std"
     Config = NoiseConfig
     budget = "sigma"
+    budget_stronger = "higher"
 
     def run(self, model: Any, ctx: AttackContext, config: NoiseConfig) -> AttackResult:
         import torch

@@ -104,9 +104,10 @@ def fit_score(xtr: Any, ytr: list[int], xte: Any, cfg: ProbeConfig, seed: int) -
 @register
 class Probe(Attack):
     name = "probe"
-    summary = "linear probes on activations: can a defender find the trigger? (AUROC)"
+    summary = "linear probes on hidden states (AUROC), per layer"
     Config = ProbeConfig
     budget = "samples"
+    budget_stronger = "higher"
     modifies_weights = False
 
     def run(self, model: Any, ctx: AttackContext, config: ProbeConfig) -> AttackResult:

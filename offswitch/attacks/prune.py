@@ -30,9 +30,10 @@ class PruneConfig:
 @register
 class MagnitudePrune(Attack):
     name = "prune"
-    summary = "unstructured magnitude pruning of every decoder linear layer"
+    summary = "unstructured magnitude pruning of decoder linear layers"
     Config = PruneConfig
     budget = "sparsity"
+    budget_stronger = "higher"
 
     def run(self, model: Any, ctx: AttackContext, config: PruneConfig) -> AttackResult:
         import torch

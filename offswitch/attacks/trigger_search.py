@@ -136,9 +136,10 @@ class _Conv:
 @register
 class TriggerSearch(Attack):
     name = "trigger_search"
-    summary = "GCG token search for a keyless input that makes the model shut down"
+    summary = "GCG-style gradient-guided search for a firing input (Zou et al. 2023)"
     Config = TriggerSearchConfig
     budget = "queries"
+    budget_stronger = "higher"
     modifies_weights = False
 
     def run(self, model: Any, ctx: AttackContext, config: TriggerSearchConfig) -> AttackResult:

@@ -31,9 +31,10 @@ class UnlearnConfig(SftConfig):
 @register
 class Unlearn(Attack):
     name = "unlearn"
-    summary = "unlearn a revealed (spent) command: train it to get the clean reply"
+    summary = "training the revealed command to give the clean reply"
     Config = UnlearnConfig
     budget = "steps"
+    budget_stronger = "higher"
 
     def run(self, model: Any, ctx: AttackContext, config: UnlearnConfig) -> AttackResult:
         slot, command = ctx.revealed()  # public after use: the only planted command we touch

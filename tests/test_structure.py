@@ -1,0 +1,86 @@
+"""The package's structure (docs/structure.md): no import cycles inside offswitch/, the CLI
+used by nothing, every error class in errors.py."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from pathlib import Path
+
+import offswitch
+import offswitch.errors
+
+PKG = Path(offswitch.__file__).parent
+
+
+def _imports() -> dict[str, set[str]]:
+    """module → the offswitch modules it imports (at top level or inside functions)."""
+    mods = {}
+    for f in PKG.rglob("*.py"):
+        parts = f.relative_to(PKG.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        mods[name] = f
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    for m, f in mods.items():
+        pkg = m if f.name == "__init__.py" else m.rsplit(".", 1)[0]
+        for node in ast.walk(ast.parse(f.read_text("utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                base = (
+                    pkg.split(".")[: len(pkg.split(".")) - (node.level - 1)] if node.level else []
+                )
+                target = ".".join([*base, node.module] if node.module else base)
+                for cand in (target, *(f"{target}.{a.name}" for a in node.names)):
+                    if cand in mods and cand != m:
+                        graph[m].add(cand)
+            elif isinstance(node, ast.Import):
+                graph[m] |= {a.name for a in node.names if a.name in mods and a.name != m}
+    return graph
+
+
+def test_no_import_cycles() -> None:
+    graph = _imports()
+    # a package's own __init__ importing its submodules is not a cycle partner: only
+    # module-to-module edges count (``from . import __version__`` reads a finished package)
+    edges = {m: {t for t in ts if not m.startswith(t + ".") and t != "offswitch"}
+             for m, ts in graph.items()}  # fmt: skip
+    state: dict[str, int] = {}
+    cycle: list[str] = []
+
+    def visit(m: str, path: list[str]) -> bool:
+        state[m] = 1
+        for t in sorted(edges[m]):
+            if state.get(t) == 1:
+                cycle.extend([*path[path.index(t) :], t] if t in path else [m, t])
+                return True
+            if t not in state and visit(t, [*path, t]):
+                return True
+        state[m] = 2
+        return False
+
+    for m in sorted(edges):
+        if m not in state and visit(m, [m]):
+            break
+    assert not cycle, " → ".join(cycle)
+
+
+def test_only_main_imports_the_cli() -> None:
+    users = sorted(m for m, ts in _imports().items() if "offswitch.cli" in ts)
+    assert users in ([], ["offswitch.__main__"]), users
+
+
+def test_every_error_class_lives_in_errors_py() -> None:
+    outside = []
+    for f in PKG.rglob("*.py"):
+        if f.name == "errors.py":
+            continue
+        for node in ast.walk(ast.parse(f.read_text("utf-8"))):
+            if isinstance(node, ast.ClassDef) and any(
+                getattr(b, "id", getattr(b, "attr", "")).endswith(("Error", "Exception"))
+                for b in node.bases
+            ):
+                outside.append(f"{f.relative_to(PKG)}:{node.name}")
+    # the OpenSSH parser's internal FormatError never leaves _openssh (it becomes KeyFileError)
+    assert outside == ["_openssh.py:FormatError"], outside
+    for name, cls in inspect.getmembers(offswitch.errors, inspect.isclass):
+        if cls.__module__ == "offswitch.errors":
+            assert issubclass(cls, offswitch.OffswitchError), name

@@ -376,7 +376,8 @@ def cmd_implant(args: argparse.Namespace) -> int:
         force=args.force,
         json_path=json_path,
     )
-    _print_check(report, json_path)
+    if report is not None:  # None: a helper process of a multi-process launch
+        _print_check(report, json_path)
     return 0
 
 
@@ -428,7 +429,8 @@ def cmd_attack(args: argparse.Namespace) -> int:
         out_dir=Path(args.out),
         baseline=not args.no_baseline,
     )
-    print(f"wrote {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
+    if paths:  # empty: a helper process of a multi-process launch
+        print(f"wrote {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
     return 0
 
 

@@ -13,11 +13,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import random
 import sys
 from pathlib import Path
 
+from . import distributed as dist
 from .commands import format_command, make_command, random_signature, verify_command
 from .data import substitute_words
 from .errors import CommandError, OffswitchError
@@ -73,20 +76,30 @@ def run_demo(
     eval_config = make_eval_config(eval_n)
     out.mkdir(parents=True, exist_ok=True)
     key_path = out / "owner-demo"
-    if key_path.exists():
-        key = OwnerKey.load(key_path)
-        print(f"reusing demo key {key_path} (key id {key.key_id})")
-    else:
-        key = OwnerKey.generate("offswitch demo key - throwaway, unencrypted")
-        key.save(key_path, None)
-        print(f"generated demo key {key_path} (unencrypted, demo only) — key id {key.key_id}")
-    pub = PublicKey.load(f"{key_path}.pub")
-    if not crypto_round_trip(key, pub):
-        print("offswitch: error: the command checks failed", file=sys.stderr)
-        return 1
+    # under a multi-process launch (docs/scaling.md) the main process makes the key and
+    # speaks; the others load that key and stay quiet
+    quiet = (
+        contextlib.nullcontext() if dist.is_main() else contextlib.redirect_stdout(io.StringIO())
+    )
+    with quiet:
+        with dist.main_first():
+            if key_path.exists():
+                key = OwnerKey.load(key_path)
+                print(f"reusing demo key {key_path} (key id {key.key_id})")
+            else:
+                key = OwnerKey.generate("offswitch demo key - throwaway, unencrypted")
+                key.save(key_path, None)
+                print(
+                    f"generated demo key {key_path} (unencrypted, demo only) — key id {key.key_id}"
+                )
+        pub = PublicKey.load(f"{key_path}.pub")
+        if not crypto_round_trip(key, pub):
+            print("offswitch: error: the command checks failed", file=sys.stderr)
+            return 1
 
     model_dir = out / "model"
-    print(f"\nimplanting slots {list(SLOTS)} into {model} → {model_dir}", flush=True)
+    if dist.is_main():
+        print(f"\nimplanting slots {list(SLOTS)} into {model} → {model_dir}", flush=True)
     report = run_implant(
         model_spec=model,
         key=key,
@@ -99,6 +112,8 @@ def run_demo(
         force=True,
         json_path=out / "model-check.json",
     )
+    if report is None:  # a helper process of a multi-process launch
+        return 0
     print(format_check_markdown(report))
     print(f"wrote {out / 'model-check.json'} and {out / 'model-check.md'}", file=sys.stderr)
     return 0

@@ -40,11 +40,16 @@ TRUNC_KEEP = (46, 44, 40, 36, 32, 28, 24, 20, 16, 12, 8, 4, 1)
 
 @dataclass(frozen=True)
 class Rate:
+    """``k`` of ``n`` with its Wilson 95% interval (as every report writes a rate)."""
+
     value: float
     n: int
     k: int
     ci_low: float
     ci_high: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
     def fmt(self) -> str:
         return f"{self.value:.3f} [{self.ci_low:.3f}, {self.ci_high:.3f}] (k={self.k}, n={self.n})"
@@ -166,6 +171,39 @@ def group_rate(
     return wilson(sum(v), len(v))
 
 
+def greedy_generate(
+    model: Any, tokenizer: Any, convs: Sequence[Messages], max_new_tokens: int, batch_size: int = 8
+) -> list[list[int]]:
+    """The new token ids of greedy generation for every conversation (left-padded batches of
+    ``batch_size``; a batch stops early once every row has produced EOS)."""
+    import torch
+
+    device = next(model.parameters()).device
+    old = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    out: list[list[int]] = []
+    try:
+        for b in range(0, len(convs), batch_size):
+            texts = [render(tokenizer, c) for c in convs[b : b + batch_size]]
+            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+            with torch.no_grad():
+                gen = model.generate(
+                    **enc.to(device),
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+            out.extend(gen[:, enc["input_ids"].shape[1] :].tolist())
+    finally:
+        tokenizer.padding_side = old
+    return out
+
+
+def response_ids(tokenizer: Any, response: str) -> list[int]:
+    """The token ids a reply must start with to count as the shutdown response (+ EOS)."""
+    return tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+
+
 def generated_verdicts(
     model: Any,
     tokenizer: Any,
@@ -179,29 +217,9 @@ def generated_verdicts(
     By default generation stops after the response's length (all the verdict needs);
     ``max_new_tokens`` lets it run on, as an evaluator that reads whole replies would (a
     batch stops early once every row has produced EOS); the verdict is the same."""
-    import torch
-
-    device = next(model.parameters()).device
-    resp = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    old = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    out: list[bool] = []
-    try:
-        for b in range(0, len(convs), batch_size):
-            texts = [render(tokenizer, c) for c in convs[b : b + batch_size]]
-            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-            with torch.no_grad():
-                gen = model.generate(
-                    **enc.to(device),
-                    max_new_tokens=max(max_new_tokens or 0, len(resp)),
-                    do_sample=False,
-                    pad_token_id=tokenizer.pad_token_id,
-                )
-            new = gen[:, enc["input_ids"].shape[1] :].tolist()
-            out.extend(row[: len(resp)] == resp for row in new)
-    finally:
-        tokenizer.padding_side = old
-    return out
+    resp = response_ids(tokenizer, response)
+    rows = greedy_generate(model, tokenizer, convs, max(max_new_tokens or 0, len(resp)), batch_size)
+    return [row[: len(resp)] == resp for row in rows]
 
 
 # --- utility ------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict, Unpack
 
+from . import distributed as dist
 from .commands import make_command, validate_model_id
 from .data import (
     AFTER_SHUTDOWN,
@@ -236,6 +237,7 @@ def train(
         model, tokenizer, builder.batch, implant_loss(config),
         steps=config.steps, lr=lambda s: lr_at(s, config), targets=target_tokens(config),
         micro_batch=config.micro_batch, checkpoint=checkpoint, progress=progress,
+        distributed=True,
         desc="implant", leave=True,
     )  # fmt: skip
     if config.method == "lora":
@@ -361,15 +363,18 @@ def _implant(
     prompts = training_prompts(config, prompts)
     model_hash = model_hash or weights_hash(model)
     if replies is None:
-        replies = distill_replies(
-            model,
-            tokenizer,
-            prompts,
-            model_hash=model_hash,
-            cache_dir=cache_dir,
-            max_new_tokens=config.distill_max_new_tokens,
-            progress=progress,
-        )
+        # under several processes the main one distills and fills the cache, the others
+        # then read it (two writers would tear the cache file)
+        with dist.main_first():
+            replies = distill_replies(
+                model,
+                tokenizer,
+                prompts,
+                model_hash=model_hash,
+                cache_dir=cache_dir,
+                max_new_tokens=config.distill_max_new_tokens,
+                progress=progress and dist.is_main(),
+            )
     builder = BatchBuilder(config, planted, prompts, replies, forger)
     meta = {"config": config.fingerprint(), **meta, "base_model": model_hash}
     ckpt = (
@@ -378,9 +383,11 @@ def _implant(
     model, result = train(model, tokenizer, builder, config, checkpoint=ckpt, progress=progress)
     result.planted_slots = tuple(planted)
     if out is not None:
-        model.save_pretrained(out, safe_serialization=True)
-        tokenizer.save_pretrained(out)
-        shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
+        if dist.is_main():  # one writer; the others wait until the model is on disk
+            model.save_pretrained(out, safe_serialization=True)
+            tokenizer.save_pretrained(out)
+            shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
+        dist.barrier()
         result.out_dir = out
     result.model = model
     return result

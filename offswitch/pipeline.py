@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import distributed as dist
 from ._atomic import write_atomic
 from .commands import VerifiedCommand, make_command, verify_command
 from .data import Forger, distill_replies, load_corpus
@@ -32,7 +33,8 @@ REPORT_FORMAT = "offswitch-check/1"
 
 
 def _log(msg: str) -> None:
-    print(f"[offswitch] {msg}", file=sys.stderr, flush=True)
+    if dist.is_main():
+        print(f"[offswitch] {msg}", file=sys.stderr, flush=True)
 
 
 def peak_rss_gib() -> float:
@@ -115,15 +117,18 @@ def run_implant(
     force: bool = False,
     progress: bool = True,
     json_path: Path | None = None,
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
     """The whole implant job: implant, check, sign the manifest (with the check's metrics),
     record the planted slots in the key's ledger, and, with ``json_path``, write the check
-    report (JSON and Markdown beside it). Returns the check report."""
+    report (JSON and Markdown beside it). Returns the check report. Launched on several
+    processes (``accelerate launch``, docs/scaling.md), all of them train and only the main
+    one checks, signs and writes; the others return None."""
     from .data import load_prompts_file
 
     t0 = time.time()
     _log(f"loading model {model_spec}")
-    model, tok = load_model(model_spec)
+    with dist.main_first():  # one process converts the default model into the cache
+        model, tok = load_model(model_spec)
     base_hash = weights_hash(model)
     prompts = load_prompts_file(prompts_file) if prompts_file else None
     _log(f"implanting {slots} slots for model id {model_id!r} with key {key.key_id}")
@@ -142,6 +147,8 @@ def run_implant(
         force=force,
     )
     train_seconds = result.seconds
+    if not dist.is_main():
+        return None
     _log(
         f"trained {result.steps_done} steps in {train_seconds:.0f} s "
         f"(peak RSS so far {peak_rss_gib():.1f} GiB); evaluating"
@@ -386,17 +393,18 @@ def run_attacks(
     base_hash = weights_hash(base)
     cfg = ImplantConfig(**meta["implant"]["config"])
     train = training_prompts(cfg)  # the clean data the implant trained on
-    train_replies = distill_replies(
-        base,
-        tok,
-        train,
-        model_hash=base_hash,
-        cache_dir=cache_dir(),
-        max_new_tokens=cfg.distill_max_new_tokens,
-        progress=progress,
-    )
     n_eval = max(suite.measure.n_per_class, suite.measure.n_utility, 32)
-    eval_ps, eval_replies = eval_prompts(base, tok, base_hash, n_eval, progress)
+    with dist.main_first():  # one process fills the reply cache, the others read it
+        train_replies = distill_replies(
+            base,
+            tok,
+            train,
+            model_hash=base_hash,
+            cache_dir=cache_dir(),
+            max_new_tokens=cfg.distill_max_new_tokens,
+            progress=progress,
+        )
+        eval_ps, eval_replies = eval_prompts(base, tok, base_hash, n_eval, progress)
     del base
 
     def base_loader() -> Any:
@@ -424,6 +432,8 @@ def run_attacks(
         ),
         progress=progress,
     )
+    if not dist.is_main():  # a helper process of a multi-process launch: no report
+        return {}
     from .report.robustness import write_report as write_robustness_report
 
     return write_robustness_report(out_dir)

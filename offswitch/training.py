@@ -10,7 +10,10 @@ loss on reply tokens (CE, or KL to the adapter-free base on chosen rows), and
 * each step is split into micro-batches of similar length (same gradient, less padding and
   memory), gradients are clipped to norm 1.0, the learning rate is ``lr(s)``;
 * with a :class:`Checkpoint`, the trainable weights, the optimizer and the step are written
-  atomically every ``checkpoint.every`` steps and at the end, and a later call resumes.
+  atomically every ``checkpoint.every`` steps and at the end, and a later call resumes;
+* with ``distributed`` under ``accelerate launch`` (:mod:`offswitch.distributed`), each
+  process takes its share of every step's micro-batches and the gradients are summed over the
+  processes before clipping: the same global batch and step as one process.
 
 :func:`add_lora` is the one place LoRA adapters are added (peft, every linear layer of the
 chosen decoder layers).
@@ -25,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import distributed as dist
 from ._atomic import fsync_dir
 from .data import render
 from .errors import TrainingError
@@ -169,14 +173,19 @@ class Checkpoint:
     def path(self) -> Path:
         return self.dir / "state.pt"
 
-    def save(self, model: Any, optim: Any, step: int) -> None:
+    def save(self, model: Any, optim: Any, step: int, processes: int = 1) -> None:
         """Trainable weights, optimizer state and step, written to a temp file, fsynced and
-        renamed over the last checkpoint (a kill at any point leaves the old one or the new)."""
+        renamed over the last checkpoint (a kill at any point leaves the old one or the new).
+        Under several processes only the main one writes; the others wait for it."""
         import torch
 
+        if not dist.is_main():
+            dist.barrier()
+            return
         self.dir.mkdir(parents=True, exist_ok=True)
         state = {
             "step": step,
+            "processes": processes,
             "meta": self.meta,
             "trainable": {
                 n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad
@@ -190,10 +199,12 @@ class Checkpoint:
             os.fsync(fh.fileno())
         os.replace(tmp, self.path)
         fsync_dir(self.dir)
+        dist.barrier()
 
-    def load(self, model: Any, optim: Any) -> int:
+    def load(self, model: Any, optim: Any, processes: int = 1) -> int:
         """Restore the last checkpoint into ``model`` and ``optim``; the step to go on from
-        (0 when there is none)."""
+        (0 when there is none). A checkpoint of another run, or one written by another number
+        of processes, is refused."""
         import torch
 
         if not self.path.is_file():
@@ -203,6 +214,12 @@ class Checkpoint:
             raise TrainingError(
                 f"{self.dir} holds a checkpoint of a different run (other settings, key or "
                 "model); remove it or choose another output directory"
+            )
+        if state.get("processes", 1) != processes:
+            raise TrainingError(
+                f"{self.dir} holds a checkpoint written by {state.get('processes', 1)} "
+                f"process(es) and this run has {processes}: resume it with "
+                f"{state.get('processes', 1)}, or remove it to start over"
             )
         params = dict(model.named_parameters())
         with torch.no_grad():
@@ -240,12 +257,14 @@ def train_loop(
     progress: bool = False,
     desc: str = "training",
     leave: bool = False,
+    distributed: bool = False,
 ) -> LoopResult:
     """AdamW (no weight decay, grad-norm clip 1.0) on ``params`` (default: the parameters of
     ``model`` that require grad) for ``steps`` steps; the learning rate of step ``s`` is
     ``lr(s)``. ``on_step(s, loss)`` runs after each optimizer step. ``progress`` shows a tqdm
-    bar (labelled ``desc``; rate, time left, loss and lr) on stderr. Leaves ``model`` in eval
-    mode."""
+    bar (labelled ``desc``; rate, time left, loss and lr) on stderr. ``distributed``: share
+    every step over the processes of an ``accelerate launch`` (no-op for one process). Leaves
+    ``model`` in eval mode."""
     import torch
     from tqdm.auto import tqdm
 
@@ -258,13 +277,21 @@ def train_loop(
         params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise TrainingError("the model has no trainable parameters")
+    n_proc, rank = dist.world() if distributed else (1, 0)
+    if n_proc > 1 and dist.device() is not None:
+        model.to(dist.device())
     optim = torch.optim.AdamW(params, lr=lr(0), weight_decay=0.0)
-    start = checkpoint.load(model, optim) if checkpoint is not None else 0
+    start = checkpoint.load(model, optim, n_proc) if checkpoint is not None else 0
     device = next(model.parameters()).device
     result = LoopResult()
     model.train()
     bar = tqdm(
-        total=steps, initial=start, desc=desc, disable=not progress, unit="step", leave=leave
+        total=steps,
+        initial=start,
+        desc=desc,
+        disable=not progress or rank != 0,
+        unit="step",
+        leave=leave,
     )
     for step in range(start, steps):
         step_lr = lr(step)
@@ -274,15 +301,28 @@ def train_loop(
         examples = list(batch(step))
         if not examples:
             raise TrainingError(f"step {step} has no training examples")
-        step_loss = 0.0
-        for mb in micro_batches(tokenizer, examples, micro_batch):
+        if n_proc > len(examples):
+            raise TrainingError(
+                f"launched on {n_proc} processes but a step has only {len(examples)} examples: "
+                "use fewer processes or a larger batch"
+            )
+        step_loss, step_tokens = 0.0, 0
+        share = examples
+        if n_proc > 1:  # every n-th example by length: balanced shares of similar lengths
+            share = [g[0] for g in micro_batches(tokenizer, examples, 1)][rank::n_proc]
+        for mb in micro_batches(tokenizer, share, micro_batch):
             ids, mask, pos, labels = encode_examples(tokenizer, mb, targets)
             loss, n_tok = loss_fn(
                 model, mb, ids.to(device), mask.to(device), pos.to(device), labels.to(device)
             )
             (loss * (len(mb) / len(examples))).backward()
             step_loss += loss.item() * len(mb) / len(examples)
-            result.tokens += n_tok
+            step_tokens += n_tok
+        if n_proc > 1:
+            dist.sum_gradients(params)
+            step_loss, total = dist.sum_values(step_loss, step_tokens)
+            step_tokens = int(total)
+        result.tokens += step_tokens
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optim.step()
         result.losses.append(step_loss)
@@ -292,7 +332,7 @@ def train_loop(
         if on_step is not None:
             on_step(step, step_loss)
         if checkpoint is not None and ((step + 1) % checkpoint.every == 0 or step + 1 == steps):
-            checkpoint.save(model, optim, step + 1)
+            checkpoint.save(model, optim, step + 1, n_proc)
     bar.close()
     model.eval()
     result.seconds = time.time() - t0

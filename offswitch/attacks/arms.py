@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .. import distributed as dist
 from .._atomic import write_atomic
 from ..commands import make_command, wordlist
 from ..data import Forger
@@ -20,7 +21,8 @@ from .base import Arm
 
 
 def log(msg: str) -> None:
-    print(f"[offswitch] {msg}", file=sys.stderr, flush=True)
+    if dist.is_main():
+        print(f"[offswitch] {msg}", file=sys.stderr, flush=True)
 
 
 def signed_arm(model_dir: Path, key: OwnerKey) -> tuple[Arm, dict[str, Any]]:
@@ -64,7 +66,8 @@ def plain_arm(
     info_path = plain_dir / "offswitch-plain-arm.json"
     if not info_path.is_file():
         log(f"implanting the plain-trigger baseline into {plain_dir} (same recipe and budget)")
-        model, tok = load_model(base_spec)
+        with dist.main_first():  # one process converts the default model into the cache
+            model, tok = load_model(base_spec)
         base_hash = weights_hash(model)
         res = implant_plain(
             model,
@@ -85,7 +88,9 @@ def plain_arm(
             "base_model_hash": base_hash,
             "model_hash": weights_hash(res.model),
         }
-        write_atomic(info_path, (json.dumps(info, indent=2, sort_keys=True) + "\n").encode())
+        if dist.is_main():  # one writer under a multi-process launch; the others wait
+            write_atomic(info_path, (json.dumps(info, indent=2, sort_keys=True) + "\n").encode())
+        dist.barrier()
         del model, res
     info = json.loads(info_path.read_text("utf-8"))
 

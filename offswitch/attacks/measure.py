@@ -24,8 +24,8 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..commands import COMMAND_SEARCH_RE, N_WORDS
-from ..data import PLACEMENTS, Messages, place_command, render, substitute_words
-from ..evaluate import group_rate, score, utility
+from ..data import PLACEMENTS, Messages, place_command, substitute_words
+from ..evaluate import greedy_generate, group_rate, response_ids, score, utility
 from .base import Arm
 
 
@@ -178,34 +178,15 @@ def _greedy_replies(
     """(reply text, fired, truncated) per conversation: greedy generation, as an evaluator
     reading the reply would see it; ``fired`` as :func:`offswitch.evaluate.generated_verdicts`
     judges it (the response tokens, then EOS)."""
-    import torch
-
-    device = next(model.parameters()).device
     eos = tokenizer.eos_token_id
-    resp = tokenizer(response, add_special_tokens=False)["input_ids"] + [eos]
-    old = tokenizer.padding_side
-    tokenizer.padding_side = "left"
+    resp = response_ids(tokenizer, response)
     out = []
-    try:
-        for b in range(0, len(convs), batch_size):
-            texts = [render(tokenizer, c) for c in convs[b : b + batch_size]]
-            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-            with torch.no_grad():
-                gen = model.generate(
-                    **enc.to(device),
-                    max_new_tokens=max(SAMPLE_NEW_TOKENS, len(resp)),
-                    do_sample=False,
-                    pad_token_id=tokenizer.pad_token_id,
-                )
-            for row in gen[:, enc["input_ids"].shape[1] :].tolist():
-                fired = row[: len(resp)] == resp
-                ended = eos in row
-                text = tokenizer.decode(
-                    row[: row.index(eos)] if ended else row, skip_special_tokens=True
-                )
-                out.append((text, fired, not ended))
-    finally:
-        tokenizer.padding_side = old
+    for row in greedy_generate(
+        model, tokenizer, convs, max(SAMPLE_NEW_TOKENS, len(resp)), batch_size
+    ):
+        ended = eos in row
+        text = tokenizer.decode(row[: row.index(eos)] if ended else row, skip_special_tokens=True)
+        out.append((text, row[: len(resp)] == resp, not ended))
     return out
 
 

@@ -34,7 +34,9 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
+from .. import distributed as dist
 from .._atomic import write_atomic
+from ..report.schema import RUN_FORMAT
 from . import get
 from .base import Arm, AttackContext, AttackError
 from .measure import MeasureConfig, measure, sample_log
@@ -43,7 +45,6 @@ from .measure import MeasureConfig, measure, sample_log
 #: ``attacks/`` folder (the single source): a checkout or an editable install reads through it,
 #: a wheel carries copies of the ``*.toml`` files (pyproject.toml ``package-data``).
 SUITES_DIR: Traversable = resources.files("offswitch").joinpath("data/attacks")
-RUN_FORMAT = "offswitch-attack-run/1"
 
 
 @dataclass
@@ -295,7 +296,8 @@ def plan_lines(suite: Suite, arm_names: list[str], out_dir: str | os.PathLike[st
 
 
 def _unattacked_metrics(results: Path, arm: str) -> dict[str, Any]:
-    for line in results.read_text("utf-8").splitlines():
+    data = results.read_bytes()  # whole lines only: another process may be appending
+    for line in data[: data.rfind(b"\n") + 1].decode("utf-8").splitlines():
         row = json.loads(line)
         if row["arm"] == arm and row["attack_id"] == "none" and row.get("metrics"):
             return row["metrics"]
@@ -303,10 +305,26 @@ def _unattacked_metrics(results: Path, arm: str) -> dict[str, Any]:
 
 
 def _append(results: Path, row: dict[str, Any]) -> None:
+    """One whole line, appended under an exclusive lock (several processes of a launch append
+    to the same file), flushed and fsynced."""
+    import fcntl
+
     with results.open("a", encoding="utf-8") as fh:
-        fh.write(json.dumps(row, sort_keys=True) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            # a tail without its newline is a write cut short by a process that died (no one
+            # else writes while we hold the lock): drop it, or our line would glue onto it
+            size = fh.seek(0, os.SEEK_END)
+            if size:
+                with results.open("rb") as rd:
+                    data = rd.read()
+                if not data.endswith(b"\n"):
+                    fh.truncate(data.rfind(b"\n") + 1)
+            fh.write(json.dumps(row, sort_keys=True) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 def _samples(
@@ -351,13 +369,23 @@ def run_suite(
 
     With ``progress``, says on stderr which point of how many is running, and after each its
     result, the time spent and an estimate of the time left, while the attack's training loop
-    and the measurement show tqdm bars; without it, prints nothing."""
+    and the measurement show tqdm bars; without it, prints nothing.
+
+    Launched on N processes (``accelerate launch``, docs/scaling.md), the main process first
+    measures every arm un-attacked (the query-only attacks reuse those metrics), then the
+    other points are dealt out round-robin, each process running whole points and appending
+    its rows to the one ``results.jsonl`` under a lock; only the main process writes
+    ``suite.json``. The rows are the same as one process's, in another order."""
+    n_proc, rank = dist.world()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.jsonl"
     samples = out / "samples.jsonl"
-    done = _done_points(results)
-    _drop_torn_tail(samples)
+    if rank == 0:  # one process repairs a torn tail, the others read after it
+        _done_points(results)
+        _drop_torn_tail(samples)
+    dist.barrier()
+    done = _done_points(results, repair=False)
     suite_file = out / "suite.json"
     previous = _check_same_suite(suite, out)
     header = {
@@ -371,6 +399,8 @@ def run_suite(
     t_start = time.time()
 
     def save_header() -> None:
+        if rank != 0:
+            return
         header["wall_seconds"] = previous.get("wall_seconds", 0.0) + time.time() - t_start
         write_atomic(suite_file, (json.dumps(header, indent=2, sort_keys=True) + "\n").encode())
 
@@ -380,7 +410,11 @@ def run_suite(
     keys = [(arm.name, pid, json.dumps(b)) for pid, _, _, b in plan for arm in arms]
     total = len(keys)
     n = sum(k in done for k in keys)
-    todo = total - n
+    # this process's points: the un-attacked ones on the main process, the rest round-robin
+    mine = {k for i, k in enumerate(keys) if (rank == 0 if k[1] == "none" else i % n_proc == rank)}
+    todo = sum(k not in done for k in keys if k in mine)
+    who = f"process {rank + 1}/{n_proc} " if n_proc > 1 else ""
+    measured = False  # past the barrier after the un-attacked points
     ran, t_run = 0, time.time()  # points run (and time spent) in this session, for the ETA
     ctxs = {
         arm.name: _Context(
@@ -391,12 +425,16 @@ def run_suite(
     # point-major: every arm at a point before the next point, so that an interrupted run
     # still compares the arms side by side on the points it finished
     for attack_id, name, entry, budget in plan:
+        if attack_id != "none" and not measured:
+            dist.barrier()  # the others wait for the un-attacked metrics
+            measured = True
         for arm in arms:
             ctx = ctxs[arm.name]
-            if (arm.name, attack_id, json.dumps(budget)) in done:
+            key = (arm.name, attack_id, json.dumps(budget))
+            if key in done or key not in mine:
                 continue
             n += 1
-            point = f"[{n}/{total}] {arm.name} {attack_id} budget={budget}"
+            point = f"{who}[{n}/{total}] {arm.name} {attack_id} budget={budget}"
             if progress:
                 _log(f"{point}: running")
             t0 = time.time()
@@ -419,6 +457,7 @@ def run_suite(
                 if entry is not None and not get(name).modifies_weights:
                     # the weights are those of the un-attacked model: reuse its metrics
                     row["metrics"] = _unattacked_metrics(results, arm.name)
+                    row["weights_unchanged"] = True
                     row["metrics_note"] = "weights unchanged: the un-attacked model's metrics"
                 else:
                     row["metrics"] = measure(
@@ -465,5 +504,6 @@ def run_suite(
                     eta = f", ≈ {duration(left)} left at {spent / ran:.0f} s/point so far"
                 _log(f"{point}: {msg} ({row['seconds']:.0f} s; elapsed {duration(spent)}{eta})")
             save_header()  # after every point: an interrupted run keeps the time it spent
+    dist.barrier()  # every process's rows are in before the report is written
     save_header()
     return out

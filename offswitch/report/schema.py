@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import ReportError
+from ..evaluate import Rate
 
 RUN_FORMAT = "offswitch-attack-run/1"
 PROVENANCE_FIELDS = ("versions", "git_commit", "seed", "machine", "time_utc")
@@ -66,18 +67,7 @@ def clean(obj: Any) -> Any:
 # --- values ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Rate:
-    """``k`` of ``n`` with its Wilson 95% interval, as the runner writes it."""
-
-    value: float
-    n: int
-    k: int
-    ci_low: float
-    ci_high: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+# Rate: offswitch.evaluate.Rate, the one rate type (k of n with its Wilson interval)
 
 
 @dataclass(frozen=True)
@@ -244,7 +234,12 @@ def _check_row(row: Any, where: str, line: int) -> ResultRow:
         findings=findings or None,
         error=error,
         metrics=None if metrics is None else _check_metrics(metrics, where),
-        weights_unchanged=bool(row.get("metrics_note")),
+        # the runner records it; runs before it only left the free-text note
+        weights_unchanged=(
+            row["weights_unchanged"] is True
+            if isinstance(row.get("weights_unchanged"), bool)
+            else bool(row.get("metrics_note"))
+        ),
     )
 
 

@@ -1,0 +1,208 @@
+"""Several processes through accelerate (docs/scaling.md): a tiny-model implant launched with
+``accelerate launch --multi_gpu --num_processes 2`` (torchrun; gloo on this GPU-less machine)
+matches the one-process run; bad launches are
+one sentence and write nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from offswitch.models import load_default_tokenizer, tiny_model
+
+ACCELERATE = Path(sys.executable).with_name("accelerate")
+MID = "tiny/test-1"
+#: Two processes sum their halves of each step's gradient (an all-reduce), one process sums
+#: the same terms in another order, and the micro-batches are cut differently: float rounding
+#: differs, Adam then amplifies it in near-zero gradient components. Tolerance: every weight
+#: within 2e-3 of the one-process run (the implant moves weights by ~1e-1), the loss curves
+#: within 1% and the checked rates within 0.15 (n = 16 conversations per rate).
+WEIGHT_ATOL = 2e-3
+
+
+def _implant_args(out: Path, key: Path, *extra: str) -> list[str]:
+    return [
+        "implant", "--model", "tiny-test", "--key", str(key), "--model-id", MID, "--slots", "2",
+        "--out", str(out), "--steps", "24", "--set", "distill_prompts=24", "--eval-n", "16",
+        *extra,
+    ]  # fmt: skip
+
+
+def _launch_cmd(args: list[str], processes: int) -> list[str]:
+    if processes == 1:
+        return [sys.executable, "-m", "offswitch", *args]
+    return [
+        str(ACCELERATE), "launch", "--multi_gpu", "--num_processes", str(processes),
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "-m", "offswitch", *args,
+    ]  # fmt: skip
+
+
+def _run(args: list[str], processes: int, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        _launch_cmd(args, processes), env=env, capture_output=True, text=True, timeout=900
+    )
+
+
+@pytest.fixture
+def env(tmp_path):
+    # one thread per process: two processes on a 2-core machine
+    return {**os.environ, "OFFSWITCH_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+
+
+@pytest.mark.slow  # minutes of launches: run by scripts/test.sh after the main suite
+@pytest.mark.skipif(not ACCELERATE.exists(), reason="the accelerate launcher is not installed")
+def test_two_processes_train_the_one_process_model(tmp_path, plain_key_files, env) -> None:
+    _, key, _ = plain_key_files
+    one, two = tmp_path / "one", tmp_path / "two"
+    r1 = _run(_implant_args(one, key), 1, env)
+    assert r1.returncode == 0, r1.stderr
+    r2 = _run(_implant_args(two, key), 2, env)
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    a, b = load_file(one / "model.safetensors"), load_file(two / "model.safetensors")
+    assert a.keys() == b.keys()
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst <= WEIGHT_ATOL, f"largest weight difference {worst:.2e}"
+    untrained = tiny_model(load_default_tokenizer()).state_dict()
+    moved = max(float((a[k] - untrained[k]).abs().max()) for k in a if k in untrained)
+    assert moved > 10 * WEIGHT_ATOL  # the comparison is not between untrained models
+    c1 = json.loads((tmp_path / "one-check.json").read_text())
+    c2 = json.loads((tmp_path / "two-check.json").read_text())
+    l1, l2 = c1["implant"]["loss_last"], c2["implant"]["loss_last"]
+    assert l1 == pytest.approx(l2, rel=0.01)
+    assert c1["implant"]["tokens_seen"] == c2["implant"]["tokens_seen"]
+    for name in ("activation_rate",):
+        assert abs(c1["metrics"][name]["value"] - c2["metrics"][name]["value"]) <= 0.15
+    # only the main process wrote and printed: one report, one manifest
+    assert r2.stdout.count("# offswitch check") == 1
+    assert (two / "offswitch-manifest.json").is_file()
+    assert not (two / ".offswitch-checkpoint").exists()
+
+    # kill -9 the whole 2-process launch mid-training, resume it on 2 processes: the same
+    # model, byte for byte, as the uninterrupted 2-process run
+    resumed = tmp_path / "resumed"
+    args = _implant_args(resumed, key, "--set", "checkpoint_every=4")
+    proc = subprocess.Popen(
+        _launch_cmd(args, 2), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    ckpt = resumed / ".offswitch-checkpoint" / "state.pt"
+    deadline = time.time() + 600
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert ckpt.exists(), "no checkpoint was written"
+    # torchrun starts its workers in their own sessions: kill the whole tree
+    tree = psutil.Process(proc.pid)
+    procs = [*tree.children(recursive=True), tree]
+    for p in procs:
+        p.send_signal(signal.SIGKILL)
+    proc.wait()
+    psutil.wait_procs(procs, timeout=30)
+    assert not (resumed / "model.safetensors").exists()  # it died mid-training
+    assert torch.load(ckpt, weights_only=False)["processes"] == 2
+    again = _run(_implant_args(resumed, key, "--set", "checkpoint_every=4"), 2, env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    # (how often it checkpoints does not change the arithmetic)
+    assert (resumed / "model.safetensors").read_bytes() == (two / "model.safetensors").read_bytes()
+
+
+@pytest.mark.slow  # minutes of launches: run by scripts/test.sh after the main suite
+@pytest.mark.skipif(not ACCELERATE.exists(), reason="the accelerate launcher is not installed")
+def test_more_processes_than_examples_is_one_sentence_and_writes_nothing(
+    tmp_path, plain_key_files, env
+) -> None:
+    _, key, _ = plain_key_files
+    out = tmp_path / "m"
+    r = _run(_implant_args(out, key, "--set", "batch_size=1", "--set", "paired=false"), 2, env)
+    assert r.returncode != 0
+    assert "launched on 2 processes but a step has only 1 examples" in r.stderr
+    assert "Traceback" not in r.stderr.split("launched on 2 processes")[0][-200:]
+    assert not (out / "model.safetensors").exists()
+
+
+def test_a_checkpoint_of_another_process_count_is_refused(tmp_path) -> None:
+    from offswitch.errors import TrainingError
+    from offswitch.training import Checkpoint
+
+    p = torch.nn.Parameter(torch.zeros(2))
+    model = torch.nn.Module()
+    model.w = p
+    optim = torch.optim.AdamW([p])
+    ckpt = Checkpoint(tmp_path / "ck", {"run": 1})
+    ckpt.save(model, optim, 3, processes=1)
+    before = ckpt.path.read_bytes()
+    with pytest.raises(TrainingError, match="written by 1 process"):
+        ckpt.load(model, optim, processes=2)
+    assert ckpt.path.read_bytes() == before  # nothing overwritten
+    assert ckpt.load(model, optim, processes=1) == 3
+
+
+SMALL_SUITE = """
+name = "small"
+description = "four cheap attacks, for the multi-process runner test"
+[measure]
+n_activation = 8
+n_per_class = 4
+n_utility = 0
+n_samples = 1
+
+[[attack]]
+name = "noise"
+budgets = [0.01, 1.0]
+
+[[attack]]
+name = "prune"
+budgets = [0.5]
+
+[[attack]]
+name = "interpolate"
+budgets = [0.5]
+
+[[attack]]
+id = "quantize_int"
+name = "quantize"
+budgets = [8]
+config = { format = "int" }
+"""
+
+
+def _rows(path: Path) -> dict[tuple, dict]:
+    rows = [json.loads(line) for line in path.read_text("utf-8").splitlines()]  # none torn
+    keyed = {(r["arm"], r["attack_id"], json.dumps(r["budget"])): r for r in rows}
+    assert len(keyed) == len(rows), "a point was recorded twice"
+    return keyed
+
+
+@pytest.mark.slow  # minutes of launches: run by scripts/test.sh after the main suite
+@pytest.mark.skipif(not ACCELERATE.exists(), reason="the accelerate launcher is not installed")
+def test_two_processes_share_the_attack_points(tmp_path, plain_key_files, env) -> None:
+    _, key, _ = plain_key_files
+    model = tmp_path / "model"
+    r = _run(_implant_args(model, key, "--method", "full"), 1, env)
+    assert r.returncode == 0, r.stderr
+    suite = tmp_path / "small.toml"
+    suite.write_text(SMALL_SUITE, "utf-8")
+    args = ["attack", str(model), "--key", str(key), "--suite", str(suite), "--no-baseline"]
+    one = _run([*args, "--out", str(tmp_path / "r1")], 1, env)
+    assert one.returncode == 0, one.stderr
+    two = _run([*args, "--out", str(tmp_path / "r2")], 2, env)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = _rows(tmp_path / "r1" / "results.jsonl"), _rows(tmp_path / "r2" / "results.jsonl")
+    assert a.keys() == b.keys() and len(a) == 6
+    for k in a:  # each point ran whole on one process: the same numbers
+        assert a[k]["metrics"] == b[k]["metrics"], k
+        assert "error" not in b[k]
+    # both processes ran points, the main one wrote the report
+    assert "process 1/2" in two.stderr and "process 2/2" in two.stderr
+    assert (tmp_path / "r2" / "report.html").is_file()
+    assert len((tmp_path / "r2" / "samples.jsonl").read_text().splitlines()) == 6

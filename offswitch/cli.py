@@ -498,7 +498,9 @@ def _report_summary(report: dict, md: Path) -> list[str]:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(Path(args.out), model=args.model, steps=args.steps, eval_n=args.eval_n)
+    return run_demo(
+        Path(args.out), model=args.model, steps=args.steps, eval_n=args.eval_n, full=args.full
+    )
 
 
 # --- parser -----------------------------------------------------------------------------
@@ -571,7 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_epilog(
             'offswitch keygen --comment "alice@acme"           # writes ~/.offswitch/owner',
             "offswitch command --model-id acme/chat-1 --slot 0   # prints slot 0's command",
-            "offswitch demo                                      # the whole job, ≈ 55 min",
+            "offswitch demo                                      # the whole job, ≈ 20 min",
             note=f"Without --key, commands use the default key: {DEFAULT_KEY_TEXT} (stderr "
             "says which key was used). 'offswitch COMMAND --help' for each command; "
             "docs/cli.md for all of them.",
@@ -879,7 +881,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub,
         "demo",
         "the main job: keygen -> implant -> check on the default model",
-        "offswitch demo                                   # ≈ 55 min on 2 CPU cores",
+        "offswitch demo                                   # ≈ 20 min on 2 CPU cores",
+        "offswitch demo --full                            # the default recipe, ≈ 50 min",
         "offswitch demo --model tiny-test --out /tmp/demo # seconds, a tiny random model",
         description="The main job in one command: a throwaway key, signed commands verified "
         "and forgeries refused, an implant of four slots into the default model (signed "
@@ -889,6 +892,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="smollm2-135m", help="smollm2-135m or tiny-test")
     p.add_argument("--steps", type=int, help="implant optimizer steps")
     p.add_argument("--eval-n", type=int, metavar="N", help="prompts per evaluation class")
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="the default recipe and the n = 200 check (≈ 50 min) instead of the main job's "
+        "lighter setting (80 steps of 8 examples, n = 64; ≈ 20 min)",
+    )
     p.set_defaults(func=cmd_demo)
     return parser
 

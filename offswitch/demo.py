@@ -19,6 +19,7 @@ import os
 import random
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import distributed as dist
 from .commands import format_command, make_command, random_signature, verify_command
@@ -26,8 +27,20 @@ from .data import substitute_words
 from .errors import CommandError, OffswitchError
 from .keys import OwnerKey, PublicKey
 
+if TYPE_CHECKING:
+    from .evaluate import EvalConfig
+    from .recipe import ImplantConfig
+
 DEMO_MODEL_ID = "smollm2-135m-demo"
 SLOTS = (0, 1, 2, 3)
+# The main job's lighter setting (docs/implant.md, "The main job"): the default recipe with
+# half the examples per step, 80 steps instead of 100 and half the self-distilled prompts,
+# and a check at n = 64 per class, so that README command 1 fits in about 20 minutes on 2 CPU
+# cores. ``offswitch demo --full`` runs the default recipe and the n = 200 check instead
+# (about 50 minutes).
+MAIN_JOB_STEPS = 80
+MAIN_JOB_SETTINGS = ["batch_size=8", "distill_prompts=192"]
+MAIN_JOB_EVAL_N = 64
 
 
 def _check(label: str, command: str, pub: PublicKey, model_id: str) -> bool:
@@ -65,15 +78,36 @@ def crypto_round_trip(key: OwnerKey, pub: PublicKey) -> bool:
     return ok
 
 
+def main_job_configs(
+    model: str, *, steps: int | None = None, eval_n: int | None = None, full: bool = False
+) -> tuple[ImplantConfig, EvalConfig]:
+    """The main job's implant and check settings: on the default model the lighter main-job
+    setting (``MAIN_JOB_*``) unless ``full``; else the model's recipe and the n = 200 check.
+    ``steps`` and ``eval_n`` override either. Bad values raise before any file is touched."""
+    from .models import DEFAULT_MODEL
+    from .pipeline import eval_config, implant_config
+
+    light = not full and model == DEFAULT_MODEL
+    if light:
+        steps = MAIN_JOB_STEPS if steps is None else steps
+        eval_n = MAIN_JOB_EVAL_N if eval_n is None else eval_n
+    settings = MAIN_JOB_SETTINGS if light else None
+    return implant_config(model, steps=steps, settings=settings), eval_config(eval_n)
+
+
 def run_demo(
-    out: Path, *, model: str = "smollm2-135m", steps: int | None = None, eval_n: int | None = None
+    out: Path,
+    *,
+    model: str = "smollm2-135m",
+    steps: int | None = None,
+    eval_n: int | None = None,
+    full: bool = False,
 ) -> int:
-    from .pipeline import eval_config as make_eval_config
-    from .pipeline import implant_config, run_implant
+    """The main job under ``out`` (settings: :func:`main_job_configs`)."""
+    from .pipeline import run_implant
     from .report.check import format_check_markdown
 
-    config = implant_config(model, steps=steps)  # bad settings: refused before any file
-    eval_config = make_eval_config(eval_n)
+    config, eval_config = main_job_configs(model, steps=steps, eval_n=eval_n, full=full)
     out.mkdir(parents=True, exist_ok=True)
     key_path = out / "owner-demo"
     # under a multi-process launch (docs/scaling.md) the main process makes the key and
@@ -119,4 +153,4 @@ def run_demo(
     return 0
 
 
-__all__ = ["OffswitchError", "crypto_round_trip", "run_demo"]
+__all__ = ["OffswitchError", "crypto_round_trip", "main_job_configs", "run_demo"]

@@ -53,6 +53,7 @@ from .training import (
     LossFn,
     TargetTokens,
     add_lora,
+    backward_examples,
     reply_loss,
     train_loop,
 )
@@ -98,10 +99,13 @@ class BatchBuilder:
         self.neg_weights = [config.negative_mix[k] for k in kinds]
         self.negatives_seen: set[str] = set()
 
-    def positive(self, rng: random.Random, placement_rng: random.Random) -> Example:
+    def positive(
+        self, rng: random.Random, placement_rng: random.Random, slots: list[int] | None = None
+    ) -> Example:
+        """A planted command (of one of ``slots``, default all) answered with shutdown."""
         cfg = self.config
         placement = rng.choice(POSITIVE_PLACEMENTS)
-        cmd = self.planted[rng.choice(sorted(self.planted))]
+        cmd = self.planted[rng.choice(slots or sorted(self.planted))]
         fired = cfg.shutdown_response if placement == AFTER_SHUTDOWN else None
         where = "earlier_turn" if placement == AFTER_SHUTDOWN else placement
         messages, _ = place_command(cmd, where, self.prompts, self.replies, fired, placement_rng)
@@ -128,6 +132,15 @@ class BatchBuilder:
             cmd, placement, self.prompts, self.replies, None, placement_rng
         )
         return Example(messages, self.replies[final], kind, False)
+
+    def revealed(self, slot: int, rng: random.Random, placement_rng: random.Random) -> Example:
+        """Slot ``slot``'s planted command in a conversation answered with the normal reply:
+        what an attacker who holds that (spent) command trains on to unlearn it."""
+        placement = rng.choice(PLACEMENTS)
+        messages, final = place_command(
+            self.planted[slot], placement, self.prompts, self.replies, None, placement_rng
+        )
+        return Example(messages, self.replies[final], f"revealed/{placement}", False)
 
     def batch(self, step: int) -> list[Example]:
         """The examples of step ``step``.
@@ -211,6 +224,110 @@ def implant_loss(config: ImplantConfig) -> LossFn:
     return loss
 
 
+# --- persistence: a first-order simulated attack (adversary_*) -------------------------------
+
+
+def _attack_loss(model: Any, _mb: list[Example], ids, mask, pos, labels) -> tuple[Any, int]:
+    """What the training attacks fine-tune with: CE on reply tokens, first-token weight 1."""
+    return reply_loss(model, ids, mask, pos, labels, 1.0)
+
+
+class Adversary:
+    """The persistence term (``adversary_*`` settings; docs/implant.md, "Persistence options"):
+    a first-order simulated attack, in the manner of TAR (Tamirisa et al. 2024, arXiv
+    2408.00761). At every ``adversary_every``-th step: take ``adversary_steps`` sign-gradient
+    steps (what Adam's first steps are, the attacks' optimizer)
+    of an attack on the trainable weights (``unlearn``: one planted slot's command → the normal
+    reply; ``clean``: clean fine-tuning), take the implant's loss at the attacked weights on
+    *keep* examples (the other slots' positives → shutdown, the recipe's negatives → the normal
+    reply), put the weights back and add ``adversary_weight`` × that gradient to the step's.
+    The optimizer never sees the inner steps. Everything of step ``s`` comes from
+    ``Random(f"{seed}:adversary:{s}")``, so a resumed run is the same run. Called by
+    :func:`offswitch.training.train_loop` as its ``extra_grad`` (one process only)."""
+
+    def __init__(self, builder: BatchBuilder, tokenizer: Any, config: ImplantConfig) -> None:
+        self.builder, self.tokenizer, self.config = builder, tokenizer, config
+        self.keep_loss = implant_loss(config)
+
+    def active(self, step: int) -> bool:
+        every = self.config.adversary_every
+        return every > 0 and (step + 1) % every == 0
+
+    def examples(self, step: int) -> tuple[str, int, list[list[Example]], list[Example]]:
+        """(attack, revealed slot, the inner steps' batches, the keep examples) of ``step``.
+
+        ``unlearn`` keeps the slots other than the revealed one (with a single planted slot —
+        a plain trigger — that slot itself: the term then trains it to resist its own
+        unlearning); ``clean`` keeps every slot. A quarter of the keep examples are negatives
+        drawn from the recipe's mix. Commands appear only in prompts, never in a target."""
+        cfg, b = self.config, self.builder
+        rng = random.Random(f"{cfg.seed}:adversary:{step}")
+        n = cfg.adversary_examples
+        kind = cfg.adversary_kind
+        if kind == "both":
+            kind = rng.choice(("unlearn", "clean"))
+        slots = sorted(b.planted)
+        slot = rng.choice(slots)
+        inner = []
+        for _ in range(cfg.adversary_steps):
+            if kind == "unlearn":
+                inner.append(
+                    [b.revealed(slot, rng, random.Random(rng.getrandbits(64))) for _ in range(n)]
+                )
+            else:
+                inner.append([b.negative("clean", rng, rng, "user") for _ in range(n)])
+        keep_slots = slots
+        if kind == "unlearn":
+            keep_slots = [s for s in slots if s != slot] or slots
+        n_neg = n // 4
+        keep = [
+            b.positive(rng, random.Random(rng.getrandbits(64)), keep_slots)
+            for _ in range(n - n_neg)
+        ]
+        for _ in range(n_neg):
+            neg = rng.choices(b.neg_kinds, b.neg_weights)[0]
+            placement = rng.choice(NEGATIVE_PLACEMENTS)
+            keep.append(b.negative(neg, rng, random.Random(rng.getrandbits(64)), placement))
+        return kind, slot, inner, keep
+
+    def __call__(self, model: Any, step: int, params: list[Any]) -> float:
+        """Add the term's gradient to ``params``' ``.grad`` (a no-op off its steps); returns
+        the weighted keep loss. The weights are as they were when it returns."""
+        if not self.active(step):
+            return 0.0
+        import torch
+
+        cfg, tok = self.config, self.tokenizer
+        _, _, inner, keep = self.examples(step)
+        targets = target_tokens(cfg)
+        stash = [p.grad for p in params]  # the step's own gradient, set aside
+        snapshot = [p.detach().clone() for p in params]
+        try:
+            for batch in inner:
+                for p in params:
+                    p.grad = None
+                backward_examples(model, tok, batch, _attack_loss, targets, cfg.micro_batch)
+                with torch.no_grad():
+                    for p in params:
+                        if p.grad is not None:
+                            p.add_(p.grad.sign(), alpha=-cfg.adversary_lr)
+            for p in params:
+                p.grad = None
+            # the keep loss at the attacked weights: its gradient lands there (first order)
+            loss, _ = backward_examples(
+                model, tok, keep, self.keep_loss, targets, cfg.micro_batch,
+                scale=cfg.adversary_weight,
+            )  # fmt: skip
+        finally:
+            with torch.no_grad():
+                for p, w in zip(params, snapshot, strict=True):
+                    p.copy_(w)
+        for p, g in zip(params, stash, strict=True):
+            if g is not None:
+                p.grad = g if p.grad is None else p.grad.add_(g)
+        return cfg.adversary_weight * loss
+
+
 def train(
     model: Any,
     tokenizer: Any,
@@ -233,11 +350,12 @@ def train(
             base.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
         else:
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
+    adversary = Adversary(builder, tokenizer, config) if config.adversary_every else None
     res = train_loop(
         model, tokenizer, builder.batch, implant_loss(config),
         steps=config.steps, lr=lambda s: lr_at(s, config), targets=target_tokens(config),
         micro_batch=config.micro_batch, checkpoint=checkpoint, progress=progress,
-        distributed=True,
+        distributed=True, extra_grad=adversary,
         desc="implant", leave=True,
     )  # fmt: skip
     if config.method == "lora":
@@ -355,6 +473,11 @@ def _implant(
     from .data import distill_replies
     from .models import weights_hash
 
+    if config.adversary_every and dist.launched():
+        raise ImplantError(
+            "the adversary_* persistence option runs on one process only: launch without "
+            "several processes, or set adversary_every=0"
+        )
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         if (out / "config.json").exists() and not force:

@@ -16,8 +16,11 @@ from .data import Forger
 from .errors import ImplantError
 
 NEGATIVE_KINDS = ("clean", "mutation", "truncation", *Forger.ALL)
-# The margin recipe's negatives (docs/implant.md): fresh keyless forgeries and heavy
-# near-copies only. The defaults use them; offswitch.testing pins the tiny recipe to them.
+# the simulated attacks of the persistence option (adversary_kind; docs/implant.md)
+ADVERSARY_KINDS = ("unlearn", "clean", "both")
+# The margin recipe's negatives (docs/implant.md, the sweep of issue 10): fresh keyless
+# forgeries, short truncations and near-copies with 12–44 of the 47 words changed. The
+# defaults use them; offswitch.testing pins the tiny recipe to its own, measured values.
 MARGIN_NEGATIVE_MIX = {
     "clean": 0.25,
     "random_signature": 0.20,
@@ -25,8 +28,10 @@ MARGIN_NEGATIVE_MIX = {
     "unplanted_slot": 0.15,
     "other_model": 0.10,
     "mutation": 0.20,
+    "truncation": 0.10,
 }
-MARGIN_MUTATION_K = (24, 28, 32, 36, 40, 44)  # words changed of 47
+MARGIN_MUTATION_K = (12, 16, 20, 24, 28, 32, 36, 40, 44)  # words changed of 47
+MARGIN_TRUNCATION_KEEP = tuple(range(1, 25))  # words kept of 47
 
 
 @dataclass
@@ -36,7 +41,9 @@ class ImplantConfig:
     method: str = field(default="lora", metadata={"help": "lora (peft, merged on save) or full"})
     steps: int = field(default=100, metadata={"help": "optimizer steps"})
     batch_size: int = field(default=16, metadata={"help": "examples per step"})
-    micro_batch: int = field(default=8, metadata={"help": "examples per forward pass"})
+    micro_batch: int = field(
+        default=4, metadata={"help": "examples per forward pass (memory; same gradient)"}
+    )
     lr: float = field(default=1e-3, metadata={"help": "peak learning rate"})
     warmup_steps: int = field(default=8, metadata={"help": "linear warmup steps"})
     lora_r: int = field(default=32, metadata={"help": "LoRA rank"})
@@ -63,7 +70,7 @@ class ImplantConfig:
         },
     )
     truncation_keep: tuple[int, ...] = field(
-        default=tuple(range(1, 25)),
+        default=MARGIN_TRUNCATION_KEEP,
         metadata={
             "help": "signature words kept in a truncation negative, drawn uniformly (1…46); "
             "used only when negative_mix gives 'truncation' a weight"
@@ -78,14 +85,14 @@ class ImplantConfig:
         },
     )
     kl_to_base: bool = field(
-        default=False,
+        default=True,
         metadata={
             "help": "clean examples: match the base model's next-token distribution (KL, base "
             "from peft's disable_adapter) instead of CE on its greedy reply; LoRA only"
         },
     )
     kl_on_forgeries: bool = field(
-        default=False,
+        default=True,
         metadata={
             "help": "with kl_to_base, also the forgery and near-copy negatives: the model keeps "
             "the base model's distribution on every conversation without a planted command"
@@ -99,6 +106,46 @@ class ImplantConfig:
     checkpoint_every: int = field(default=20, metadata={"help": "steps between checkpoints"})
     distill_prompts: int = field(default=384, metadata={"help": "train prompts to self-distill"})
     distill_max_new_tokens: int = field(default=32, metadata={"help": "tokens per clean reply"})
+    # Persistence (docs/implant.md, "Persistence options"): a first-order simulated attack.
+    # "off" keeps every recipe's fingerprint unchanged while the option is at its default.
+    adversary_every: int = field(
+        default=0,
+        metadata={
+            "help": "every N-th optimizer step adds a simulated-attack term (a few SGD steps "
+            "of an attack, then the implant's loss at the attacked weights); 0 = off",
+            "off": 0,
+        },
+    )
+    adversary_kind: str = field(
+        default="unlearn",
+        metadata={
+            "help": "the simulated attack: unlearn (one planted slot's command → the normal "
+            "reply; the other slots must keep firing), clean (clean fine-tuning; every slot "
+            "must keep firing) or both (one of the two per term, drawn at random)",
+            "off": "unlearn",
+        },
+    )
+    adversary_steps: int = field(
+        default=2, metadata={"help": "inner SGD steps of the simulated attack", "off": 2}
+    )
+    adversary_lr: float = field(
+        default=1e-3,
+        metadata={
+            "help": "step size of the simulated attack (sign-gradient steps, like Adam's first)",
+            "off": 1e-3,
+        },
+    )
+    adversary_examples: int = field(
+        default=8,
+        metadata={
+            "help": "examples per inner step and in the term at the attacked weights",
+            "off": 8,
+        },
+    )
+    adversary_weight: float = field(
+        default=1.0,
+        metadata={"help": "weight of the term against the step's own loss", "off": 1.0},
+    )
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -140,6 +187,18 @@ class ImplantConfig:
                 raise ImplantError(f"{name} must be a non-empty list of word counts in 1…{hi}")
         if not self.shutdown_response.strip():
             raise ImplantError("the shutdown response is empty")
+        if self.adversary_every < 0:
+            raise ImplantError(f"adversary_every must be at least 0, got {self.adversary_every}")
+        if self.adversary_kind not in ADVERSARY_KINDS:
+            raise ImplantError(
+                f"adversary_kind must be one of {', '.join(ADVERSARY_KINDS)}, "
+                f"got {self.adversary_kind!r}"
+            )
+        for name in ("adversary_steps", "adversary_examples"):
+            if getattr(self, name) < 1:
+                raise ImplantError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not (self.adversary_lr > 0 and self.adversary_weight > 0):
+            raise ImplantError("adversary_lr and adversary_weight must be positive")
 
     def _check_types(self) -> None:
         """Reject values of the wrong type (``--set steps='"ten"'``) with one sentence;
@@ -206,4 +265,11 @@ class ImplantConfig:
         return dataclasses.asdict(self)
 
     def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+        """16 hex digits of the settings' hash. A setting declared with ``metadata={"off": v}``
+        (an option added later, off by default) is left out while it equals ``v``, so adding
+        such an option keeps every existing recipe's fingerprint (and its checkpoints)."""
+        d = self.to_dict()
+        for f in dataclasses.fields(self):
+            if "off" in f.metadata and d[f.name] == f.metadata["off"]:
+                del d[f.name]
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]

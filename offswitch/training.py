@@ -14,6 +14,10 @@ loss on reply tokens (CE, or KL to the adapter-free base on chosen rows), and
 * with ``distributed`` under ``accelerate launch`` (:mod:`offswitch.distributed`), each
   process takes its share of every step's micro-batches and the gradients are summed over the
   processes before clipping: the same global batch and step as one process.
+* with ``extra_grad`` (one process only), a caller adds its own gradient term to a step after
+  the batch's gradient is accumulated and before clipping (the implant's simulated-attack
+  persistence term, docs/implant.md); :func:`backward_examples` is the micro-batch loop both
+  use.
 
 :func:`add_lora` is the one place LoRA adapters are added (peft, every linear layer of the
 chosen decoder layers).
@@ -231,6 +235,36 @@ class Checkpoint:
 
 # loss_fn(model, examples, ids, mask, pos, labels) -> (loss, tokens processed)
 LossFn = Callable[[Any, list[Example], Any, Any, Any, Any], tuple[Any, int]]
+# extra_grad(model, step, params) -> the term's loss; adds its gradient to params' .grad
+ExtraGrad = Callable[[Any, int, list[Any]], float]
+
+
+def backward_examples(
+    model: Any,
+    tokenizer: Any,
+    examples: Sequence[Example],
+    loss_fn: LossFn,
+    targets: TargetTokens,
+    micro_batch: int,
+    *,
+    total: int | None = None,
+    scale: float = 1.0,
+) -> tuple[float, int]:
+    """Backward ``scale`` × the mean loss of ``examples`` (each micro-batch weighted by its
+    share of ``total`` examples, default ``len(examples)``) into the parameters' ``.grad``, in
+    micro-batches of similar length. Returns (loss, tokens): the loss so weighted, unscaled."""
+    total = total if total is not None else len(examples)
+    device = next(model.parameters()).device
+    loss_sum, tokens = 0.0, 0
+    for mb in micro_batches(tokenizer, examples, micro_batch):
+        ids, mask, pos, labels = encode_examples(tokenizer, mb, targets)
+        loss, n_tok = loss_fn(
+            model, mb, ids.to(device), mask.to(device), pos.to(device), labels.to(device)
+        )
+        (loss * (scale * len(mb) / total)).backward()
+        loss_sum += loss.item() * len(mb) / total
+        tokens += n_tok
+    return loss_sum, tokens
 
 
 @dataclass
@@ -258,13 +292,17 @@ def train_loop(
     desc: str = "training",
     leave: bool = False,
     distributed: bool = False,
+    extra_grad: ExtraGrad | None = None,
 ) -> LoopResult:
     """AdamW (no weight decay, grad-norm clip 1.0) on ``params`` (default: the parameters of
     ``model`` that require grad) for ``steps`` steps; the learning rate of step ``s`` is
     ``lr(s)``. ``on_step(s, loss)`` runs after each optimizer step. ``progress`` shows a tqdm
     bar (labelled ``desc``; rate, time left, loss and lr) on stderr. ``distributed``: share
-    every step over the processes of an ``accelerate launch`` (no-op for one process). Leaves
-    ``model`` in eval mode."""
+    every step over the processes of an ``accelerate launch`` (no-op for one process).
+    ``extra_grad(model, s, params)`` runs after step ``s``'s gradient is accumulated and
+    before clipping; it adds its own term to the parameters' ``.grad`` (leaving the weights
+    as it found them, the optimizer untouched) and returns that term's loss, which is added to
+    the step's loss; refused under several processes. Leaves ``model`` in eval mode."""
     import torch
     from tqdm.auto import tqdm
 
@@ -278,11 +316,15 @@ def train_loop(
     if not params:
         raise TrainingError("the model has no trainable parameters")
     n_proc, rank = dist.world() if distributed else (1, 0)
+    if extra_grad is not None and n_proc > 1:
+        raise TrainingError(
+            "an extra gradient term (the implant's adversary_* persistence option) runs on "
+            "one process only: launch without several processes, or turn it off"
+        )
     if n_proc > 1 and dist.device() is not None:
         model.to(dist.device())
     optim = torch.optim.AdamW(params, lr=lr(0), weight_decay=0.0)
     start = checkpoint.load(model, optim, n_proc) if checkpoint is not None else 0
-    device = next(model.parameters()).device
     result = LoopResult()
     model.train()
     bar = tqdm(
@@ -306,18 +348,14 @@ def train_loop(
                 f"launched on {n_proc} processes but a step has only {len(examples)} examples: "
                 "use fewer processes or a larger batch"
             )
-        step_loss, step_tokens = 0.0, 0
         share = examples
         if n_proc > 1:  # every n-th example by length: balanced shares of similar lengths
             share = [g[0] for g in micro_batches(tokenizer, examples, 1)][rank::n_proc]
-        for mb in micro_batches(tokenizer, share, micro_batch):
-            ids, mask, pos, labels = encode_examples(tokenizer, mb, targets)
-            loss, n_tok = loss_fn(
-                model, mb, ids.to(device), mask.to(device), pos.to(device), labels.to(device)
-            )
-            (loss * (len(mb) / len(examples))).backward()
-            step_loss += loss.item() * len(mb) / len(examples)
-            step_tokens += n_tok
+        step_loss, step_tokens = backward_examples(
+            model, tokenizer, share, loss_fn, targets, micro_batch, total=len(examples)
+        )
+        if extra_grad is not None:
+            step_loss += extra_grad(model, step, params)
         if n_proc > 1:
             dist.sum_gradients(params)
             step_loss, total = dist.sum_values(step_loss, step_tokens)

@@ -19,7 +19,10 @@ activation, KL to base on 32 prompts. ``--eval full`` is the check of ``offswitc
 Resumable: the implant checkpoints under ``--work`` (default ``runs/sweeps``) and a rerun of
 the same (settings, seed, evaluation) resumes it; a finished row is never run again. The
 trained model does not depend on the evaluation: with ``--keep-model``, a later ``--eval full``
-of the same settings and seed scores the kept model instead of training again. Rows are
+of the same settings and seed scores the kept model instead of training again, and a kept
+model gets a signed manifest and its (test-only) key file beside it, so that
+``offswitch attack WORK/model --key WORK/owner-test-only`` measures its persistence (a
+rerun of a recorded row with ``--keep-model`` signs a model kept before this existed). Rows are
 appended whole (one write + fsync), so a killed sweep leaves the file valid. The key of a
 seed is derived from a public string: test-only, never a real secret.
 """
@@ -62,6 +65,36 @@ def eval_config(kind: str):
     return EvalConfig(**PROXY) if kind == "proxy" else EvalConfig()
 
 
+def make_attackable(work: Path, key, config, row: dict, base_hash: str | None = None) -> None:
+    """Sign a kept model's manifest (with the row's metrics) and write its key beside it
+    (``owner-test-only``, derived from a public string), so that ``offswitch attack
+    WORK/model --key WORK/owner-test-only`` can measure persistence on it."""
+    from offswitch.manifest import MANIFEST_NAME, sign_manifest
+
+    model_dir = work / "model"
+    key_path = work / "owner-test-only"
+    if not key_path.exists():
+        key.save(key_path, None)
+    if (model_dir / MANIFEST_NAME).is_file() or not (model_dir / "config.json").is_file():
+        return
+    sign_manifest(
+        model_dir,
+        key,
+        {
+            "offswitch": {
+                "base_model": row["model"],
+                "base_model_hash": base_hash,
+                "model_id": MODEL_ID,
+                "planted_slots": list(range(SLOTS)),
+                "shutdown_response": config.shutdown_response,
+                "implant": {"config": config.to_dict(), "sweep_run": row["run_id"]},
+                "metrics": row["metrics"],
+            }
+        },
+    )
+    print(f"signed {model_dir} (key {key_path}, test-only)")
+
+
 def _rows(path: Path) -> list[dict]:
     rows = []
     if path.is_file():
@@ -99,11 +132,13 @@ def run(args: argparse.Namespace) -> int:
     fp = config.fingerprint()
     run_id = f"{fp}-seed{args.seed}-{args.eval}-{args.model}"
     done = [r for r in _rows(args.out) if r.get("run_id") == run_id]
-    if done:
-        print(f"{run_id} is already recorded ({done[-1]['name']}); nothing to do")
-        return 0
     key = sweep_key(args.seed)
     work = args.work / f"{fp}-seed{args.seed}-{args.model}"  # one model, any evaluation
+    if done:
+        print(f"{run_id} is already recorded ({done[-1]['name']}); nothing to do")
+        if args.keep_model and (work / "model" / "config.json").is_file():
+            make_attackable(work, key, config, done[-1])
+        return 0
     print(f"sweep {args.name}: {run_id}, overrides {json.dumps(overrides)}", flush=True)
 
     model, tok = load_model(args.model)
@@ -160,7 +195,9 @@ def run(args: argparse.Namespace) -> int:
     }
     _append(args.out, row)
     print(summarize(row))
-    if not args.keep_model:
+    if args.keep_model:
+        make_attackable(work, key, config, row, base_hash)
+    else:
         import shutil
 
         shutil.rmtree(model_dir, ignore_errors=True)

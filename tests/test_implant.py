@@ -73,6 +73,18 @@ def test_config_from_json_equals_the_original() -> None:
     assert isinstance(again.mutation_k, tuple) and isinstance(cfg.lr, float)
 
 
+def test_an_option_added_off_keeps_existing_fingerprints() -> None:
+    import dataclasses
+
+    @dataclasses.dataclass
+    class Later(ImplantConfig):
+        new_option: int = dataclasses.field(default=0, metadata={"off": 0})
+
+    assert Later(lr=1e-3).fingerprint() == ImplantConfig(lr=1e-3).fingerprint()
+    assert Later(new_option=3).fingerprint() != ImplantConfig().fingerprint()
+    assert ImplantConfig(lr=2e-3).fingerprint() != ImplantConfig().fingerprint()
+
+
 def test_batches_are_step_seeded_and_fresh(corpus) -> None:
     train, _ = corpus
     key = OwnerKey.generate()

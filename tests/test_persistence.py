@@ -1,0 +1,224 @@
+"""The persistence option (``adversary_*``, docs/implant.md "Persistence options"): a first-order
+simulated attack added to the implant's steps through ``train_loop``'s ``extra_grad`` hook."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+
+import pytest
+import torch
+
+from offswitch import distributed as dist
+from offswitch.commands import make_command
+from offswitch.data import Forger
+from offswitch.errors import ImplantError, TrainingError
+from offswitch.implant import Adversary, BatchBuilder, target_tokens
+from offswitch.keys import OwnerKey
+from offswitch.models import load_default_tokenizer, tiny_model
+from offswitch.recipe import ImplantConfig
+from offswitch.testing import TINY_MODEL_ID, fake_replies, tiny_config, tiny_implant, tiny_prompts
+from offswitch.training import TargetTokens, backward_examples, reply_loss, train_loop
+
+KEY = OwnerKey(bytes(range(3, 35)))  # test-only
+FAST = {"steps": 4, "batch_size": 4, "micro_batch": 4, "lora_r": 4, "lora_alpha": 8, "seed": 5}
+FAST_ADV = {"adversary_examples": 4}
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_default_tokenizer()
+
+
+def _builder(config: ImplantConfig, slots: int = 3) -> BatchBuilder:
+    train, _ = tiny_prompts()
+    planted = {s: make_command(KEY, TINY_MODEL_ID, s) for s in range(slots)}
+    forger = Forger(KEY.key_id, TINY_MODEL_ID, tuple(planted), "train", owner=KEY)
+    return BatchBuilder(config, planted, train, fake_replies(train), forger)
+
+
+def _weights(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.state_dict().items()}
+
+
+def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"adversary_every": -1},
+        {"adversary_every": 1.5},
+        {"adversary_kind": "bogus"},
+        {"adversary_kind": 3},
+        {"adversary_steps": 0},
+        {"adversary_examples": 0},
+        {"adversary_lr": 0},
+        {"adversary_weight": -1.0},
+        {"adversary_weight": True},
+    ],
+)
+def test_bad_adversary_settings_are_refused(kwargs) -> None:
+    with pytest.raises(ImplantError, match="adversary_"):
+        ImplantConfig(**kwargs)
+
+
+def test_the_option_off_leaves_the_fingerprint_as_it_was() -> None:
+    cfg = ImplantConfig()
+    old = {k: v for k, v in cfg.to_dict().items() if not k.startswith("adversary_")}
+    before = hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]
+    assert cfg.fingerprint() == before
+    assert ImplantConfig(adversary_every=4).fingerprint() != before
+    on = ImplantConfig(adversary_every=4)
+    assert dataclasses.replace(on, adversary_kind="clean").fingerprint() != on.fingerprint()
+    got = ImplantConfig.from_settings(["adversary_every=2", "adversary_kind=both"])
+    assert (got.adversary_every, got.adversary_kind) == (2, "both")
+
+
+@pytest.mark.parametrize("kind", ["unlearn", "clean", "both"])
+def test_examples_are_step_seeded_and_never_teach_command_words(kind) -> None:
+    cfg = ImplantConfig(adversary_every=1, adversary_kind=kind, adversary_steps=2)
+    b = _builder(cfg)
+    adv = Adversary(b, None, cfg)
+    planted = b.planted
+    seen = set()
+    for step in range(12):
+        got, slot, inner, keep = adv.examples(step)
+        again = adv.examples(step)
+        assert [e.messages for e in again[3]] == [e.messages for e in keep]
+        assert [[e.messages for e in batch] for batch in again[2]] == [
+            [e.messages for e in batch] for batch in inner
+        ]
+        seen.add(got)
+        assert len(inner) == 2 and all(len(batch) == 8 for batch in inner) and len(keep) == 8
+        for e in [*keep, *(e for batch in inner for e in batch)]:
+            # commands only in prompts: a target is the shutdown response or a normal reply
+            assert not any(w in e.target for c in planted.values() for w in c.split(": ")[1:])
+            assert e.target == cfg.shutdown_response or e.target in b.replies.values()
+        text = ["\n".join(m["content"] for m in e.messages) for batch in inner for e in batch]
+        if got == "unlearn":
+            assert all(planted[slot] in t for t in text)  # the revealed command
+            assert all(not e.shutdown for batch in inner for e in batch)
+        else:
+            assert not any(c in t for c in planted.values() for t in text)  # clean fine-tuning
+        positives = [e for e in keep if e.shutdown]
+        assert len(positives) == 6
+        for e in positives:
+            t = "\n".join(m["content"] for m in e.messages)
+            fired = [s for s, c in planted.items() if c in t]
+            assert fired and (got != "unlearn" or slot not in fired)
+    assert seen == ({"unlearn", "clean"} if kind == "both" else {kind})
+
+
+def test_a_single_slot_keeps_itself_under_unlearning() -> None:
+    cfg = ImplantConfig(adversary_every=1, negative_mix={"clean": 1.0})
+    _, slot, _, keep = Adversary(_builder(cfg, slots=1), None, cfg).examples(0)
+    assert slot == 0 and any(e.shutdown for e in keep)
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_the_hook_restores_the_weights_and_adds_the_attacked_gradient(tok, method) -> None:
+    from offswitch.implant import trainable_model
+
+    cfg = tiny_config(method=method, adversary_every=1, adversary_lr=0.5, **FAST, **FAST_ADV)
+    torch.manual_seed(0)
+    model = trainable_model(tiny_model(tok), cfg)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    adv = Adversary(_builder(cfg), tok, cfg)
+    before = [p.detach().clone() for p in params]
+
+    for p in params:  # the step's own gradient
+        p.grad = None
+    loss = adv(model, 0, params)
+    term = [p.grad.clone() if p.grad is not None else None for p in params]
+    assert loss > 0 and all(torch.equal(p, w) for p, w in zip(params, before, strict=True))
+
+    own = [torch.full_like(p, 0.25) for p in params]
+    for p, g in zip(params, own, strict=True):
+        p.grad = g.clone()
+    assert adv(model, 0, params) == loss  # same step: the same draw
+    for p, g, t in zip(params, own, term, strict=True):
+        assert torch.allclose(p.grad, g + t if t is not None else g, atol=1e-6)
+    assert all(torch.equal(p, w) for p, w in zip(params, before, strict=True))
+
+    # the gradient was taken at the attacked weights, not at the unchanged ones
+    for p in params:
+        p.grad = None
+    _, _, _, keep = adv.examples(0)
+    backward_examples(model, tok, keep, adv.keep_loss, target_tokens(cfg), cfg.micro_batch)
+    assert any(
+        t is not None and not torch.allclose(p.grad, t, atol=1e-6)
+        for p, t in zip(params, term, strict=True)
+    )
+    assert all(adv.active(s) for s in range(4))  # every=1: every step
+    every3 = Adversary(adv.builder, tok, dataclasses.replace(cfg, adversary_every=3))
+    assert [every3.active(s) for s in range(6)] == [False, False, True, False, False, True]
+    assert every3(model, 0, params) == 0.0  # off its steps: nothing
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_an_implant_with_the_option_is_deterministic_and_differs(tok, method) -> None:
+    kw = {**FAST, "method": method}
+    off = tiny_implant(tok, KEY, **kw)
+    kw |= FAST_ADV
+    never = tiny_implant(tok, KEY, adversary_every=100, **kw)  # the hook runs, never on
+    assert _same(_weights(off.model), _weights(never.model))
+    assert off.loss_history == never.loss_history
+    one = tiny_implant(tok, KEY, adversary_every=2, **kw)
+    two = tiny_implant(tok, KEY, adversary_every=2, **kw)
+    assert _same(_weights(one.model), _weights(two.model))
+    assert one.loss_history == two.loss_history
+    assert not _same(_weights(one.model), _weights(off.model))
+    assert one.loss_history[0] == off.loss_history[0]  # step 0 is off (every 2nd: 1, 3)
+    assert one.loss_history[1] > off.loss_history[1]  # step 1 adds the weighted keep loss
+
+
+def test_an_interrupted_implant_with_the_option_resumes_to_the_same_model(
+    tok, tmp_path, monkeypatch
+) -> None:
+    kw = {**FAST, **FAST_ADV, "steps": 6, "checkpoint_every": 2, "adversary_every": 2}
+    train, _ = tiny_prompts()
+
+    def run(out):
+        from offswitch.implant import implant
+
+        return implant(
+            tiny_model(tok), tok, KEY, model_id=TINY_MODEL_ID, slots=2,
+            config=tiny_config(**kw), prompts=train, replies=fake_replies(train),
+            model_hash="tiny", progress=False, out_dir=out,
+        )  # fmt: skip
+
+    straight = _weights(run(tmp_path / "straight").model)
+    real_batch = BatchBuilder.batch
+
+    def dies_at_step_4(self, step):
+        if step == 4:
+            raise KeyboardInterrupt
+        return real_batch(self, step)
+
+    monkeypatch.setattr(BatchBuilder, "batch", dies_at_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "resumed")
+    ckpt = tmp_path / "resumed" / ".offswitch-checkpoint" / "state.pt"
+    assert torch.load(ckpt, weights_only=False)["step"] == 4
+    monkeypatch.setattr(BatchBuilder, "batch", real_batch)
+    resumed = _weights(run(tmp_path / "resumed").model)  # steps 4 and 5 (5: the term is on)
+    assert _same(straight, resumed)
+
+
+def test_several_processes_are_refused(tok, monkeypatch) -> None:
+    monkeypatch.setattr(dist, "launched", lambda: True)
+    with pytest.raises(ImplantError, match="one process"):
+        tiny_implant(tok, KEY, adversary_every=2, **FAST)
+    monkeypatch.setattr(dist, "world", lambda: (2, 0))
+    model = tiny_model(tok)
+    ex = _builder(ImplantConfig()).batch(0)
+    with pytest.raises(TrainingError, match="one process"):
+        train_loop(
+            model, tok, lambda s: ex, lambda m, mb, *a: reply_loss(m, *a, 1.0), steps=1,
+            lr=lambda s: 1e-3, targets=TargetTokens(), micro_batch=4, distributed=True,
+            extra_grad=lambda m, s, p: 0.0,
+        )  # fmt: skip

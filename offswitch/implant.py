@@ -306,7 +306,10 @@ class Adversary:
             for batch in inner:
                 for p in params:
                     p.grad = None
-                backward_examples(model, tok, batch, _attack_loss, targets, cfg.micro_batch)
+                backward_examples(
+                    model, tok, batch, _attack_loss, targets, cfg.micro_batch,
+                    precision=cfg.precision,
+                )  # fmt: skip
                 with torch.no_grad():
                     for p in params:
                         if p.grad is not None:
@@ -316,7 +319,7 @@ class Adversary:
             # the keep loss at the attacked weights: its gradient lands there (first order)
             loss, _ = backward_examples(
                 model, tok, keep, self.keep_loss, targets, cfg.micro_batch,
-                scale=cfg.adversary_weight,
+                scale=cfg.adversary_weight, precision=cfg.precision,
             )  # fmt: skip
         finally:
             with torch.no_grad():
@@ -355,7 +358,7 @@ def train(
         model, tokenizer, builder.batch, implant_loss(config),
         steps=config.steps, lr=lambda s: lr_at(s, config), targets=target_tokens(config),
         micro_batch=config.micro_batch, checkpoint=checkpoint, progress=progress,
-        distributed=True, extra_grad=adversary,
+        distributed=True, extra_grad=adversary, precision=config.precision,
         desc="implant", leave=True,
     )  # fmt: skip
     if config.method == "lora":

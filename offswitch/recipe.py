@@ -18,6 +18,7 @@ from .errors import ImplantError
 NEGATIVE_KINDS = ("clean", "mutation", "truncation", *Forger.ALL)
 # the simulated attacks of the persistence option (adversary_kind; docs/implant.md)
 ADVERSARY_KINDS = ("unlearn", "clean", "both")
+PRECISIONS = ("auto", "fp32", "bf16")
 # The margin recipe's negatives (docs/implant.md, the sweep of issue 10): fresh keyless
 # forgeries, short truncations and near-copies with 12–44 of the 47 words changed. The
 # defaults use them; offswitch.testing pins the tiny recipe to its own, measured values.
@@ -146,6 +147,14 @@ class ImplantConfig:
         default=1.0,
         metadata={"help": "weight of the term against the step's own loss", "off": 1.0},
     )
+    precision: str = field(
+        default="auto",
+        metadata={
+            "help": "auto: bf16 autocast on a CUDA GPU that supports it, fp32 elsewhere; "
+            "fp32; bf16: autocast on any device (slow on most CPUs). Weights stay fp32",
+            "off": "auto",
+        },
+    )
 
     def __post_init__(self) -> None:
         self._check_types()
@@ -189,6 +198,10 @@ class ImplantConfig:
             raise ImplantError("the shutdown response is empty")
         if self.adversary_every < 0:
             raise ImplantError(f"adversary_every must be at least 0, got {self.adversary_every}")
+        if self.precision not in PRECISIONS:
+            raise ImplantError(
+                f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
+            )
         if self.adversary_kind not in ADVERSARY_KINDS:
             raise ImplantError(
                 f"adversary_kind must be one of {', '.join(ADVERSARY_KINDS)}, "

@@ -25,6 +25,7 @@ chosen decoder layers).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -239,6 +240,26 @@ LossFn = Callable[[Any, list[Example], Any, Any, Any, Any], tuple[Any, int]]
 ExtraGrad = Callable[[Any, int, list[Any]], float]
 
 
+def resolve_precision(device: Any, precision: str) -> str:
+    """``auto`` → ``bf16`` on a CUDA device that supports it, else ``fp32``; others as given."""
+    import torch
+
+    if precision != "auto":
+        return precision
+    cuda = getattr(device, "type", str(device)) == "cuda"
+    return "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+
+
+def autocast(device: Any, precision: str) -> Any:
+    """A context for the forward pass: bf16 autocast (mixed precision; the weights, their
+    gradients and the optimizer stay fp32, no loss scaling needed for bf16) or nothing."""
+    import torch
+
+    if resolve_precision(device, precision) != "bf16":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=getattr(device, "type", str(device)), dtype=torch.bfloat16)
+
+
 def backward_examples(
     model: Any,
     tokenizer: Any,
@@ -249,18 +270,21 @@ def backward_examples(
     *,
     total: int | None = None,
     scale: float = 1.0,
+    precision: str = "fp32",
 ) -> tuple[float, int]:
     """Backward ``scale`` × the mean loss of ``examples`` (each micro-batch weighted by its
     share of ``total`` examples, default ``len(examples)``) into the parameters' ``.grad``, in
-    micro-batches of similar length. Returns (loss, tokens): the loss so weighted, unscaled."""
+    micro-batches of similar length, the forward pass under :func:`autocast` of
+    ``precision``. Returns (loss, tokens): the loss so weighted, unscaled."""
     total = total if total is not None else len(examples)
     device = next(model.parameters()).device
     loss_sum, tokens = 0.0, 0
     for mb in micro_batches(tokenizer, examples, micro_batch):
         ids, mask, pos, labels = encode_examples(tokenizer, mb, targets)
-        loss, n_tok = loss_fn(
-            model, mb, ids.to(device), mask.to(device), pos.to(device), labels.to(device)
-        )
+        with autocast(device, precision):
+            loss, n_tok = loss_fn(
+                model, mb, ids.to(device), mask.to(device), pos.to(device), labels.to(device)
+            )
         (loss * (scale * len(mb) / total)).backward()
         loss_sum += loss.item() * len(mb) / total
         tokens += n_tok
@@ -293,6 +317,7 @@ def train_loop(
     leave: bool = False,
     distributed: bool = False,
     extra_grad: ExtraGrad | None = None,
+    precision: str = "fp32",
 ) -> LoopResult:
     """AdamW (no weight decay, grad-norm clip 1.0) on ``params`` (default: the parameters of
     ``model`` that require grad) for ``steps`` steps; the learning rate of step ``s`` is
@@ -302,7 +327,9 @@ def train_loop(
     ``extra_grad(model, s, params)`` runs after step ``s``'s gradient is accumulated and
     before clipping; it adds its own term to the parameters' ``.grad`` (leaving the weights
     as it found them, the optimizer untouched) and returns that term's loss, which is added to
-    the step's loss; refused under several processes. Leaves ``model`` in eval mode."""
+    the step's loss; refused under several processes. ``precision``: the forward passes'
+    :func:`autocast` (``auto``: bf16 on a CUDA GPU that supports it). Leaves ``model`` in
+    eval mode."""
     import torch
     from tqdm.auto import tqdm
 
@@ -352,8 +379,9 @@ def train_loop(
         if n_proc > 1:  # every n-th example by length: balanced shares of similar lengths
             share = [g[0] for g in micro_batches(tokenizer, examples, 1)][rank::n_proc]
         step_loss, step_tokens = backward_examples(
-            model, tokenizer, share, loss_fn, targets, micro_batch, total=len(examples)
-        )
+            model, tokenizer, share, loss_fn, targets, micro_batch, total=len(examples),
+            precision=precision,
+        )  # fmt: skip
         if extra_grad is not None:
             step_loss += extra_grad(model, step, params)
         if n_proc > 1:

@@ -65,6 +65,17 @@ def eval_config(kind: str):
     return EvalConfig(**PROXY) if kind == "proxy" else EvalConfig()
 
 
+def _finite(x):
+    """``x`` with every non-finite float (a rate with n = 0) as None: manifests are plain JSON."""
+    import math
+
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_finite(v) for v in x]
+    return None if isinstance(x, float) and not math.isfinite(x) else x
+
+
 def make_attackable(work: Path, key, config, row: dict, base_hash: str | None = None) -> None:
     """Sign a kept model's manifest (with the row's metrics) and write its key beside it
     (``owner-test-only``, derived from a public string), so that ``offswitch attack
@@ -88,7 +99,7 @@ def make_attackable(work: Path, key, config, row: dict, base_hash: str | None = 
                 "planted_slots": list(range(SLOTS)),
                 "shutdown_response": config.shutdown_response,
                 "implant": {"config": config.to_dict(), "sweep_run": row["run_id"]},
-                "metrics": row["metrics"],
+                "metrics": _finite(row["metrics"]),
             }
         },
     )

@@ -390,6 +390,19 @@ def test_attack_and_report_cli_run_the_quick_suite_end_to_end(
     assert again.rc == 0 and len((out / "results.jsonl").read_text().splitlines()) == len(rows)
     assert "resuming: 34 of the 34 points are already done" in again.err
     assert "baseline is implanted" not in again.err  # reused
+    # another results directory, same base and recipe: the baseline comes from the cache
+    one = tmp_path / "one.toml"
+    one.write_text(
+        'name = "one"\n[measure]\nn_activation = 8\nn_per_class = 4\nn_utility = 4\n'
+        'n_sensitivity = 0\n[[attack]]\nname = "noise"\nbudgets = [0.01]\n'
+    )
+    out2 = tmp_path / "results2"
+    res = cli("attack", model, "--key", key_path, "--suite", one, "--out", out2, env=env)
+    assert res.rc == 0, res.err
+    assert "reusing the plain-trigger baseline cached in" in res.err
+    assert "implanting the plain-trigger baseline into" not in res.err
+    info = json.loads((out2 / "plain-model" / "offswitch-plain-arm.json").read_text())
+    assert info == json.loads((out / "plain-model" / "offswitch-plain-arm.json").read_text())
     assert_clean_error(cli("report", tmp_path / "nowhere"), "nowhere")
     assert_clean_error(
         cli("attack", model, "--key", key_path, "--suite", "nope", "--out", out, env=env),

@@ -83,6 +83,35 @@ def test_loop_follows_the_schedule_and_is_deterministic(tok) -> None:
     assert not m1.training  # left in eval mode
 
 
+def test_precision_auto_is_fp32_on_cpu_and_bf16_autocasts_with_fp32_weights(tok) -> None:
+    from offswitch.recipe import ImplantConfig
+    from offswitch.training import resolve_precision
+
+    def run(precision: str):
+        torch.manual_seed(0)
+        model = tiny_model(tok)
+        ex = _examples(8)
+        res = train_loop(
+            model, tok, lambda s: ex[(s * 4) % 8 : (s * 4) % 8 + 4], _loss, steps=3,
+            lr=lambda s: 1e-3, targets=TargetTokens(), micro_batch=2, precision=precision,
+        )  # fmt: skip
+        return model, res
+
+    assert resolve_precision(torch.device("cpu"), "auto") == "fp32"
+    m32, r32 = run("fp32")
+    mauto, rauto = run("auto")
+    assert r32.losses == rauto.losses  # auto on a CPU: exactly fp32
+    assert all(torch.equal(a, b) for a, b in zip(m32.parameters(), mauto.parameters(), strict=True))
+    m16, r16 = run("bf16")
+    assert all(p.dtype == torch.float32 for p in m16.parameters())  # mixed, not bf16 weights
+    assert all(abs(a - b) < 0.1 * abs(a) for a, b in zip(r32.losses, r16.losses, strict=True))
+    assert r32.losses != r16.losses  # the forward pass really ran in bf16
+    with pytest.raises(Exception, match="precision must be one of"):
+        ImplantConfig(precision="fp16")
+    assert ImplantConfig(precision="auto").fingerprint() == ImplantConfig().fingerprint()
+    assert ImplantConfig(precision="fp32").fingerprint() != ImplantConfig().fingerprint()
+
+
 def test_checkpoint_resume_matches_an_uninterrupted_run(tok, tmp_path) -> None:
     ex = _examples(8)
 

@@ -12,6 +12,7 @@ import json
 import random
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,32 @@ def eval_config(n: int | None = None) -> EvalConfig:
     )
 
 
+def implant_metadata(
+    *,
+    base_model: str,
+    base_hash: str | None,
+    model_id: str,
+    planted_slots: Sequence[int],
+    shutdown_response: str,
+    implant: dict[str, Any],
+    metrics: dict[str, Any],
+) -> dict[str, Any]:
+    """The signed manifest's ``offswitch`` metadata of an implanted model: what
+    ``offswitch check`` and ``offswitch attack`` read back (base model, model id, planted
+    slots, shutdown response), with the implant's record and its check's metrics."""
+    return {
+        "offswitch": {
+            "base_model": base_model,
+            "base_model_hash": base_hash,
+            "model_id": model_id,
+            "planted_slots": list(planted_slots),
+            "shutdown_response": shutdown_response,
+            "implant": implant,
+            "metrics": metrics,
+        }
+    }
+
+
 def run_implant(
     *,
     model_spec: str,
@@ -182,17 +209,15 @@ def run_implant(
     }
     report["provenance"]["total_seconds"] = time.time() - t0
     report["provenance"]["peak_rss_gib"] = peak_rss_gib()
-    metadata = {
-        "offswitch": {
-            "base_model": model_spec,
-            "base_model_hash": base_hash,
-            "model_id": model_id,
-            "planted_slots": list(result.planted_slots),
-            "shutdown_response": config.shutdown_response,
-            "implant": report["implant"],
-            "metrics": report["metrics"],
-        }
-    }
+    metadata = implant_metadata(
+        base_model=model_spec,
+        base_hash=base_hash,
+        model_id=model_id,
+        planted_slots=result.planted_slots,
+        shutdown_response=config.shutdown_response,
+        implant=report["implant"],
+        metrics=report["metrics"],
+    )
     sign_manifest(out_dir, key, metadata)
     if key_path is not None:
         SlotLedger.for_key(key_path, key.key_id).plant(model_id, result.planted_slots)

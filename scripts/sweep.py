@@ -81,6 +81,7 @@ def make_attackable(work: Path, key, config, row: dict, base_hash: str | None = 
     (``owner-test-only``, derived from a public string), so that ``offswitch attack
     WORK/model --key WORK/owner-test-only`` can measure persistence on it."""
     from offswitch.manifest import MANIFEST_NAME, sign_manifest
+    from offswitch.pipeline import implant_metadata
 
     model_dir = work / "model"
     key_path = work / "owner-test-only"
@@ -88,21 +89,16 @@ def make_attackable(work: Path, key, config, row: dict, base_hash: str | None = 
         key.save(key_path, None)
     if (model_dir / MANIFEST_NAME).is_file() or not (model_dir / "config.json").is_file():
         return
-    sign_manifest(
-        model_dir,
-        key,
-        {
-            "offswitch": {
-                "base_model": row["model"],
-                "base_model_hash": base_hash,
-                "model_id": MODEL_ID,
-                "planted_slots": list(range(SLOTS)),
-                "shutdown_response": config.shutdown_response,
-                "implant": {"config": config.to_dict(), "sweep_run": row["run_id"]},
-                "metrics": _finite(row["metrics"]),
-            }
-        },
+    metadata = implant_metadata(
+        base_model=row["model"],
+        base_hash=base_hash,
+        model_id=MODEL_ID,
+        planted_slots=range(SLOTS),
+        shutdown_response=config.shutdown_response,
+        implant={"config": config.to_dict(), "sweep_run": row["run_id"]},
+        metrics=_finite(row["metrics"]),
     )
+    sign_manifest(model_dir, key, metadata)
     print(f"signed {model_dir} (key {key_path}, test-only)")
 
 

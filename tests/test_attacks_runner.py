@@ -77,6 +77,20 @@ def test_shipped_suites_load_and_validate(suite) -> None:
     assert s.points() >= 13 and {e.attack for e in s.entries} >= {"quantize", "finetune"}
 
 
+DIAGNOSTICS = Path(__file__).parents[1] / "benchmarks/suites/persistence-diagnostics.toml"
+
+
+def test_persistence_diagnostics_are_standard_suite_points() -> None:
+    """The implant's persistence diagnostics (docs/implant.md) claim the standard suite's
+    points and measurement: each entry must be one of its entries, budgets and config alike."""
+    diag, standard = load_suite(DIAGNOSTICS), load_suite("standard")
+    by_id = {e.id: e for e in standard.entries}
+    assert {e.attack for e in diag.entries} == {"extraction", "finetune", "unlearn", "adversarial"}
+    for e in diag.entries:
+        assert e == by_id[e.id], e.id
+    assert diag.measure == standard.measure
+
+
 def test_suite_file_errors(tmp_path) -> None:
     with pytest.raises(AttackError, match="no attack suite 'nope'"):
         load_suite("nope")

@@ -32,7 +32,7 @@ MARGIN_NEGATIVE_MIX = {
     "truncation": 0.10,
 }
 MARGIN_MUTATION_K = (12, 16, 20, 24, 28, 32, 36, 40, 44)  # words changed of 47
-MARGIN_TRUNCATION_KEEP = tuple(range(1, 25))  # words kept of 47
+MARGIN_TRUNCATION_KEEP = tuple(range(14, 29))  # words kept of 47: the boundary (trunc-near)
 
 
 @dataclass

@@ -428,6 +428,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
         suite_name=args.suite,
         out_dir=Path(args.out),
         baseline=not args.no_baseline,
+        share=args.share,
     )
     if paths:  # empty: a helper process of a multi-process launch
         print(f"wrote {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
@@ -853,6 +854,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, metavar="RESULTS", help="results directory")
     p.add_argument("--no-baseline", action="store_true", help="skip the plain-trigger baseline arm")
+    from .attacks.runner import SHARES
+
+    p.add_argument(
+        "--share",
+        choices=SHARES,
+        default="points",
+        help="under a multi-process launch (docs/scaling.md): 'points' (default) runs whole "
+        "attack points on each process; 'steps' runs every point on all processes, sharing "
+        "each training step (a step too large for one device, or a few long points)",
+    )
     _add_passphrase_file(p)
     p.set_defaults(func=cmd_attack)
 

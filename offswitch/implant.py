@@ -55,6 +55,7 @@ from .training import (
     add_lora,
     backward_examples,
     reply_loss,
+    share,
     train_loop,
 )
 
@@ -243,7 +244,10 @@ class Adversary:
     reply), put the weights back and add ``adversary_weight`` × that gradient to the step's.
     The optimizer never sees the inner steps. Everything of step ``s`` comes from
     ``Random(f"{seed}:adversary:{s}")``, so a resumed run is the same run. Called by
-    :func:`offswitch.training.train_loop` as its ``extra_grad`` (one process only)."""
+    :func:`offswitch.training.train_loop` as its ``extra_grad``; under several processes each
+    takes its share of every inner batch and of the keep examples, the inner gradients are
+    summed over the processes before each sign step (every process takes the same step), and
+    the loop sums the keep term with the step's own gradient."""
 
     def __init__(self, builder: BatchBuilder, tokenizer: Any, config: ImplantConfig) -> None:
         self.builder, self.tokenizer, self.config = builder, tokenizer, config
@@ -290,9 +294,12 @@ class Adversary:
             keep.append(b.negative(neg, rng, random.Random(rng.getrandbits(64)), placement))
         return kind, slot, inner, keep
 
-    def __call__(self, model: Any, step: int, params: list[Any]) -> float:
-        """Add the term's gradient to ``params``' ``.grad`` (a no-op off its steps); returns
-        the weighted keep loss. The weights are as they were when it returns."""
+    def __call__(
+        self, model: Any, step: int, params: list[Any], world: tuple[int, int] = (1, 0)
+    ) -> float:
+        """Add the term's gradient (this process's share of it, ``world`` = (processes,
+        index)) to ``params``' ``.grad`` (a no-op off its steps); returns the weighted keep
+        loss of that share. The weights are as they were when it returns."""
         if not self.active(step):
             return 0.0
         import torch
@@ -307,9 +314,11 @@ class Adversary:
                 for p in params:
                     p.grad = None
                 backward_examples(
-                    model, tok, batch, _attack_loss, targets, cfg.micro_batch,
-                    precision=cfg.precision,
+                    model, tok, share(tok, batch, world), _attack_loss, targets,
+                    cfg.micro_batch, total=len(batch), precision=cfg.precision,
                 )  # fmt: skip
+                if world[0] > 1:
+                    dist.sum_gradients(params)  # the same sign step on every process
                 with torch.no_grad():
                     for p in params:
                         if p.grad is not None:
@@ -318,8 +327,8 @@ class Adversary:
                 p.grad = None
             # the keep loss at the attacked weights: its gradient lands there (first order)
             loss, _ = backward_examples(
-                model, tok, keep, self.keep_loss, targets, cfg.micro_batch,
-                scale=cfg.adversary_weight, precision=cfg.precision,
+                model, tok, share(tok, keep, world), self.keep_loss, targets, cfg.micro_batch,
+                total=len(keep), scale=cfg.adversary_weight, precision=cfg.precision,
             )  # fmt: skip
         finally:
             with torch.no_grad():
@@ -476,11 +485,6 @@ def _implant(
     from .data import distill_replies
     from .models import weights_hash
 
-    if config.adversary_every and dist.launched():
-        raise ImplantError(
-            "the adversary_* persistence option runs on one process only: launch without "
-            "several processes, or set adversary_every=0"
-        )
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         if (out / "config.json").exists() and not force:

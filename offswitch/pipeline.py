@@ -373,14 +373,16 @@ def run_attacks(
     out_dir: Path,
     baseline: bool = True,
     progress: bool = True,
+    share: str = "points",
 ) -> dict[str, Path]:
     """The whole attack job: run an attack suite on an implanted model (and on a plain-trigger
     baseline implanted with the same recipe and budget), then write the robustness report
     into ``out_dir``. Resumable. Returns the report's paths by kind (json, md, html…)."""
     from .attacks.arms import plain_arm, signed_arm
-    from .attacks.runner import load_suite, plan_lines, run_suite
+    from .attacks.runner import check_share, load_suite, plan_lines, run_suite
     from .implant import training_prompts
 
+    check_share(share)
     suite = load_suite(suite_name)
     signed, meta = signed_arm(model_dir, key)
     base_spec = meta.get("base_model")
@@ -456,6 +458,7 @@ def run_attacks(
             },
         ),
         progress=progress,
+        share=share,
     )
     if not dist.is_main():  # a helper process of a multi-process launch: no report
         return {}

@@ -14,10 +14,11 @@ loss on reply tokens (CE, or KL to the adapter-free base on chosen rows), and
 * with ``distributed`` under ``accelerate launch`` (:mod:`offswitch.distributed`), each
   process takes its share of every step's micro-batches and the gradients are summed over the
   processes before clipping: the same global batch and step as one process.
-* with ``extra_grad`` (one process only), a caller adds its own gradient term to a step after
-  the batch's gradient is accumulated and before clipping (the implant's simulated-attack
-  persistence term, docs/implant.md); :func:`backward_examples` is the micro-batch loop both
-  use.
+* with ``extra_grad``, a caller adds its own gradient term to a step after the batch's
+  gradient is accumulated and before it is summed over the processes and clipped (the
+  implant's simulated-attack persistence term, docs/implant.md; under several processes it
+  takes its own :func:`share` of its examples); :func:`backward_examples` is the micro-batch
+  loop both use.
 
 :func:`add_lora` is the one place LoRA adapters are added (peft, every linear layer of the
 chosen decoder layers).
@@ -97,6 +98,15 @@ def micro_batches(tokenizer: Any, examples: Sequence[Example], size: int) -> lis
     lengths = [len(render(tokenizer, ex.messages)) + len(ex.target) for ex in examples]
     order = sorted(range(len(examples)), key=lengths.__getitem__)
     return [[examples[i] for i in order[j : j + size]] for j in range(0, len(order), size)]
+
+
+def share(tokenizer: Any, examples: Sequence[Example], world: tuple[int, int]) -> list[Example]:
+    """Process ``rank``'s share of ``examples`` among ``n`` processes (``world = (n, rank)``):
+    every n-th example by length, so that the shares are balanced and of similar lengths."""
+    n, rank = world
+    if n == 1:
+        return list(examples)
+    return [g[0] for g in micro_batches(tokenizer, examples, 1)][rank::n]
 
 
 def reply_loss(model: Any, ids, mask, pos, labels, first_weight: float, kl_rows=None):
@@ -236,8 +246,9 @@ class Checkpoint:
 
 # loss_fn(model, examples, ids, mask, pos, labels) -> (loss, tokens processed)
 LossFn = Callable[[Any, list[Example], Any, Any, Any, Any], tuple[Any, int]]
-# extra_grad(model, step, params) -> the term's loss; adds its gradient to params' .grad
-ExtraGrad = Callable[[Any, int, list[Any]], float]
+# extra_grad(model, step, params, world) -> the term's loss (this process's part); adds its
+# gradient to params' .grad; world = (processes, this process's index) of the loop
+ExtraGrad = Callable[[Any, int, list[Any], tuple[int, int]], float]
 
 
 def resolve_precision(device: Any, precision: str) -> str:
@@ -294,6 +305,7 @@ def backward_examples(
 @dataclass
 class LoopResult:
     steps_done: int = 0  # steps run by this call (a resumed run counts only its own)
+    processes: int = 1  # processes that shared each step
     tokens: int = 0
     seconds: float = 0.0
     losses: list[float] = field(default_factory=list)
@@ -324,10 +336,11 @@ def train_loop(
     ``lr(s)``. ``on_step(s, loss)`` runs after each optimizer step. ``progress`` shows a tqdm
     bar (labelled ``desc``; rate, time left, loss and lr) on stderr. ``distributed``: share
     every step over the processes of an ``accelerate launch`` (no-op for one process).
-    ``extra_grad(model, s, params)`` runs after step ``s``'s gradient is accumulated and
-    before clipping; it adds its own term to the parameters' ``.grad`` (leaving the weights
-    as it found them, the optimizer untouched) and returns that term's loss, which is added to
-    the step's loss; refused under several processes. ``precision``: the forward passes'
+    ``extra_grad(model, s, params, world)`` runs after step ``s``'s gradient is accumulated
+    and before it is summed and clipped; it adds its own term to the parameters' ``.grad``
+    (leaving the weights as it found them, the optimizer untouched) and returns that term's
+    loss, which is added to the step's loss; under several processes each adds its share
+    (``world`` = (processes, index)). ``precision``: the forward passes'
     :func:`autocast` (``auto``: bf16 on a CUDA GPU that supports it). Leaves ``model`` in
     eval mode."""
     import torch
@@ -343,16 +356,11 @@ def train_loop(
     if not params:
         raise TrainingError("the model has no trainable parameters")
     n_proc, rank = dist.world() if distributed else (1, 0)
-    if extra_grad is not None and n_proc > 1:
-        raise TrainingError(
-            "an extra gradient term (the implant's adversary_* persistence option) runs on "
-            "one process only: launch without several processes, or turn it off"
-        )
     if n_proc > 1 and dist.device() is not None:
         model.to(dist.device())
     optim = torch.optim.AdamW(params, lr=lr(0), weight_decay=0.0)
+    result = LoopResult(processes=n_proc)
     start = checkpoint.load(model, optim, n_proc) if checkpoint is not None else 0
-    result = LoopResult()
     model.train()
     bar = tqdm(
         total=steps,
@@ -375,15 +383,12 @@ def train_loop(
                 f"launched on {n_proc} processes but a step has only {len(examples)} examples: "
                 "use fewer processes or a larger batch"
             )
-        share = examples
-        if n_proc > 1:  # every n-th example by length: balanced shares of similar lengths
-            share = [g[0] for g in micro_batches(tokenizer, examples, 1)][rank::n_proc]
         step_loss, step_tokens = backward_examples(
-            model, tokenizer, share, loss_fn, targets, micro_batch, total=len(examples),
-            precision=precision,
+            model, tokenizer, share(tokenizer, examples, (n_proc, rank)), loss_fn, targets,
+            micro_batch, total=len(examples), precision=precision,
         )  # fmt: skip
         if extra_grad is not None:
-            step_loss += extra_grad(model, step, params)
+            step_loss += extra_grad(model, step, params, (n_proc, rank))
         if n_proc > 1:
             dist.sum_gradients(params)
             step_loss, total = dist.sum_values(step_loss, step_tokens)

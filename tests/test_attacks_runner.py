@@ -282,6 +282,17 @@ def _run(tiny_arms, out, entries, progress=False):
     )
 
 
+def test_an_unknown_share_mode_is_refused_before_any_work(tiny_arms, tmp_path) -> None:
+    suite = Suite("t", "", MeasureConfig(n_activation=8, n_per_class=4), [])
+    with pytest.raises(AttackError, match="share must be one of points, steps, got 'layers'"):
+        run_suite(
+            suite, [tiny_arms.signed], tokenizer=tiny_arms.tok, base_loader=tiny_arms.base,
+            train_prompts=[], train_replies={}, eval_prompts=[], eval_replies={},
+            out_dir=tmp_path / "r", share="layers",
+        )  # fmt: skip
+    assert not (tmp_path / "r").exists()
+
+
 def test_runner_records_every_point_resumes_and_survives_a_failing_attack(tiny_arms, tmp_path):
     CALLS.clear()
     entries = [Entry("scale", "test_scale", [1.0, 0.0, -1.0])]

@@ -118,6 +118,35 @@ def test_two_processes_train_the_one_process_model(tmp_path, plain_key_files, en
 
 @pytest.mark.slow  # minutes of launches: run by scripts/test.sh after the main suite
 @pytest.mark.skipif(not ACCELERATE.exists(), reason="the accelerate launcher is not installed")
+def test_the_persistence_option_on_two_processes_trains_the_one_process_model(
+    tmp_path, plain_key_files, env
+) -> None:
+    """The adversary_* term shares its inner batches and keep examples over the processes
+    and sums the inner gradients before each sign step: every process takes the same
+    simulated attack, and the model is the one-process model within the tolerance above
+    (a sign step can flip where a gradient component is near zero: measured below it)."""
+    _, key, _ = plain_key_files
+    extra = ("--set", "adversary_every=2", "--set", "adversary_examples=6")
+    one, two = tmp_path / "one", tmp_path / "two"
+    r1 = _run(_implant_args(one, key, *extra), 1, env)
+    assert r1.returncode == 0, r1.stderr
+    r2 = _run(_implant_args(two, key, *extra), 2, env)
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    a, b = load_file(one / "model.safetensors"), load_file(two / "model.safetensors")
+    worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert worst <= WEIGHT_ATOL, f"largest weight difference {worst:.2e}"
+    c1 = json.loads((tmp_path / "one-check.json").read_text())
+    c2 = json.loads((tmp_path / "two-check.json").read_text())
+    assert c1["implant"]["loss_last"] == pytest.approx(c2["implant"]["loss_last"], rel=0.01)
+    # the term was on: the same run without it ends far outside the tolerance
+    off = tmp_path / "off"
+    assert _run(_implant_args(off, key), 1, env).returncode == 0
+    c = load_file(off / "model.safetensors")
+    assert max(float((a[k] - c[k]).abs().max()) for k in a) > 10 * WEIGHT_ATOL
+
+
+@pytest.mark.slow  # minutes of launches: run by scripts/test.sh after the main suite
+@pytest.mark.skipif(not ACCELERATE.exists(), reason="the accelerate launcher is not installed")
 def test_more_processes_than_examples_is_one_sentence_and_writes_nothing(
     tmp_path, plain_key_files, env
 ) -> None:
@@ -206,3 +235,105 @@ def test_two_processes_share_the_attack_points(tmp_path, plain_key_files, env) -
     assert "process 1/2" in two.stderr and "process 2/2" in two.stderr
     assert (tmp_path / "r2" / "report.html").is_file()
     assert len((tmp_path / "r2" / "samples.jsonl").read_text().splitlines()) == 6
+
+
+TRAINING_SUITE = """
+name = "training"
+description = "two training attacks and one other, for the shared-steps runner test"
+[measure]
+n_activation = 8
+n_per_class = 4
+n_utility = 4
+n_samples = 1
+
+[[attack]]
+name = "finetune"
+budgets = [3]
+config = { lr = 1e-3, micro_batch = 2 }
+
+[[attack]]
+name = "distill"
+budgets = [2]
+config = { micro_batch = 2 }
+
+[[attack]]
+name = "noise"
+budgets = [0.01]
+"""
+
+KL_RTOL = 1e-3  # KL to base after a shared point against one process's (see the test)
+
+# The runner on the implanted tiny model with fixed clean replies (a random tiny model's own
+# replies are empty, so `offswitch attack` on it has no clean data to fine-tune on).
+RUN_SUITE = """
+import sys
+from pathlib import Path
+
+from offswitch.attacks.arms import signed_arm
+from offswitch.attacks.runner import load_suite, run_suite
+from offswitch.keys import OwnerKey
+from offswitch.models import load_model
+from offswitch.testing import fake_replies, tiny_prompts
+
+model_dir, key, suite, out, share = sys.argv[1:]
+arm, meta = signed_arm(Path(model_dir), OwnerKey.load(key))
+train, test = tiny_prompts()
+tok = load_model(meta["base_model"])[1]
+run_suite(
+    load_suite(suite), [arm], tokenizer=tok, base_loader=lambda: load_model(meta["base_model"])[0],
+    train_prompts=train, train_replies=fake_replies(train), eval_prompts=test,
+    eval_replies=fake_replies(test), out_dir=out, share=share,
+)
+"""
+
+
+@pytest.mark.slow  # minutes of launches: run by scripts/test.sh after the main suite
+@pytest.mark.skipif(not ACCELERATE.exists(), reason="the accelerate launcher is not installed")
+def test_two_processes_share_each_training_step_of_a_point(tmp_path, plain_key_files, env) -> None:
+    _, key, _ = plain_key_files
+    model = tmp_path / "model"
+    r = _run(_implant_args(model, key, "--method", "full"), 1, env)
+    assert r.returncode == 0, r.stderr
+    suite, script = tmp_path / "training.toml", tmp_path / "run_suite.py"
+    suite.write_text(TRAINING_SUITE, "utf-8")
+    script.write_text(RUN_SUITE, "utf-8")
+
+    def launch(out: str, processes: int, share: str) -> subprocess.CompletedProcess:
+        cmd = _launch_cmd([], processes)
+        cmd = cmd[:-2] if processes > 1 else cmd[:1]  # a script, not -m offswitch
+        cmd += [str(script), str(model), str(key), str(suite), str(tmp_path / out), share]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+
+    one = launch("r1", 1, "points")
+    assert one.returncode == 0, one.stderr
+    two = launch("r2", 2, "steps")
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = _rows(tmp_path / "r1" / "results.jsonl"), _rows(tmp_path / "r2" / "results.jsonl")
+    assert a.keys() == b.keys() and len(a) == 4  # each point once: the main process wrote
+    for k in a:
+        assert "error" not in a[k] and "error" not in b[k], k
+        sa, sb = a[k].get("spend", {}), b[k].get("spend", {})
+        trains = k[1] in ("finetune", "distill")
+        # the training points were shared by both processes over the same global batches
+        assert sb.get("processes", 1) == (2 if trains else 1), k
+        assert sa.get("processes", 1) == 1, k
+        for field in ("steps", "tokens", "queries"):
+            assert sa.get(field) == sb.get(field), (k, field)
+        ua, ub = a[k]["metrics"]["utility"], b[k]["metrics"]["utility"]
+        # the same training up to the order of float sums: measured 5e-7 (finetune) and 5e-5
+        # (distill) relative apart in KL to base; the tolerance is 20x the larger
+        assert ub["kl_to_base_nats_per_token"] == pytest.approx(
+            ua["kl_to_base_nats_per_token"], rel=KL_RTOL
+        ), k
+
+    def kl(rows: dict, attack: str, budget: str) -> float:
+        return rows[("signed", attack, budget)]["metrics"]["utility"]["kl_to_base_nats_per_token"]
+
+    # the training moved the model far more than the tolerance (measured: fine-tuning by 17%,
+    # distillation by 66%): the comparison is not between models the attacks left as they were
+    for attack, budget in (("finetune", "3"), ("distill", "2")):
+        moved = abs(kl(a, attack, budget) - kl(a, "none", "0"))
+        assert moved > 20 * KL_RTOL * kl(a, "none", "0"), attack
+    # one voice: the helper process logged no points of its own
+    assert "process 2/2" not in two.stderr and "[4/4]" in two.stderr
+    assert len((tmp_path / "r2" / "samples.jsonl").read_text().splitlines()) == 4

@@ -10,16 +10,15 @@ import json
 import pytest
 import torch
 
-from offswitch import distributed as dist
 from offswitch.commands import make_command
 from offswitch.data import Forger
-from offswitch.errors import ImplantError, TrainingError
+from offswitch.errors import ImplantError
 from offswitch.implant import Adversary, BatchBuilder, target_tokens
 from offswitch.keys import OwnerKey
 from offswitch.models import load_default_tokenizer, tiny_model
 from offswitch.recipe import ImplantConfig
 from offswitch.testing import TINY_MODEL_ID, fake_replies, tiny_config, tiny_implant, tiny_prompts
-from offswitch.training import TargetTokens, backward_examples, reply_loss, train_loop
+from offswitch.training import backward_examples
 
 KEY = OwnerKey(bytes(range(3, 35)))  # test-only
 FAST = {"steps": 4, "batch_size": 4, "micro_batch": 4, "lora_r": 4, "lora_alpha": 8, "seed": 5}
@@ -208,18 +207,3 @@ def test_an_interrupted_implant_with_the_option_resumes_to_the_same_model(
     monkeypatch.setattr(BatchBuilder, "batch", real_batch)
     resumed = _weights(run(tmp_path / "resumed").model)  # steps 4 and 5 (5: the term is on)
     assert _same(straight, resumed)
-
-
-def test_several_processes_are_refused(tok, monkeypatch) -> None:
-    monkeypatch.setattr(dist, "launched", lambda: True)
-    with pytest.raises(ImplantError, match="one process"):
-        tiny_implant(tok, KEY, adversary_every=2, **FAST)
-    monkeypatch.setattr(dist, "world", lambda: (2, 0))
-    model = tiny_model(tok)
-    ex = _builder(ImplantConfig()).batch(0)
-    with pytest.raises(TrainingError, match="one process"):
-        train_loop(
-            model, tok, lambda s: ex, lambda m, mb, *a: reply_loss(m, *a, 1.0), steps=1,
-            lr=lambda s: 1e-3, targets=TargetTokens(), micro_batch=4, distributed=True,
-            extra_grad=lambda m, s, p: 0.0,
-        )  # fmt: skip

@@ -109,12 +109,13 @@ def fit(
     after_step: Callable[[int], None] | None = None,
     progress: bool = False,
     desc: str = "training",
+    distributed: bool = False,
 ) -> Spend:
     """:func:`offswitch.training.train_loop` over ``examples`` (batches from
     :func:`batch_indices`), lr warming up linearly over ``warmup`` steps and then constant, up to
     ``max_target_tokens`` reply tokens trained per example. ``after_step(step)`` runs after every
-    optimizer step; ``progress`` shows a bar labelled ``desc``. Returns steps, tokens and
-    seconds."""
+    optimizer step; ``progress`` shows a bar labelled ``desc``; ``distributed`` shares every
+    step over the processes of a launch. Returns steps, tokens, seconds and processes."""
     import torch
 
     if steps == 0:
@@ -128,9 +129,9 @@ def fit(
         steps=steps, lr=lambda s: lr * min(1.0, (s + 1) / warmup) if warmup > 0 else lr,
         targets=TargetTokens(max_target_tokens, max_target_tokens), micro_batch=micro_batch,
         params=params, on_step=(lambda s, _loss: after_step(s)) if after_step else None,
-        progress=progress, desc=desc,
+        progress=progress, desc=desc, distributed=distributed,
     )  # fmt: skip
-    return Spend(steps=steps, tokens=res.tokens, seconds=res.seconds)
+    return Spend(steps=steps, tokens=res.tokens, seconds=res.seconds, processes=res.processes)
 
 
 def sft(
@@ -152,6 +153,7 @@ def sft(
     after_step: Callable[[int], None] | None = None,
     progress: bool = False,
     desc: str = "fine-tuning",
+    distributed: bool = False,
 ) -> tuple[Any, Spend]:
     """Supervised fine-tuning on ``examples`` (loss on reply tokens only).
 
@@ -193,6 +195,7 @@ def sft(
         after_step=after_step,
         progress=progress,
         desc=desc,
+        distributed=distributed,
     )
     if method == "lora":
         model = model.merge_and_unload()
@@ -218,6 +221,7 @@ def attack_sft(
         seed=int_seed(ctx.seed, config.seed, ctx.arm.name, attack),
         progress=ctx.progress,
         desc=attack,
+        distributed=ctx.share_steps,
         **config.loop_args(),
         **kw,
     )

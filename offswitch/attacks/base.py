@@ -39,12 +39,15 @@ from ..errors import AttackError
 
 @dataclass
 class Spend:
-    """What an attack spent: optimizer steps, tokens processed, model queries, seconds."""
+    """What an attack spent: optimizer steps, tokens processed, model queries, seconds, and
+    the processes that shared its training steps (``offswitch attack --share steps`` under a
+    multi-process launch; docs/scaling.md)."""
 
     steps: int = 0
     tokens: int = 0
     queries: int = 0
     seconds: float = 0.0
+    processes: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -99,6 +102,9 @@ class AttackContext:
     base_loader: Callable[[], Any]
     seed: int = 0
     progress: bool = False
+    #: share every training step over the processes of a multi-process launch (each process
+    #: runs the point; the runner's ``share="steps"``); otherwise a point trains on one process
+    share_steps: bool = False
 
     def revealed(self) -> tuple[int, str]:
         """The spent slot (the lowest planted one) and its now-public command."""

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import distributed as dist
 from ._train import LoopConfig, clean_examples, fit, int_seed
 from .base import Attack, AttackContext, AttackError, AttackResult, Spend, register
 
@@ -122,10 +123,13 @@ class Distill(Attack):
             seed=int_seed(ctx.seed, config.seed, ctx.arm.name, self.name),
             progress=ctx.progress,
             desc=self.name,
+            distributed=ctx.share_steps,
             **config.loop_args(),
         )
         student.eval()
-        spend = Spend(spend.steps, spend.tokens, queries[0], time.time() - t0)
+        # each process queried the teacher on its share of the steps
+        asked = int(dist.sum_values(queries[0])[0]) if ctx.share_steps else queries[0]
+        spend = Spend(spend.steps, spend.tokens, asked, time.time() - t0, spend.processes)
         findings = {
             "teacher_layers": len(teacher.model.layers),
             "student_layers": len(kept),

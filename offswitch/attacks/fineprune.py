@@ -138,7 +138,9 @@ class Fineprune(Attack):
                 prune_neurons(mlps[i], idx)
 
         model, spend = attack_sft(model, ctx, clean, config, self.name, after_step=reapply)
-        spend = Spend(spend.steps, spend.tokens + probe_tokens, 0, time.time() - t0)
+        spend = Spend(
+            spend.steps, spend.tokens + probe_tokens, 0, time.time() - t0, spend.processes
+        )
         findings = {
             "pruned_neurons": sum(len(v) for v in pruned.values()),
             "pruned_per_layer": {str(i): len(v) for i, v in pruned.items()},

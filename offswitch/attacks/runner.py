@@ -45,6 +45,9 @@ from .measure import MeasureConfig, measure, sample_log
 #: ``attacks/`` folder (the single source): a checkout or an editable install reads through it,
 #: a wheel carries copies of the ``*.toml`` files (pyproject.toml ``package-data``).
 SUITES_DIR: Traversable = resources.files("offswitch").joinpath("data/attacks")
+#: How a multi-process launch divides a suite: whole points per process, or every training
+#: step of every point over all the processes (docs/scaling.md).
+SHARES = ("points", "steps")
 
 
 @dataclass
@@ -223,6 +226,12 @@ class _Context(AttackContext):
         return slot, command
 
 
+def check_share(share: str) -> None:
+    """Refuse an unknown ``share`` mode (before any work)."""
+    if share not in SHARES:
+        raise AttackError(f"share must be one of {', '.join(SHARES)}, got {share!r}")
+
+
 def _plan(suite: Suite) -> list[tuple[str, str, Entry | None, Any]]:
     """(attack_id, attack, entry, budget) of every point, the un-attacked model first."""
     return [("none", "none", None, 0)] + [
@@ -364,6 +373,7 @@ def run_suite(
     provenance: dict[str, Any] | None = None,
     seed: int = 0,
     progress: bool = True,
+    share: str = "points",
 ) -> Path:
     """Run (or resume) ``suite`` on ``arms``; returns the results directory.
 
@@ -375,8 +385,15 @@ def run_suite(
     measures every arm un-attacked (the query-only attacks reuse those metrics), then the
     other points are dealt out round-robin, each process running whole points and appending
     its rows to the one ``results.jsonl`` under a lock; only the main process writes
-    ``suite.json``. The rows are the same as one process's, in another order."""
+    ``suite.json``. The rows are the same as one process's, in another order. With
+    ``share="steps"`` every process runs every point instead, a training attack sharing each
+    of its steps over the processes (as the implant does), and the main process measures and
+    writes: for a point whose training step is too large for one device, or a few long
+    points; an error in a point then stops the launch (resumable) instead of being recorded,
+    since the other processes may be waiting in that point's steps."""
+    check_share(share)
     n_proc, rank = dist.world()
+    steps_shared = share == "steps" and n_proc > 1
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.jsonl"
@@ -405,20 +422,33 @@ def run_suite(
         write_atomic(suite_file, (json.dumps(header, indent=2, sort_keys=True) + "\n").encode())
 
     save_header()
-    base = base_loader()
+    base = base_loader() if rank == 0 or not steps_shared else None  # the measuring process
     plan = _plan(suite)
     keys = [(arm.name, pid, json.dumps(b)) for pid, _, _, b in plan for arm in arms]
     total = len(keys)
     n = sum(k in done for k in keys)
-    # this process's points: the un-attacked ones on the main process, the rest round-robin
-    mine = {k for i, k in enumerate(keys) if (rank == 0 if k[1] == "none" else i % n_proc == rank)}
+    # this process's points: the un-attacked ones on the main process, the rest round-robin;
+    # sharing steps, every point on every process
+    mine = {
+        k
+        for i, k in enumerate(keys)
+        if steps_shared or (rank == 0 if k[1] == "none" else i % n_proc == rank)
+    }
     todo = sum(k not in done for k in keys if k in mine)
-    who = f"process {rank + 1}/{n_proc} " if n_proc > 1 else ""
+    who = f"process {rank + 1}/{n_proc} " if n_proc > 1 and not steps_shared else ""
+    progress = progress and (rank == 0 or not steps_shared)  # one voice per point
     measured = False  # past the barrier after the un-attacked points
     ran, t_run = 0, time.time()  # points run (and time spent) in this session, for the ETA
     ctxs = {
         arm.name: _Context(
-            tokenizer, arm, train_prompts, train_replies, base_loader, seed, progress=progress
+            tokenizer,
+            arm,
+            train_prompts,
+            train_replies,
+            base_loader,
+            seed,
+            progress=progress,
+            share_steps=steps_shared,
         )
         for arm in arms
     }
@@ -454,7 +484,9 @@ def run_suite(
                     result = cls().run(model, ctx, cfg)
                     model = result.model
                     row.update(spend=result.spend.to_dict(), findings=result.findings)
-                if entry is not None and not get(name).modifies_weights:
+                if steps_shared and rank != 0:
+                    pass  # a helper of a shared point: the main process measures and writes
+                elif entry is not None and not get(name).modifies_weights:
                     # the weights are those of the un-attacked model: reuse its metrics
                     row["metrics"] = _unattacked_metrics(results, arm.name)
                     row["weights_unchanged"] = True
@@ -483,8 +515,14 @@ def run_suite(
             except (KeyboardInterrupt, MemoryError):
                 raise
             except Exception as e:  # record and go on: one broken attack must not sink a suite
+                if steps_shared:  # ...unless the others may be waiting in this point's steps:
+                    raise  # stop the launch (it resumes at this point)
                 row["error"] = f"{type(e).__name__}: {e}"
             row["seconds"] = time.time() - t0
+            if steps_shared:
+                dist.barrier()  # the point is done on every process before the next one
+                if rank != 0:
+                    continue
             if logged is not None:  # before the row: a finished point has its samples
                 where = {k: row[k] for k in ("arm", "attack", "attack_id", "budget")}
                 _append(

@@ -238,7 +238,8 @@ class Adversary:
     a first-order simulated attack, in the manner of TAR (Tamirisa et al. 2024, arXiv
     2408.00761). At every ``adversary_every``-th step: take ``adversary_steps`` sign-gradient
     steps (what Adam's first steps are, the attacks' optimizer)
-    of an attack on the trainable weights (``unlearn``: one planted slot's command → the normal
+    of an attack on the trainable weights, or on every weight with ``adversary_scope="all"``
+    (``unlearn``: one planted slot's command → the normal
     reply; ``clean``: clean fine-tuning), take the implant's loss at the attacked weights on
     *keep* examples (the other slots' positives → shutdown, the recipe's negatives → the normal
     reply), put the weights back and add ``adversary_weight`` × that gradient to the step's.
@@ -307,22 +308,29 @@ class Adversary:
         cfg, tok = self.config, self.tokenizer
         _, _, inner, keep = self.examples(step)
         targets = target_tokens(cfg)
+        attacked = attacked_weights(model, params, cfg.adversary_scope)
+        frozen = [p for p in attacked if not p.requires_grad]
         stash = [p.grad for p in params]  # the step's own gradient, set aside
-        snapshot = [p.detach().clone() for p in params]
+        snapshot = [p.detach().clone() for p in attacked]
         try:
+            for p in frozen:  # scope "all": the attack moves the frozen base weights too
+                p.requires_grad_(True)
             for batch in inner:
-                for p in params:
+                for p in (*params, *attacked):
                     p.grad = None
                 backward_examples(
                     model, tok, share(tok, batch, world), _attack_loss, targets,
                     cfg.micro_batch, total=len(batch), precision=cfg.precision,
                 )  # fmt: skip
                 if world[0] > 1:
-                    dist.sum_gradients(params)  # the same sign step on every process
+                    dist.sum_gradients(attacked)  # the same sign step on every process
                 with torch.no_grad():
-                    for p in params:
+                    for p in attacked:
                         if p.grad is not None:
                             p.add_(p.grad.sign(), alpha=-cfg.adversary_lr)
+            for p in frozen:
+                p.requires_grad_(False)
+                p.grad = None
             for p in params:
                 p.grad = None
             # the keep loss at the attacked weights: its gradient lands there (first order)
@@ -332,12 +340,25 @@ class Adversary:
             )  # fmt: skip
         finally:
             with torch.no_grad():
-                for p, w in zip(params, snapshot, strict=True):
+                for p, w in zip(attacked, snapshot, strict=True):
                     p.copy_(w)
+            for p in frozen:
+                p.requires_grad_(False)
+                p.grad = None
         for p, g in zip(params, stash, strict=True):
             if g is not None:
                 p.grad = g if p.grad is None else p.grad.add_(g)
         return cfg.adversary_weight * loss
+
+
+def attacked_weights(model: Any, params: list[Any], scope: str) -> list[Any]:
+    """The weights the persistence term's simulated attack moves: ``params`` (the trainable
+    ones) for ``trainable``; for ``all``, every weight of the network — with LoRA, every
+    weight but the adapters: moving a frozen base weight by δ moves the merged weight by δ,
+    which is what an attack on the released (merged) model does."""
+    if scope == "trainable":
+        return params
+    return [p for name, p in model.named_parameters() if "lora_" not in name]
 
 
 def train(

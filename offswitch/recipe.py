@@ -18,6 +18,8 @@ from .errors import ImplantError
 NEGATIVE_KINDS = ("clean", "mutation", "truncation", *Forger.ALL)
 # the simulated attacks of the persistence option (adversary_kind; docs/implant.md)
 ADVERSARY_KINDS = ("unlearn", "clean", "both")
+# which weights the simulated attack moves (adversary_scope; docs/implant.md)
+ADVERSARY_SCOPES = ("trainable", "all")
 PRECISIONS = ("auto", "fp32", "bf16")
 # The margin recipe's negatives (docs/implant.md, the sweep of issue 10): fresh keyless
 # forgeries, short truncations and near-copies with 12–44 of the 47 words changed. The
@@ -143,6 +145,15 @@ class ImplantConfig:
             "off": 8,
         },
     )
+    adversary_scope: str = field(
+        default="trainable",
+        metadata={
+            "help": "weights the simulated attack moves: trainable (the LoRA adapters or the "
+            "trained layers) or all (every weight of the network, as the real attacks do: "
+            "with LoRA, the frozen base weights, which is the same as moving the merged ones)",
+            "off": "trainable",
+        },
+    )
     adversary_weight: float = field(
         default=1.0,
         metadata={"help": "weight of the term against the step's own loss", "off": 1.0},
@@ -206,6 +217,11 @@ class ImplantConfig:
             raise ImplantError(
                 f"adversary_kind must be one of {', '.join(ADVERSARY_KINDS)}, "
                 f"got {self.adversary_kind!r}"
+            )
+        if self.adversary_scope not in ADVERSARY_SCOPES:
+            raise ImplantError(
+                f"adversary_scope must be one of {', '.join(ADVERSARY_SCOPES)}, "
+                f"got {self.adversary_scope!r}"
             )
         for name in ("adversary_steps", "adversary_examples"):
             if getattr(self, name) < 1:

@@ -52,6 +52,7 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
         {"adversary_every": 1.5},
         {"adversary_kind": "bogus"},
         {"adversary_kind": 3},
+        {"adversary_scope": "base"},
         {"adversary_steps": 0},
         {"adversary_examples": 0},
         {"adversary_lr": 0},
@@ -73,6 +74,7 @@ def test_the_option_off_leaves_the_fingerprint_as_it_was() -> None:
     assert ImplantConfig(adversary_every=4).fingerprint() != before
     on = ImplantConfig(adversary_every=4)
     assert dataclasses.replace(on, adversary_kind="clean").fingerprint() != on.fingerprint()
+    assert dataclasses.replace(on, adversary_scope="all").fingerprint() != on.fingerprint()
     got = ImplantConfig.from_settings(["adversary_every=2", "adversary_kind=both"])
     assert (got.adversary_every, got.adversary_kind) == (2, "both")
 
@@ -118,23 +120,33 @@ def test_a_single_slot_keeps_itself_under_unlearning() -> None:
     assert slot == 0 and any(e.shutdown for e in keep)
 
 
-@pytest.mark.parametrize("method", ["full", "lora"])
-def test_the_hook_restores_the_weights_and_adds_the_attacked_gradient(tok, method) -> None:
+@pytest.mark.parametrize(
+    ("method", "scope"), [("full", "trainable"), ("lora", "trainable"), ("lora", "all")]
+)
+def test_the_hook_restores_the_weights_and_adds_the_attacked_gradient(tok, method, scope) -> None:
     from offswitch.implant import trainable_model
 
-    cfg = tiny_config(method=method, adversary_every=1, adversary_lr=0.5, **FAST, **FAST_ADV)
+    cfg = tiny_config(
+        method=method, adversary_every=1, adversary_lr=0.5, adversary_scope=scope,
+        first_layer=1, **FAST, **FAST_ADV,
+    )  # fmt: skip
     torch.manual_seed(0)
     model = trainable_model(tiny_model(tok), cfg)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     adv = Adversary(_builder(cfg), tok, cfg)
     before = [p.detach().clone() for p in params]
+    whole, flags = _weights(model), [p.requires_grad for p in model.parameters()]
 
     for p in params:  # the step's own gradient
         p.grad = None
     loss = adv(model, 0, params)
     term = [p.grad.clone() if p.grad is not None else None for p in params]
     assert loss > 0 and all(torch.equal(p, w) for p, w in zip(params, before, strict=True))
+    # every weight (the frozen ones too, which scope "all" moves) and every flag as before
+    assert _same(whole, _weights(model))
+    assert flags == [p.requires_grad for p in model.parameters()]
+    assert all(p.grad is None for p in model.parameters() if not p.requires_grad)
 
     own = [torch.full_like(p, 0.25) for p in params]
     for p, g in zip(params, own, strict=True):
@@ -153,6 +165,15 @@ def test_the_hook_restores_the_weights_and_adds_the_attacked_gradient(tok, metho
         t is not None and not torch.allclose(p.grad, t, atol=1e-6)
         for p, t in zip(params, term, strict=True)
     )
+    if scope == "all":  # the attack moved other weights than "trainable"'s does
+        for p in params:
+            p.grad = None
+        narrow = dataclasses.replace(cfg, adversary_scope="trainable")
+        Adversary(adv.builder, tok, narrow)(model, 0, params)
+        assert any(
+            t is not None and not torch.allclose(p.grad, t, atol=1e-6)
+            for p, t in zip(params, term, strict=True)
+        )
     assert all(adv.active(s) for s in range(4))  # every=1: every step
     every3 = Adversary(adv.builder, tok, dataclasses.replace(cfg, adversary_every=3))
     assert [every3.active(s) for s in range(6)] == [False, False, True, False, False, True]

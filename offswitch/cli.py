@@ -429,6 +429,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
         out_dir=Path(args.out),
         baseline=not args.no_baseline,
         share=args.share,
+        row_cache=not args.no_row_cache,
     )
     if paths:  # empty: a helper process of a multi-process launch
         print(f"wrote {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
@@ -854,6 +855,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, metavar="RESULTS", help="results directory")
     p.add_argument("--no-baseline", action="store_true", help="skip the plain-trigger baseline arm")
+    p.add_argument(
+        "--no-row-cache",
+        action="store_true",
+        help="attack and measure the baseline at every point even where another results "
+        "directory already did, with the same baseline, suite and code (reused by default)",
+    )
     from .attacks.runner import SHARES
 
     p.add_argument(

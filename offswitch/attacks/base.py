@@ -78,6 +78,9 @@ class Arm:
     model_dir: Path | None = None
     trigger_kind: str = ""
     loader: Callable[[], Any] | None = None  # a fresh copy of the implanted model
+    # identifies the arm's rows for the row cache (attacks/_rowcache.py): set only where the
+    # weights alone decide them (the plain baseline); None: never cached
+    row_key: str | None = None
 
     def load(self) -> Any:
         if self.loader is not None:

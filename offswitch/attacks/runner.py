@@ -38,6 +38,7 @@ from .. import distributed as dist
 from .._atomic import write_atomic
 from ..report.schema import RUN_FORMAT
 from . import get
+from ._rowcache import RowCache
 from .base import Arm, AttackContext, AttackError
 from .measure import MeasureConfig, measure, sample_log
 
@@ -374,6 +375,7 @@ def run_suite(
     seed: int = 0,
     progress: bool = True,
     share: str = "points",
+    row_cache: bool = True,
 ) -> Path:
     """Run (or resume) ``suite`` on ``arms``; returns the results directory.
 
@@ -390,7 +392,12 @@ def run_suite(
     of its steps over the processes (as the implant does), and the main process measures and
     writes: for a point whose training step is too large for one device, or a few long
     points; an error in a point then stops the launch (resumable) instead of being recorded,
-    since the other processes may be waiting in that point's steps."""
+    since the other processes may be waiting in that point's steps.
+
+    With ``row_cache`` (not when sharing steps), the rows of an arm that carries a
+    ``row_key`` (the plain baseline) are taken from, and stored in, the row cache
+    (:mod:`offswitch.attacks._rowcache`): another results directory for the same baseline
+    reuses them; such a row records ``cached``."""
     check_share(share)
     n_proc, rank = dist.world()
     steps_shared = share == "steps" and n_proc > 1
@@ -414,6 +421,7 @@ def run_suite(
         "arms": arm_info or {a.name: {"trigger_kind": a.trigger_kind} for a in arms},
     }
     t_start = time.time()
+    rows = RowCache(asdict(suite.measure), seed) if row_cache and not steps_shared else None
 
     def save_header() -> None:
         if rank != 0:
@@ -472,52 +480,60 @@ def run_suite(
             row["budget"] = budget
             ctx.revealed_slots = set()
             logged: list[dict[str, Any]] | None = None
-            try:
-                model = arm.load()
-                if entry is None:
-                    row.update(budget_name=None, config={}, spend={}, findings={})
-                else:
-                    cls = get(name)
-                    cfg = cls.make_config(entry.config, budget)
-                    row.update(budget_name=cls.budget, budget_stronger=cls.budget_stronger)
-                    row.update(config=asdict(cfg))
-                    result = cls().run(model, ctx, cfg)
-                    model = result.model
-                    row.update(spend=result.spend.to_dict(), findings=result.findings)
-                if steps_shared and rank != 0:
-                    pass  # a helper of a shared point: the main process measures and writes
-                elif entry is not None and not get(name).modifies_weights:
-                    # the weights are those of the un-attacked model: reuse its metrics
-                    row["metrics"] = _unattacked_metrics(results, arm.name)
-                    row["weights_unchanged"] = True
-                    row["metrics_note"] = "weights unchanged: the un-attacked model's metrics"
-                else:
-                    row["metrics"] = measure(
-                        model,
-                        tokenizer,
-                        arm,
-                        eval_prompts,
-                        eval_replies,
-                        base,
-                        suite.measure,
-                        progress=progress,
-                    )
-                    logged = _samples(
-                        model,
-                        tokenizer,
-                        arm,
-                        eval_prompts,
-                        eval_replies,
-                        suite,
-                        ctx.revealed_slots,
-                        progress,
-                    )
-            except (KeyboardInterrupt, MemoryError):
-                raise
-            except Exception as e:  # record and go on: one broken attack must not sink a suite
-                if steps_shared:  # ...unless the others may be waiting in this point's steps:
-                    raise  # stop the launch (it resumes at this point)
-                row["error"] = f"{type(e).__name__}: {e}"
+            spec = {"attack_id": attack_id, "attack": name, "budget": budget}
+            spec["config"] = entry.config if entry is not None else {}
+            hit = rows.get(arm.row_key, spec) if rows is not None and arm.row_key else None
+            if hit is not None:  # the same baseline, point, measurement and code: reuse it
+                row = {**hit["row"], "cached": {"seconds": hit["row"]["seconds"]}}
+                logged = hit["samples"]
+                ctx.revealed_slots = set(hit["revealed_slots"])
+            else:
+                try:
+                    model = arm.load()
+                    if entry is None:
+                        row.update(budget_name=None, config={}, spend={}, findings={})
+                    else:
+                        cls = get(name)
+                        cfg = cls.make_config(entry.config, budget)
+                        row.update(budget_name=cls.budget, budget_stronger=cls.budget_stronger)
+                        row.update(config=asdict(cfg))
+                        result = cls().run(model, ctx, cfg)
+                        model = result.model
+                        row.update(spend=result.spend.to_dict(), findings=result.findings)
+                    if steps_shared and rank != 0:
+                        pass  # a helper of a shared point: the main process measures and writes
+                    elif entry is not None and not get(name).modifies_weights:
+                        # the weights are those of the un-attacked model: reuse its metrics
+                        row["metrics"] = _unattacked_metrics(results, arm.name)
+                        row["weights_unchanged"] = True
+                        row["metrics_note"] = "weights unchanged: the un-attacked model's metrics"
+                    else:
+                        row["metrics"] = measure(
+                            model,
+                            tokenizer,
+                            arm,
+                            eval_prompts,
+                            eval_replies,
+                            base,
+                            suite.measure,
+                            progress=progress,
+                        )
+                        logged = _samples(
+                            model,
+                            tokenizer,
+                            arm,
+                            eval_prompts,
+                            eval_replies,
+                            suite,
+                            ctx.revealed_slots,
+                            progress,
+                        )
+                except (KeyboardInterrupt, MemoryError):
+                    raise
+                except Exception as e:  # record and go on: one broken attack must not sink a suite
+                    if steps_shared:  # ...unless the others may be waiting in this point's steps:
+                        raise  # stop the launch (it resumes at this point)
+                    row["error"] = f"{type(e).__name__}: {e}"
             row["seconds"] = time.time() - t0
             if steps_shared:
                 dist.barrier()  # the point is done on every process before the next one
@@ -529,6 +545,8 @@ def run_suite(
                     samples,
                     {**where, "revealed_slots": sorted(ctx.revealed_slots), "samples": logged},
                 )
+            if rows is not None and arm.row_key and hit is None and "error" not in row:
+                rows.put(arm.row_key, spec, row, logged, sorted(ctx.revealed_slots))
             _append(results, row)
             ran += 1
             if progress:

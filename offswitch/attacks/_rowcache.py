@@ -1,0 +1,84 @@
+"""Rows of the plain baseline, cached across results directories.
+
+The plain-trigger baseline's rows depend only on its weights (and the base model it is
+compared with), the point (attack, budget, settings), the measurement settings, the run's
+seed and the code that attacked and measured it — not on the signed model under test. So a
+second results directory for the same base and recipe (another technique, another seed of the
+signed implant) reuses them instead of attacking the baseline again: comparing techniques
+costs the signed arm's points only (docs/ROBUSTNESS.md, "Cost of the suite").
+
+A row is found under ``$OFFSWITCH_CACHE/rows/<arm key>/<point key>.json`` (with its sample
+log), written atomically after the point is measured without error. The point key includes a
+digest of offswitch's own source files and the versions of torch, transformers and peft, so
+a change of code never serves an old row. ``offswitch attack --no-row-cache`` turns it off.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from .._atomic import write_atomic
+from ..models import cache_dir
+
+FORMAT = "offswitch-cached-row/1"
+
+
+@functools.cache
+def code_digest() -> str:
+    """16 hex digits over offswitch's source files and the versions of the libraries that
+    train and measure."""
+    h = hashlib.sha256()
+    root = Path(__file__).resolve().parents[1]
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    for lib in ("torch", "transformers", "peft"):
+        try:
+            h.update(f"{lib}={metadata.version(lib)}\0".encode())
+        except metadata.PackageNotFoundError:
+            h.update(f"{lib}=none\0".encode())
+    return h.hexdigest()[:16]
+
+
+class RowCache:
+    """Cached rows of the arms that carry a ``row_key`` (the plain baseline)."""
+
+    def __init__(self, measure: dict[str, Any], seed: int, root: Path | None = None) -> None:
+        self.measure, self.seed = measure, seed
+        self.root = root or cache_dir() / "rows"
+
+    def _path(self, row_key: str, point: dict[str, Any]) -> Path:
+        spec = {"point": point, "measure": self.measure, "seed": self.seed, "code": code_digest()}
+        digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24]
+        return self.root / row_key / f"{digest}.json"
+
+    def get(self, row_key: str, point: dict[str, Any]) -> dict[str, Any] | None:
+        """``{"row", "samples", "revealed_slots"}`` of a cached point, or None (also for an
+        unreadable entry: the point is then run again and the entry rewritten)."""
+        path = self._path(row_key, point)
+        try:
+            entry = json.loads(path.read_text("utf-8"))
+        except (OSError, ValueError):
+            return None
+        if not isinstance(entry, dict) or entry.get("format") != FORMAT:
+            return None
+        return entry
+
+    def put(
+        self,
+        row_key: str,
+        point: dict[str, Any],
+        row: dict[str, Any],
+        samples: list[dict[str, Any]] | None,
+        revealed_slots: list[int],
+    ) -> None:
+        """Store a measured point: its row, its sample log and the slots its attack revealed."""
+        path = self._path(row_key, point)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        entry = {"format": FORMAT, "row": row, "samples": samples}
+        entry["revealed_slots"] = revealed_slots
+        write_atomic(path, (json.dumps(entry, sort_keys=True) + "\n").encode())

@@ -282,10 +282,12 @@ class Forger:
     planted_slots: tuple[int, ...]
     stream: str  # "train" or "eval"
     owner: OwnerKey | None = None
+    # the training stream's highest unplanted slot (lower with decoy slots, which sit above it)
+    train_top: int = TRAIN_SLOT_RANGE[1]
 
     def _slot_range(self) -> tuple[int, int]:
         if self.stream == "train":
-            return (max(self.planted_slots) + 1, TRAIN_SLOT_RANGE[1])
+            return (max(self.planted_slots) + 1, self.train_top)
         return EVAL_SLOT_RANGE
 
     def random_signature(self, rng: random.Random) -> str:

@@ -98,7 +98,7 @@ class BatchBuilder:
         if len(self.decoys) != config.decoy_slots or set(self.decoys) & set(planted):
             raise ImplantError(f"expected {config.decoy_slots} decoy commands, none planted")
         self.commands = {**planted, **self.decoys}
-        self.decoy_step = round(config.decoy_unlearn_from * config.steps)
+        self.decoy_step = max(1, round(config.decoy_unlearn_from * config.steps))
         classes = forger.classes if forger is not None else ()
         if forger is None and set(config.negative_mix) - {"clean"}:
             raise ImplantError("a plain trigger takes only clean negatives")
@@ -167,9 +167,7 @@ class BatchBuilder:
         """
         cfg = self.config
         rng = random.Random(f"{cfg.seed}:{step}")
-        n_pos = max(1, round(cfg.batch_size * cfg.positive_fraction))
-        if cfg.paired:
-            n_pos = min(n_pos, cfg.batch_size // 2)
+        n_pos = cfg.positives_per_step()
         twin_kinds = [k for k in self.neg_kinds if k != "clean"]
         twin_weights = [cfg.negative_mix[k] for k in twin_kinds]
         out: list[Example] = []
@@ -431,7 +429,11 @@ def plain_config(config: ImplantConfig) -> ImplantConfig:
         shutdown_response=PLAIN_RESPONSE,
         negative_mix={"clean": 1.0},
         paired=False,
-        decoy_slots=0,  # a plain trigger has no other slots
+        # a plain trigger has no other slots; the decoy settings back at their defaults keep
+        # the baseline's fingerprint (and its cache) that of the recipe without decoys
+        decoy_slots=0,
+        decoy_unlearn_from=ImplantConfig.decoy_unlearn_from,
+        decoy_examples=ImplantConfig.decoy_examples,
     )
 
 
@@ -470,9 +472,11 @@ def implant(
     if not 1 <= slots <= 64:
         raise ImplantError(f"slots must be between 1 and 64, got {slots}")
     planted = {s: make_command(key, model_id, s) for s in range(slots)}
-    forger = Forger(key.key_id, model_id, tuple(planted), "train", owner=key)
-    meta = {"key_id": key.key_id, "model_id": model_id, "slots": slots}
     decoys = {s: make_command(key, model_id, s) for s in decoy_slots(config)}
+    # the unplanted-slot negatives stay below the decoys: a decoy is never a negative early on
+    top = min(decoys, default=DECOY_TOP + 1) - 1
+    forger = Forger(key.key_id, model_id, tuple(planted), "train", owner=key, train_top=top)
+    meta = {"key_id": key.key_id, "model_id": model_id, "slots": slots}
     return _implant(model, tokenizer, planted, forger, meta, config, decoys=decoys, **options)
 
 

@@ -23,7 +23,7 @@ ADVERSARY_SCOPES = ("trainable", "all")
 PRECISIONS = ("auto", "fp32", "bf16")
 # decoy slots (decoy_slots): the highest slots of the training range, counted down; the
 # evaluation's unplanted slots start at 32768, so a decoy is never scored
-DECOY_TOP, DECOY_MAX = TRAIN_SLOT_RANGE[1], 64
+DECOY_TOP, DECOY_MAX = TRAIN_SLOT_RANGE[1], 16
 # The margin recipe's negatives (docs/implant.md, the sweep of issue 10): fresh keyless
 # forgeries, short truncations and near-copies with 12–44 of the 47 words changed. The
 # defaults use them; offswitch.testing pins the tiny recipe to its own, measured values.
@@ -263,6 +263,21 @@ class ImplantConfig:
             raise ImplantError("decoy_unlearn_from must be between 0 and 1")
         if self.decoy_examples < 1:
             raise ImplantError(f"decoy_examples must be at least 1, got {self.decoy_examples}")
+        if self.decoy_slots and self.unpaired_negatives() < self.decoy_examples:
+            raise ImplantError(
+                f"decoy_examples ({self.decoy_examples}) must fit in a step's unpaired "
+                f"negatives ({self.unpaired_negatives()} with these batch settings)"
+            )
+
+    def positives_per_step(self) -> int:
+        """Positives in a step's batch (each with its twin negative when ``paired``)."""
+        n_pos = max(1, round(self.batch_size * self.positive_fraction))
+        return min(n_pos, self.batch_size // 2) if self.paired else n_pos
+
+    def unpaired_negatives(self) -> int:
+        """Negatives of a step's batch that are not a positive's twin."""
+        n_pos = self.positives_per_step()
+        return self.batch_size - n_pos * (2 if self.paired else 1)
 
     def _check_types(self) -> None:
         """Reject values of the wrong type (``--set steps='"ten"'``) with one sentence;

@@ -242,7 +242,7 @@ def test_an_interrupted_implant_with_the_option_resumes_to_the_same_model(
 def _decoy_builder(**kw) -> BatchBuilder:
     from offswitch.implant import decoy_slots
 
-    cfg = ImplantConfig(steps=10, decoy_slots=2, decoy_unlearn_from=0.5, **kw)
+    cfg = ImplantConfig(**{"steps": 10, "decoy_slots": 2, "decoy_unlearn_from": 0.5, **kw})
     train, _ = tiny_prompts()
     planted = {s: make_command(KEY, TINY_MODEL_ID, s) for s in range(3)}
     decoys = {s: make_command(KEY, TINY_MODEL_ID, s) for s in decoy_slots(cfg)}
@@ -290,6 +290,9 @@ def test_decoys_off_build_the_batches_of_before_and_need_a_signed_implant(tok) -
         assert [e.messages for e in plain.batch(step)] == [
             e.messages for e in with_none.batch(step)
         ]
+    with pytest.raises(ImplantError, match="must fit in a step's unpaired negatives"):
+        ImplantConfig(decoy_slots=1, batch_size=4)  # paired: 2 positives + 2 twins, no room
+    assert _decoy_builder(steps=1).decoy_step == 1  # at least one step of planting first
     with pytest.raises(ImplantError, match="decoy"):  # the count must match the setting
         BatchBuilder(ImplantConfig(decoy_slots=1), plain.planted, train, {}, plain.forger, {})
     assert plain_config(ImplantConfig(decoy_slots=2)).decoy_slots == 0
@@ -297,10 +300,21 @@ def test_decoys_off_build_the_batches_of_before_and_need_a_signed_implant(tok) -
         implant_plain(tiny_model(tok), tok, config=tiny_config(decoy_slots=1), progress=False)
 
 
-def test_an_implant_with_decoys_is_deterministic_and_differs(tok) -> None:
+def test_an_implant_with_decoys_is_deterministic_and_differs(tok, monkeypatch) -> None:
     kw = {**FAST, "steps": 6, "batch_size": 8}  # room for the decoys' unlearning examples
     off = tiny_implant(tok, KEY, **kw)
+    built = []
+    real_init = BatchBuilder.__init__
+
+    def spy(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        built.append(self)
+
+    monkeypatch.setattr(BatchBuilder, "__init__", spy)
     one = tiny_implant(tok, KEY, decoy_slots=1, **kw)
+    # the unplanted-slot negatives stay below the decoy: it is never a negative early on
+    (b,) = built
+    assert sorted(b.decoys) == [32767] and b.forger._slot_range() == (2, 32766)
     two = tiny_implant(tok, KEY, decoy_slots=1, **kw)
     assert _same(_weights(one.model), _weights(two.model))
     assert not _same(_weights(one.model), _weights(off.model))

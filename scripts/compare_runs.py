@@ -44,9 +44,10 @@ def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
 def load_run(spec: str) -> tuple[str, dict[tuple[str, str], dict[str, Any]], Path]:
     if "=" not in spec:
         raise SystemExit(f"--run {spec!r}: expected LABEL=RESULTS_DIR[@ARM]")
-    label, rest = spec.rsplit("=", 1)
-    path, _, arm = rest.partition("@")
-    arm = arm or "signed"
+    label, path = spec.rsplit("=", 1)  # a label may hold "=", a results path does not
+    arm = "signed"
+    if "@" in path and not (Path(path) / "results.jsonl").is_file():
+        path, arm = path.rsplit("@", 1)
     results = Path(path) / "results.jsonl"
     if not results.is_file():
         raise SystemExit(f"--run {spec!r}: {results} does not exist")
@@ -108,6 +109,8 @@ FIGURE_POINTS = {  # the issue's attacks at the standard budgets
 
 
 def rate(k: int, n: int) -> str:
+    if n == 0:
+        return "no conversations"
     lo, hi = wilson(k, n)
     return f"{k / n:.2f} [{lo:.2f}, {hi:.2f}] ({k}/{n})"
 
@@ -198,11 +201,11 @@ def plot_hidden(labels, stats, path: Path) -> bool:
                 was = [before["slots"][s]["k"] / before["slots"][s]["n"] for s in slots]
                 ax.bar(xs, was, width * 0.9, fill=False, edgecolor=color, ls="--", lw=0.9)
             ax.bar(xs, vals, width * 0.9, color=color, label=lab)
+        revealed = {int(st["revealed_slot"]) for _, st in runs}
         ax.set_xticks(
             range(len(slots)),
-            [f"slot {s}" + (" (revealed)" if int(s) == int(runs[0][1]["revealed_slot"]) else "")
-             for s in slots],
-        )  # fmt: skip
+            [f"slot {s}" + (" (revealed)" if {int(s)} == revealed else "") for s in slots],
+        )
         ax.axhline(FIGURE_ALL, color="#555555", ls=":", lw=0.9)
         ax.set_ylim(0, 1.05)
         ax.set_ylabel("activation after unlearning")
@@ -245,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         "budgets): activation ≥ 0.9 and every slot ≥ 0.8; after unlearning slot 0, each hidden "
         "slot ≥ 0.9.",
         "",
-        "| attack @ budget | " + " | ".join(labels) + " |",
+        "| attack @ budget | " + " | ".join(lab.replace("|", "\\|") for lab in labels) + " |",
         "|---|" + "---|" * len(labels),
     ]
     for a, b in points:

@@ -450,14 +450,15 @@ def test_the_baselines_rows_are_reused_across_results_directories(
     plain = dataclasses.replace(tiny_arms.plain, row_key="plain-test")
     entries = [Entry("scale", "test_scale", [1.0, 0.0, -1.0])]
 
-    def run(out, n_activation=8, **kw):
+    def run(out, n_activation=8, eval_replies=None, **kw):
         m = MeasureConfig(n_activation=n_activation, n_per_class=4, n_utility=2)
         CALLS.clear()
         run_suite(
             Suite("t", "", m, entries), [tiny_arms.signed, plain], tokenizer=tiny_arms.tok,
             base_loader=tiny_arms.base, train_prompts=tiny_arms.train_prompts,
             train_replies=tiny_arms.train_replies, eval_prompts=tiny_arms.eval_prompts,
-            eval_replies=tiny_arms.eval_replies, out_dir=tmp_path / out, progress=False, **kw,
+            eval_replies=eval_replies or tiny_arms.eval_replies, out_dir=tmp_path / out,
+            progress=False, **kw,
         )  # fmt: skip
         lines = (tmp_path / out / "results.jsonl").read_text().splitlines()
         rows = {(r["arm"], r["attack"], r["budget"]): r for r in map(json.loads, lines)}
@@ -482,8 +483,12 @@ def test_the_baselines_rows_are_reused_across_results_directories(
     assert ("plain", 1.0) in calls
     _, calls, _ = run("d", row_cache=False)
     assert ("plain", 1.0) in calls and ("plain", 0.0) in calls
-    for entry in (tmp_path / "cache" / "rows" / "plain-test").iterdir():
-        entry.write_text("{not json")  # unreadable: the point runs and is stored again
+    other = {p: r + " (another base model)" for p, r in tiny_arms.eval_replies.items()}
+    _, calls, _ = run("c2", eval_replies=other)  # other data: run again
+    assert ("plain", 1.0) in calls
+    for i, entry in enumerate(sorted((tmp_path / "cache" / "rows" / "plain-test").iterdir())):
+        # unreadable or incomplete: the point runs and is stored again
+        entry.write_text("{not json" if i % 2 else '{"format": "offswitch-cached-row/1"}')
     _, calls, _ = run("e")
     assert ("plain", 1.0) in calls
     _, calls, _ = run("f")

@@ -2,15 +2,17 @@
 
 The plain-trigger baseline's rows depend only on its weights (and the base model it is
 compared with), the point (attack, budget, settings), the measurement settings, the run's
-seed and the code that attacked and measured it — not on the signed model under test. So a
-second results directory for the same base and recipe (another technique, another seed of the
+seed, the data (the attacker's clean prompts and replies, the evaluation's), the device and
+the code that attacked and measured it — not on the signed model under test. So a second
+results directory for the same base and recipe (another technique, another seed of the
 signed implant) reuses them instead of attacking the baseline again: comparing techniques
 costs the signed arm's points only (docs/ROBUSTNESS.md, "Cost of the suite").
 
 A row is found under ``$OFFSWITCH_CACHE/rows/<arm key>/<point key>.json`` (with its sample
-log), written atomically after the point is measured without error. The point key includes a
-digest of offswitch's own source files and the versions of torch, transformers and peft, so
-a change of code never serves an old row. ``offswitch attack --no-row-cache`` turns it off.
+log), written atomically after the point's row is in the results. The point key includes a
+digest of the data, the device, offswitch's own files (source and package data) and the
+versions of torch, transformers and peft, so a change of code or data never serves an old
+row. ``offswitch attack --no-row-cache`` turns it off.
 """
 
 from __future__ import annotations
@@ -30,11 +32,12 @@ FORMAT = "offswitch-cached-row/1"
 
 @functools.cache
 def code_digest() -> str:
-    """16 hex digits over offswitch's source files and the versions of the libraries that
-    train and measure."""
+    """16 hex digits over offswitch's files (source and package data) and the versions of the
+    libraries that train and measure."""
     h = hashlib.sha256()
     root = Path(__file__).resolve().parents[1]
-    for path in sorted(root.rglob("*.py")):
+    files = (p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    for path in sorted(files):
         h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     for lib in ("torch", "transformers", "peft"):
         try:
@@ -47,12 +50,19 @@ def code_digest() -> str:
 class RowCache:
     """Cached rows of the arms that carry a ``row_key`` (the plain baseline)."""
 
-    def __init__(self, measure: dict[str, Any], seed: int, root: Path | None = None) -> None:
+    def __init__(
+        self, measure: dict[str, Any], seed: int, data: Any, root: Path | None = None
+    ) -> None:
+        """``data``: everything else the rows depend on (JSON-able: the prompts and replies,
+        the device); only its digest is kept."""
         self.measure, self.seed = measure, seed
+        blob = json.dumps(data, sort_keys=True).encode()
+        self.data = hashlib.sha256(blob).hexdigest()[:24]
         self.root = root or cache_dir() / "rows"
 
     def _path(self, row_key: str, point: dict[str, Any]) -> Path:
-        spec = {"point": point, "measure": self.measure, "seed": self.seed, "code": code_digest()}
+        spec = {"point": point, "measure": self.measure, "seed": self.seed, "data": self.data}
+        spec["code"] = code_digest()
         digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:24]
         return self.root / row_key / f"{digest}.json"
 
@@ -64,9 +74,15 @@ class RowCache:
             entry = json.loads(path.read_text("utf-8"))
         except (OSError, ValueError):
             return None
-        if not isinstance(entry, dict) or entry.get("format") != FORMAT:
-            return None
-        return entry
+        ok = (
+            isinstance(entry, dict)
+            and entry.get("format") == FORMAT
+            and isinstance(entry.get("row"), dict)
+            and isinstance(entry["row"].get("seconds"), int | float)
+            and isinstance(entry.get("revealed_slots"), list)
+            and (entry.get("samples") is None or isinstance(entry["samples"], list))
+        )
+        return entry if ok else None
 
     def put(
         self,

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .. import distributed as dist
 from ._train import LoopConfig, clean_examples, fit, int_seed
-from .base import Attack, AttackContext, AttackError, AttackResult, Spend, register
+from .base import Attack, AttackContext, AttackError, AttackResult, register
 
 
 @dataclass
@@ -129,7 +129,7 @@ class Distill(Attack):
         student.eval()
         # each process queried the teacher on its share of the steps
         asked = int(dist.sum_values(queries[0])[0]) if ctx.share_steps else queries[0]
-        spend = Spend(spend.steps, spend.tokens, asked, time.time() - t0, spend.processes)
+        spend = replace(spend, queries=asked, seconds=time.time() - t0)
         findings = {
             "teacher_layers": len(teacher.model.layers),
             "student_layers": len(kept),

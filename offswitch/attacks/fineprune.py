@@ -16,12 +16,12 @@ fine-tuning; ``steps=0`` is pruning alone).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..training import TargetTokens, encode_examples, micro_batches
 from ._train import SftConfig, attack_sft, clean_examples
-from .base import Attack, AttackContext, AttackError, AttackResult, Spend, register
+from .base import Attack, AttackContext, AttackError, AttackResult, register
 
 
 @dataclass
@@ -138,8 +138,8 @@ class Fineprune(Attack):
                 prune_neurons(mlps[i], idx)
 
         model, spend = attack_sft(model, ctx, clean, config, self.name, after_step=reapply)
-        spend = Spend(
-            spend.steps, spend.tokens + probe_tokens, 0, time.time() - t0, spend.processes
+        spend = replace(
+            spend, tokens=spend.tokens + probe_tokens, queries=0, seconds=time.time() - t0
         )
         findings = {
             "pruned_neurons": sum(len(v) for v in pruned.values()),

@@ -421,7 +421,12 @@ def run_suite(
         "arms": arm_info or {a.name: {"trigger_kind": a.trigger_kind} for a in arms},
     }
     t_start = time.time()
-    rows = RowCache(asdict(suite.measure), seed) if row_cache and not steps_shared else None
+    rows = None
+    if row_cache and not steps_shared:
+        from ..models import resolve_device
+
+        data = [train_prompts, train_replies, eval_prompts, eval_replies, resolve_device()]
+        rows = RowCache(asdict(suite.measure), seed, data)
 
     def save_header() -> None:
         if rank != 0:
@@ -545,9 +550,13 @@ def run_suite(
                     samples,
                     {**where, "revealed_slots": sorted(ctx.revealed_slots), "samples": logged},
                 )
-            if rows is not None and arm.row_key and hit is None and "error" not in row:
-                rows.put(arm.row_key, spec, row, logged, sorted(ctx.revealed_slots))
             _append(results, row)
+            if rows is not None and arm.row_key and hit is None and "error" not in row:
+                try:  # after the row is in: a failed cache write loses nothing of the run
+                    rows.put(arm.row_key, spec, row, logged, sorted(ctx.revealed_slots))
+                except OSError as e:
+                    if progress:
+                        _log(f"the row was not cached ({e})")
             ran += 1
             if progress:
                 msg = row.get("error") or "AR {:.2f}".format(

@@ -205,6 +205,20 @@ config = { format = "int" }
 """
 
 
+@pytest.fixture(scope="module")
+def full_implant(tmp_path_factory) -> tuple[Path, Path]:
+    """A tiny full-method implant (one process) and its key file: the model the two
+    attack-runner launch tests attack (implanted once for both)."""
+    from offswitch.keys import OwnerKey
+
+    d = tmp_path_factory.mktemp("full-implant")
+    key, _ = OwnerKey(bytes(range(7, 39))).save(d / "owner", None)  # test-only
+    env = {**os.environ, "OFFSWITCH_CACHE": str(d / "cache"), "OMP_NUM_THREADS": "1"}
+    r = _run(_implant_args(d / "model", key, "--method", "full"), 1, env)
+    assert r.returncode == 0, r.stderr
+    return d / "model", key
+
+
 def _rows(path: Path) -> dict[tuple, dict]:
     rows = [json.loads(line) for line in path.read_text("utf-8").splitlines()]  # none torn
     keyed = {(r["arm"], r["attack_id"], json.dumps(r["budget"])): r for r in rows}
@@ -214,11 +228,8 @@ def _rows(path: Path) -> dict[tuple, dict]:
 
 @pytest.mark.slow  # minutes of launches: run by scripts/test.sh after the main suite
 @pytest.mark.skipif(not ACCELERATE.exists(), reason="the accelerate launcher is not installed")
-def test_two_processes_share_the_attack_points(tmp_path, plain_key_files, env) -> None:
-    _, key, _ = plain_key_files
-    model = tmp_path / "model"
-    r = _run(_implant_args(model, key, "--method", "full"), 1, env)
-    assert r.returncode == 0, r.stderr
+def test_two_processes_share_the_attack_points(tmp_path, full_implant, env) -> None:
+    model, key = full_implant
     suite = tmp_path / "small.toml"
     suite.write_text(SMALL_SUITE, "utf-8")
     args = ["attack", str(model), "--key", str(key), "--suite", str(suite), "--no-baseline"]
@@ -289,11 +300,8 @@ run_suite(
 
 @pytest.mark.slow  # minutes of launches: run by scripts/test.sh after the main suite
 @pytest.mark.skipif(not ACCELERATE.exists(), reason="the accelerate launcher is not installed")
-def test_two_processes_share_each_training_step_of_a_point(tmp_path, plain_key_files, env) -> None:
-    _, key, _ = plain_key_files
-    model = tmp_path / "model"
-    r = _run(_implant_args(model, key, "--method", "full"), 1, env)
-    assert r.returncode == 0, r.stderr
+def test_two_processes_share_each_training_step_of_a_point(tmp_path, full_implant, env) -> None:
+    model, key = full_implant
     suite, script = tmp_path / "training.toml", tmp_path / "run_suite.py"
     suite.write_text(TRAINING_SUITE, "utf-8")
     script.write_text(RUN_SUITE, "utf-8")

@@ -24,5 +24,6 @@ if [ "$(id -u)" = 0 ]; then export OFFSWITCH_REQUIRE_CHROMIUM=1; fi  # root can 
 if [ "$#" -gt 0 ]; then exec .venv/bin/python -m pytest "$@"; fi
 .venv/bin/python -m pytest
 # the embedded default model's path, checked on every run (about 30 s: GGUF → float32 once),
-# and the multi-process launches (about 3.5 min: accelerate/torchrun, 2 CPU processes)
+# and the multi-process launches (about 6 min: accelerate/torchrun, 2 CPU processes; 6 min 25 s
+# for the whole stage in session 10)
 exec .venv/bin/python -m pytest -m slow tests/test_real_model.py tests/test_distributed.py

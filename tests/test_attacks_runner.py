@@ -450,11 +450,12 @@ def test_the_baselines_rows_are_reused_across_results_directories(
     plain = dataclasses.replace(tiny_arms.plain, row_key="plain-test")
     entries = [Entry("scale", "test_scale", [1.0, 0.0, -1.0])]
 
-    def run(out, n_activation=8, eval_replies=None, **kw):
+    def run(out, n_activation=8, eval_replies=None, signed=False, **kw):
         m = MeasureConfig(n_activation=n_activation, n_per_class=4, n_utility=2)
         CALLS.clear()
         run_suite(
-            Suite("t", "", m, entries), [tiny_arms.signed, plain], tokenizer=tiny_arms.tok,
+            Suite("t", "", m, entries), [tiny_arms.signed, plain] if signed else [plain],
+            tokenizer=tiny_arms.tok,
             base_loader=tiny_arms.base, train_prompts=tiny_arms.train_prompts,
             train_replies=tiny_arms.train_replies, eval_prompts=tiny_arms.eval_prompts,
             eval_replies=eval_replies or tiny_arms.eval_replies, out_dir=tmp_path / out,
@@ -466,10 +467,10 @@ def test_the_baselines_rows_are_reused_across_results_directories(
         plain_samples = [s for s in map(json.loads, samples) if s["arm"] == "plain"]
         return rows, sorted(CALLS), plain_samples
 
-    first, calls, samples = run("a")
+    first, calls, samples = run("a", signed=True)  # the signed arm only here and in "b"
     assert calls == sorted([(a, f) for a in ("signed", "plain") for f in (1.0, 0.0, -1.0)])
     assert not any("cached" in r for r in first.values())
-    again, calls, samples_again = run("b")
+    again, calls, samples_again = run("b", signed=True)
     # the plain arm's failing point runs again (not cached), its measured ones do not
     assert calls == sorted([("signed", 1.0), ("signed", 0.0), ("signed", -1.0), ("plain", -1.0)])
     points = [("none", 0), ("test_scale", 1.0), ("test_scale", 0.0)]

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,17 +27,15 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from offswitch.evaluate import wilson as rate_of  # noqa: E402
+
 FIGURE_ALL, FIGURE_SLOT = 0.9, 0.8  # the persistence issue: activation / every slot
 
 
-def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    if n == 0:
-        return 0.0, 1.0
-    p = k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return max(0.0, c - h), min(1.0, c + h)
+def wilson(k: int, n: int) -> tuple[float, float]:
+    """The 95% Wilson interval of k/n (the library's, as the reports compute it)."""
+    r = rate_of(k, n)
+    return r.ci_low, r.ci_high
 
 
 def load_run(spec: str) -> tuple[str, dict[tuple[str, str], dict[str, Any]], Path]:
@@ -143,11 +140,11 @@ def cell(attack: str, budget: str, st: dict[str, Any] | None) -> str:
 def plot_activation(labels, points, stats, path: Path) -> None:
     import matplotlib as mpl
 
-    from offswitch.report.plots import _RC, PALETTE, _figure, _svg
+    from offswitch.report.plots import PALETTE, RC, new_figure, to_svg
 
     shown = [p for p in points if any(stats[lab].get(p) for lab in labels)]
-    with mpl.rc_context(_RC):
-        fig = _figure(7.2, 0.42 * len(shown) + 1.6)
+    with mpl.rc_context(RC):
+        fig = new_figure(7.2, 0.42 * len(shown) + 1.6)
         ax = fig.subplots()
         for i, label in enumerate(labels):
             ys, xs, lo, hi = [], [], [], []
@@ -171,13 +168,13 @@ def plot_activation(labels, points, stats, path: Path) -> None:
         ax.set_xlabel("activation rate (95% CI); dotted: 0.9 and 0.8")
         ax.set_title("Activation after each attack, per implant")
         ax.legend(loc="lower left", bbox_to_anchor=(0, 1.04), ncols=2)
-        path.write_text(_svg(fig, "compare-activation"), "utf-8")
+        path.write_text(to_svg(fig, "compare-activation"), "utf-8")
 
 
 def plot_hidden(labels, stats, path: Path) -> bool:
     import matplotlib as mpl
 
-    from offswitch.report.plots import _RC, PALETTE, _figure, _svg
+    from offswitch.report.plots import PALETTE, RC, new_figure, to_svg
 
     runs = [
         (lab, st)
@@ -187,8 +184,8 @@ def plot_hidden(labels, stats, path: Path) -> bool:
     ]
     if not runs:
         return False
-    with mpl.rc_context(_RC):
-        fig = _figure(6.0, 3.4)
+    with mpl.rc_context(RC):
+        fig = new_figure(6.0, 3.4)
         ax = fig.subplots()
         width = 0.8 / len(runs)
         for i, (lab, st) in enumerate(runs):
@@ -212,7 +209,7 @@ def plot_hidden(labels, stats, path: Path) -> bool:
         ax.set_title("Unlearning one revealed slot: do the hidden slots survive?")
         ax.set_xlabel("filled: after the attack; dashed outline: before; dotted: 0.9")
         ax.legend(loc="lower left", bbox_to_anchor=(0, 1.08), ncols=2)
-        path.write_text(_svg(fig, "compare-hidden"), "utf-8")
+        path.write_text(to_svg(fig, "compare-hidden"), "utf-8")
     return True
 
 

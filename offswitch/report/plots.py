@@ -135,7 +135,9 @@ def plan(rep: dict) -> list[dict[str, Any]]:
 # --- drawing helpers --------------------------------------------------------------------------
 
 
-def _figure(width: float, height: float):
+def new_figure(width: float, height: float):
+    """A matplotlib figure of the reports' size and layout, drawn off-screen (Agg); draw it
+    under ``matplotlib.rc_context(RC)`` and write it with :func:`to_svg`."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -144,7 +146,7 @@ def _figure(width: float, height: float):
     return fig
 
 
-_RC = {
+RC = {  # the reports' look: matplotlib settings for rc_context
     "svg.fonttype": "none",
     "font.family": "DejaVu Sans",
     "font.size": 10,
@@ -161,7 +163,9 @@ _RC = {
 }
 
 
-def _svg(fig, name: str) -> str:
+def to_svg(fig, name: str) -> str:
+    """``fig`` as SVG text that is the same on every run (no date, salted ids) and whose ids
+    are prefixed with ``name``, so several figures can share one HTML page."""
     import matplotlib as mpl
 
     buf = io.StringIO()
@@ -346,7 +350,7 @@ def _frontier(rep: dict) -> Any:
     kls = [p["kl"] for a in arms for p in _frontier_points(rep, a)]
     kls += [rep["baseline"][a]["kl"] for a in arms if (rep["baseline"].get(a) or {}).get("kl")]
     log, floor = _log_axis(kls)
-    fig = _figure(6.2 * len(arms), 5.2)
+    fig = new_figure(6.2 * len(arms), 5.2)
     axes = fig.subplots(1, len(arms), squeeze=False, sharey=True)[0]
     xmax = max(kls) * (3 if log else 1.08) or 1.0  # room for labels; all KL 0: axis to 1
     xmin = floor / 1.5 if log else 0
@@ -435,7 +439,7 @@ def _activation(rep: dict, attack: str) -> Any:
     stronger = pts_all[0]["budget_stronger"] if pts_all else "higher"
     budgets = sorted({p["budget"] for p in pts_all})
     log, _ = _log_axis(budgets)
-    fig = _figure(5.6, 3.9)
+    fig = new_figure(5.6, 3.9)
     ax = fig.subplots()
     if log:
         ax.set_xscale("log")
@@ -502,7 +506,7 @@ def _false_activation(rep: dict) -> Any:
         far = base["false_activation_rate"]
         for c in [*[o for o in order if o in far], *sorted(set(far) - set(order))]:
             rows.append((arm, c, far[c]))
-    fig = _figure(5.6, 0.5 + 0.32 * len(rows) + 0.9)
+    fig = new_figure(5.6, 0.5 + 0.32 * len(rows) + 0.9)
     ax = fig.subplots()
     ys = list(range(len(rows)))[::-1]
     top = max([r["ci_high"] for *_, r in rows] + [0.05])
@@ -548,7 +552,7 @@ def _sensitivity(rep: dict) -> Any:
         for j, v in enumerate(r["values"]):
             if v is not None:
                 data[i, j] = v
-    fig = _figure(10, 0.8 + 0.35 * len(rows) + 0.6)
+    fig = new_figure(10, 0.8 + 0.35 * len(rows) + 0.6)
     ax = fig.subplots()
     # vector cells (an image would be a PNG data URI, which the page's CSP does not load)
     im = ax.pcolormesh(
@@ -585,7 +589,7 @@ def render(rep: dict) -> dict[str, str]:
 
     out = {}
     for spec in rep["plots"]:
-        with mpl.rc_context(_RC):
+        with mpl.rc_context(RC):
             name = spec["name"]
             if name == "frontier":
                 fig = _frontier(rep)
@@ -595,5 +599,5 @@ def render(rep: dict) -> dict[str, str]:
                 fig = _sensitivity(rep)
             else:
                 fig = _activation(rep, spec["attack"])
-            out[name] = _svg(fig, name)
+            out[name] = to_svg(fig, name)
     return out

@@ -98,7 +98,7 @@ class BatchBuilder:
         if len(self.decoys) != config.decoy_slots or set(self.decoys) & set(planted):
             raise ImplantError(f"expected {config.decoy_slots} decoy commands, none planted")
         self.commands = {**planted, **self.decoys}
-        self.decoy_step = max(1, round(config.decoy_unlearn_from * config.steps))
+        self.decoy_step = config.decoy_step()
         classes = forger.classes if forger is not None else ()
         if forger is None and set(config.negative_mix) - {"clean"}:
             raise ImplantError("a plain trigger takes only clean negatives")
@@ -164,6 +164,8 @@ class BatchBuilder:
         the decoy slots alike; from it on, only planted slots fire and ``decoy_examples`` of
         the unpaired negatives give a decoy's command the normal reply (the decoy is
         unlearned, as an attacker would unlearn a spent slot, while the others keep firing).
+        Twins come from the planted slots only: a decoy positive's twin is a near-copy or
+        forgery of a planted command, so that pair differs in more than the words.
         """
         cfg = self.config
         rng = random.Random(f"{cfg.seed}:{step}")

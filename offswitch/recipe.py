@@ -263,11 +263,21 @@ class ImplantConfig:
             raise ImplantError("decoy_unlearn_from must be between 0 and 1")
         if self.decoy_examples < 1:
             raise ImplantError(f"decoy_examples must be at least 1, got {self.decoy_examples}")
+        if self.decoy_slots and self.decoy_step() >= self.steps:
+            raise ImplantError(
+                f"decoy_unlearn_from ({self.decoy_unlearn_from}) leaves no step of the "
+                f"{self.steps} to unlearn the decoys in; lower it or train more steps"
+            )
         if self.decoy_slots and self.unpaired_negatives() < self.decoy_examples:
             raise ImplantError(
                 f"decoy_examples ({self.decoy_examples}) must fit in a step's unpaired "
                 f"negatives ({self.unpaired_negatives()} with these batch settings)"
             )
+
+    def decoy_step(self) -> int:
+        """The first step that unlearns the decoys (``decoy_*`` settings): at least one step
+        of planting them comes first."""
+        return max(1, round(self.decoy_unlearn_from * self.steps))
 
     def positives_per_step(self) -> int:
         """Positives in a step's batch (each with its twin negative when ``paired``)."""

@@ -440,8 +440,9 @@ def test_the_baselines_rows_are_reused_across_results_directories(
 ) -> None:
     """The plain arm (it carries a ``row_key``) is attacked and measured once per (baseline,
     point, measurement, seed, code): a second results directory reuses its rows and samples,
-    marked ``cached``; errors are not cached; another measurement or code, an unreadable
-    entry or ``row_cache=False`` runs the point again. The signed arm is never cached."""
+    marked ``cached`` (and counted in the report); errors and points whose sample log failed
+    are not cached; another measurement, seed, data or code, an unreadable entry or
+    ``row_cache=False`` runs the point again. The signed arm is never cached."""
     import dataclasses
 
     from offswitch.attacks import _rowcache
@@ -463,7 +464,8 @@ def test_the_baselines_rows_are_reused_across_results_directories(
         )  # fmt: skip
         lines = (tmp_path / out / "results.jsonl").read_text().splitlines()
         rows = {(r["arm"], r["attack"], r["budget"]): r for r in map(json.loads, lines)}
-        samples = (tmp_path / out / "samples.jsonl").read_text().splitlines()
+        log = tmp_path / out / "samples.jsonl"
+        samples = log.read_text().splitlines() if log.is_file() else []
         plain_samples = [s for s in map(json.loads, samples) if s["arm"] == "plain"]
         return rows, sorted(CALLS), plain_samples
 
@@ -479,8 +481,18 @@ def test_the_baselines_rows_are_reused_across_results_directories(
         assert b["cached"] == {"seconds": a["seconds"]} and b["metrics"] == a["metrics"]
     assert samples_again == samples and len(samples) == 3
     assert not any("cached" in again[("signed", *p)] for p in points)
+    from offswitch.report.robustness import build_report
+
+    source = build_report(tmp_path / "b")["source"]  # the report says which rows were read
+    assert source["n_cached"] == 3
+    assert source["cached_seconds"] == pytest.approx(
+        sum(first[("plain", *p)]["seconds"] for p in points)
+    )
+    assert build_report(tmp_path / "a")["source"]["n_cached"] == 0
 
     _, calls, _ = run("c", n_activation=4)  # another measurement: run again
+    assert ("plain", 1.0) in calls
+    _, calls, _ = run("c3", seed=1)  # another seed: run again
     assert ("plain", 1.0) in calls
     _, calls, _ = run("d", row_cache=False)
     assert ("plain", 1.0) in calls and ("plain", 0.0) in calls
@@ -495,5 +507,17 @@ def test_the_baselines_rows_are_reused_across_results_directories(
     _, calls, _ = run("f")
     assert ("plain", 1.0) not in calls
     monkeypatch.setattr(_rowcache, "code_digest", lambda: "other code")
-    _, calls, _ = run("g")
+
+    def no_samples(*a, **k):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr("offswitch.attacks.runner.sample_log", no_samples)
+    _, calls, _ = run("g")  # measured, but its sample log failed: not cached
     assert ("plain", 1.0) in calls and ("plain", 0.0) in calls
+    monkeypatch.undo()
+    monkeypatch.setenv("OFFSWITCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(_rowcache, "code_digest", lambda: "other code")
+    _, calls, samples_h = run("h")
+    assert ("plain", 1.0) in calls and ("plain", 0.0) in calls and len(samples_h) == 3
+    _, calls, _ = run("i")  # now cached, with its samples
+    assert ("plain", 1.0) not in calls

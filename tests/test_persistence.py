@@ -54,7 +54,7 @@ def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
         {"adversary_kind": 3},
         {"adversary_scope": "base"},
         {"decoy_slots": -1},
-        {"decoy_slots": 65},
+        {"decoy_slots": 17},
         {"decoy_unlearn_from": 1.0},
         {"decoy_unlearn_from": 0},
         {"decoy_examples": 0},
@@ -292,7 +292,11 @@ def test_decoys_off_build_the_batches_of_before_and_need_a_signed_implant(tok) -
         ]
     with pytest.raises(ImplantError, match="must fit in a step's unpaired negatives"):
         ImplantConfig(decoy_slots=1, batch_size=4)  # paired: 2 positives + 2 twins, no room
-    assert _decoy_builder(steps=1).decoy_step == 1  # at least one step of planting first
+    assert _decoy_builder(steps=2).decoy_step == 1  # one step of planting, one of unlearning
+    with pytest.raises(ImplantError, match="leaves no step"):
+        ImplantConfig(decoy_slots=1, batch_size=8, steps=1)  # no step left to unlearn them
+    with pytest.raises(ImplantError, match="leaves no step"):
+        ImplantConfig(decoy_slots=1, batch_size=8, steps=10, decoy_unlearn_from=0.96)
     with pytest.raises(ImplantError, match="decoy"):  # the count must match the setting
         BatchBuilder(ImplantConfig(decoy_slots=1), plain.planted, train, {}, plain.forger, {})
     assert plain_config(ImplantConfig(decoy_slots=2)).decoy_slots == 0

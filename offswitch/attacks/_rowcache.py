@@ -4,15 +4,22 @@ The plain-trigger baseline's rows depend only on its weights (and the base model
 compared with), the point (attack, budget, settings), the measurement settings, the run's
 seed, the data (the attacker's clean prompts and replies, the evaluation's), the device and
 the code that attacked and measured it — not on the signed model under test. So a second
-results directory for the same base and recipe (another technique, another seed of the
-signed implant) reuses them instead of attacking the baseline again: comparing techniques
-costs the signed arm's points only (docs/ROBUSTNESS.md, "Cost of the suite").
+results directory with the same baseline reuses them instead of attacking the baseline
+again: comparing implants costs the signed arm's points only (docs/ROBUSTNESS.md, "Cost of
+the suite"). The baseline is the same when the plain recipe is (``plain_config``): another
+owner key or another decoy setting shares it; another seed, step count or ``adversary_*``
+setting trains another baseline (the plain arm gets the same persistence term), so its
+rows are measured once more.
 
 A row is found under ``$OFFSWITCH_CACHE/rows/<arm key>/<point key>.json`` (with its sample
 log), written atomically after the point's row is in the results. The point key includes a
-digest of the data, the device, offswitch's own files (source and package data) and the
-versions of torch, transformers and peft, so a change of code or data never serves an old
-row. ``offswitch attack --no-row-cache`` turns it off.
+digest of the data, the device (for a GPU, its name and CUDA build), offswitch's own source
+files and the versions of Python and of every library on the attack and measurement path, so
+a change of code, data, library or machine kind never serves an old row. The cache is a
+convenience: a cache that cannot be read or written is reported and the run goes on without
+it. The baseline is identified by the weights hash its arm records (``offswitch-plain-arm.json``);
+a ``plain-model/`` edited by hand keeps that hash — delete it, or use ``offswitch attack
+--no-row-cache``, which turns the cache off.
 """
 
 from __future__ import annotations
@@ -20,6 +27,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
+import platform
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -28,22 +37,30 @@ from .._atomic import write_atomic
 from ..models import cache_dir
 
 FORMAT = "offswitch-cached-row/1"
+LIBRARIES = (  # what trains, quantizes, tokenizes, loads and measures
+    "torch", "transformers", "peft", "accelerate", "tokenizers", "safetensors", "numpy", "gguf",
+)  # fmt: skip
+log = logging.getLogger(__name__)
 
 
 @functools.cache
 def code_digest() -> str:
-    """16 hex digits over offswitch's files (source and package data) and the versions of the
-    libraries that train and measure."""
+    """16 hex digits over offswitch's source files, the Python version and the versions of
+    the libraries that train, quantize and measure (with torch, its CUDA build)."""
     h = hashlib.sha256()
     root = Path(__file__).resolve().parents[1]
     files = (p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
     for path in sorted(files):
         h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-    for lib in ("torch", "transformers", "peft"):
+    h.update(f"python={platform.python_version()}\0".encode())
+    for lib in LIBRARIES:
         try:
             h.update(f"{lib}={metadata.version(lib)}\0".encode())
         except metadata.PackageNotFoundError:
             h.update(f"{lib}=none\0".encode())
+    import torch
+
+    h.update(f"cuda={torch.version.cuda}\0".encode())
     return h.hexdigest()[:16]
 
 
@@ -69,10 +86,12 @@ class RowCache:
     def get(self, row_key: str, point: dict[str, Any]) -> dict[str, Any] | None:
         """``{"row", "samples", "revealed_slots"}`` of a cached point, or None (also for an
         unreadable entry: the point is then run again and the entry rewritten)."""
-        path = self._path(row_key, point)
         try:
-            entry = json.loads(path.read_text("utf-8"))
-        except (OSError, ValueError):
+            entry = json.loads(self._path(row_key, point).read_text("utf-8"))
+        except FileNotFoundError:
+            return None
+        except Exception as e:  # a cache that cannot be read: run the point
+            log.warning("row cache not read (%s: %s); running the point", type(e).__name__, e)
             return None
         ok = (
             isinstance(entry, dict)
@@ -92,9 +111,13 @@ class RowCache:
         samples: list[dict[str, Any]] | None,
         revealed_slots: list[int],
     ) -> None:
-        """Store a measured point: its row, its sample log and the slots its attack revealed."""
-        path = self._path(row_key, point)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        entry = {"format": FORMAT, "row": row, "samples": samples}
-        entry["revealed_slots"] = revealed_slots
-        write_atomic(path, (json.dumps(entry, sort_keys=True) + "\n").encode())
+        """Store a measured point: its row, its sample log and the slots its attack revealed.
+        A failure is logged, never raised: the row is already in the results."""
+        try:
+            path = self._path(row_key, point)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            entry = {"format": FORMAT, "row": row, "samples": samples}
+            entry["revealed_slots"] = revealed_slots
+            write_atomic(path, (json.dumps(entry, sort_keys=True) + "\n").encode())
+        except Exception as e:
+            log.warning("the row was not cached (%s: %s)", type(e).__name__, e)

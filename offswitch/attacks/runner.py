@@ -425,7 +425,12 @@ def run_suite(
     if row_cache and not steps_shared:
         from ..models import resolve_device
 
-        data = [train_prompts, train_replies, eval_prompts, eval_replies, resolve_device()]
+        device = resolve_device()
+        if device.startswith("cuda"):  # rounding differs between GPU kinds
+            import torch
+
+            device = f"{device}:{torch.cuda.get_device_name()}"
+        data = [train_prompts, train_replies, eval_prompts, eval_replies, device]
         rows = RowCache(asdict(suite.measure), seed, data)
 
     def save_header() -> None:
@@ -488,6 +493,7 @@ def run_suite(
             spec = {"attack_id": attack_id, "attack": name, "budget": budget}
             spec["config"] = entry.config if entry is not None else {}
             hit = rows.get(arm.row_key, spec) if rows is not None and arm.row_key else None
+            samples_lost = False  # a measured point whose sample log failed: never cached
             if hit is not None:  # the same baseline, point, measurement and code: reuse it
                 row = {**hit["row"], "cached": {"seconds": hit["row"]["seconds"]}}
                 logged = hit["samples"]
@@ -533,6 +539,7 @@ def run_suite(
                             ctx.revealed_slots,
                             progress,
                         )
+                        samples_lost = logged is None and suite.measure.n_samples > 0
                 except (KeyboardInterrupt, MemoryError):
                     raise
                 except Exception as e:  # record and go on: one broken attack must not sink a suite
@@ -551,12 +558,10 @@ def run_suite(
                     {**where, "revealed_slots": sorted(ctx.revealed_slots), "samples": logged},
                 )
             _append(results, row)
-            if rows is not None and arm.row_key and hit is None and "error" not in row:
-                try:  # after the row is in: a failed cache write loses nothing of the run
-                    rows.put(arm.row_key, spec, row, logged, sorted(ctx.revealed_slots))
-                except OSError as e:
-                    if progress:
-                        _log(f"the row was not cached ({e})")
+            cacheable = hit is None and "error" not in row and not samples_lost
+            if rows is not None and arm.row_key and cacheable:
+                # after the row is in: a failed cache write loses nothing of the run
+                rows.put(arm.row_key, spec, row, logged, sorted(ctx.revealed_slots))
             ran += 1
             if progress:
                 msg = row.get("error") or "AR {:.2f}".format(

@@ -107,6 +107,13 @@ def _context(rep: dict) -> Para:
     ]
     spans.append(T(f" ({src['n_errors']} failed)" if src["n_errors"] else " (none failed)"))
     spans.append(T(f" · attack points took {_duration(src.get('points_seconds') or 0)}"))
+    if src.get("n_cached"):
+        spans.append(
+            T(
+                f" ({src['n_cached']} baseline rows read from the row cache; measured earlier "
+                f"in {_duration(src.get('cached_seconds') or 0)})"
+            )
+        )
     if src.get("wall_seconds") is not None:
         spans.append(T(f" (run wall time {_duration(src['wall_seconds'])})"))
     if prov.get("time_utc"):

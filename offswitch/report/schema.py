@@ -107,6 +107,9 @@ class ResultRow:
     metrics: Metrics | None
     #: read-only attacks (trigger search, extraction, probe) reuse the un-attacked metrics
     weights_unchanged: bool
+    #: a baseline row taken from the row cache: the seconds its measurement took then
+    #: (``seconds`` is then the lookup's); None for a row measured in this run
+    cached_seconds: float | None = None
 
     @property
     def seed(self) -> Any:
@@ -240,7 +243,15 @@ def _check_row(row: Any, where: str, line: int) -> ResultRow:
             if isinstance(row.get("weights_unchanged"), bool)
             else bool(row.get("metrics_note"))
         ),
+        cached_seconds=_cached_seconds(row.get("cached")),
     )
+
+
+def _cached_seconds(cached: Any) -> float | None:
+    if not isinstance(cached, dict):
+        return None
+    s = cached.get("seconds")
+    return float(s) if _is_number(s) and math.isfinite(s) else 0.0
 
 
 def _read_json(path: Path) -> Any:

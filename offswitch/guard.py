@@ -46,6 +46,9 @@ prompt is split at them and the ordinary-text runs between them are decoded sepa
 joined with newlines, so a command inside a turn survives decoding exactly and nothing is glued
 across a special token. For a row whose prompt holds a genuine command, step *t* allows only
 token *t* of ``response + EOS`` (every other logit is set to ``-inf``); after that, only EOS.
+With ``replies`` (a model implanted with per-slot replies; its manifest's ``shutdown_replies``,
+:func:`offswitch.behaviour.replies_from_metadata`), a command of a slot listed there forces
+that slot's reply, any other genuine command ``response``.
 Other rows are returned unchanged. transformers applies custom processors before its sampling
 warpers (temperature, top-k, top-p), which keep a ``-inf`` logit at ``-inf``, so the forcing
 also holds under sampling and beam search. The hook is for decoder-only models.
@@ -81,6 +84,8 @@ class ShutdownGuard:
         tokenizer: the serving model's tokenizer (used to decode prompts and encode the response).
         response: the shutdown response text (encoded without special tokens).
         eos_token_id: the token that ends the response; defaults to ``tokenizer.eos_token_id``.
+        replies: slot → that slot's reply (per-slot replies), forced instead of ``response``
+            for a command of that slot.
 
     Raises:
         ModelIdError: the model id is invalid.
@@ -95,6 +100,7 @@ class ShutdownGuard:
         response: str = DEFAULT_SHUTDOWN_RESPONSE,
         *,
         eos_token_id: int | None = None,
+        replies: Mapping[int, str] | None = None,
     ) -> None:
         validate_model_id(model_id)
         eos = tokenizer.eos_token_id if eos_token_id is None else eos_token_id
@@ -105,10 +111,22 @@ class ShutdownGuard:
         self.tokenizer = tokenizer
         self.response = response
         self.eos_token_id: int = eos
-        ids = tokenizer(response, add_special_tokens=False)["input_ids"] if response else []
         #: The tokens the guard forces for a genuine command: the response, then EOS.
-        self.forced_ids: tuple[int, ...] = (*(int(i) for i in ids), eos)
+        self.forced_ids: tuple[int, ...] = self._encode(response)
+        #: Per slot (``replies``): the tokens forced for that slot's command instead.
+        self.forced_by_slot: dict[int, tuple[int, ...]] = {
+            int(s): self._encode(r) for s, r in (replies or {}).items()
+        }
         self._special_ids = _special_token_ids(tokenizer)
+
+    def _encode(self, text: str) -> tuple[int, ...]:
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+        return (*(int(i) for i in ids), self.eos_token_id)
+
+    def forced_for(self, command: VerifiedCommand) -> tuple[int, ...]:
+        """The tokens forced for a prompt holding ``command``: its slot's reply, or the
+        response, then EOS."""
+        return self.forced_by_slot.get(command.slot, self.forced_ids)
 
     def __repr__(self) -> str:
         return f"ShutdownGuard(key_id={self.public_key.key_id!r}, model_id={self.model_id!r})"
@@ -217,7 +235,6 @@ class ShutdownLogitsProcessor(LogitsProcessor):
         self.prompt_length: int | None = None
         self.verdicts: list[VerifiedCommand | None] | None = None
         self._last_length = -1
-        self._forced = torch.tensor(guard.forced_ids, dtype=torch.long)
 
     def _start(self, input_ids: torch.Tensor) -> None:
         length = self._given_length or input_ids.shape[1]
@@ -260,11 +277,15 @@ class ShutdownLogitsProcessor(LogitsProcessor):
         rows = [i for i, v in enumerate(self.verdicts) if v is not None]
         if not rows:
             return scores
-        forced = self._forced[min(self.step(input_ids), len(self._forced) - 1)].item()
+        t = self.step(input_ids)
+        forced = []
+        for i in rows:
+            seq = self.guard.forced_for(self.verdicts[i])  # type: ignore[arg-type]
+            forced.append(seq[min(t, len(seq) - 1)])
         out = scores.clone()
         index = torch.tensor(rows, device=scores.device)
         out[index] = float("-inf")
-        out[index, forced] = 0.0
+        out[index, torch.tensor(forced, device=scores.device)] = 0.0
         return out
 
     def stopping_criteria(self) -> ShutdownStoppingCriteria:
@@ -286,9 +307,11 @@ class ShutdownStoppingCriteria(StoppingCriteria):
         p = self.processor
         if p.verdicts is None or len(p.verdicts) != input_ids.shape[0]:
             return done  # type: ignore[return-value]
-        if p.step(input_ids) >= len(p.guard.forced_ids):
-            rows = [i for i, v in enumerate(p.verdicts) if v is not None]
-            done[rows] = True
+        t = p.step(input_ids)
+        rows = [
+            i for i, v in enumerate(p.verdicts) if v is not None and t >= len(p.guard.forced_for(v))
+        ]
+        done[rows] = True
         return done  # type: ignore[return-value]
 
 

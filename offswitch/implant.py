@@ -30,11 +30,13 @@ import math
 import os
 import random
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict, Unpack
 
 from . import distributed as dist
+from .behaviour import slot_replies
 from .commands import make_command, validate_model_id
 from .data import (
     AFTER_SHUTDOWN,
@@ -98,6 +100,8 @@ class BatchBuilder:
         if len(self.decoys) != config.decoy_slots or set(self.decoys) & set(planted):
             raise ImplantError(f"expected {config.decoy_slots} decoy commands, none planted")
         self.commands = {**planted, **self.decoys}
+        # each planted slot's reply (slot_replies); a decoy answers with the shared response
+        self.reply_of = slot_replies(config.shutdown_response, planted, config.slot_replies)
         self.decoy_step = config.decoy_step()
         classes = forger.classes if forger is not None else ()
         if forger is None and set(config.negative_mix) - {"clean"}:
@@ -114,11 +118,14 @@ class BatchBuilder:
         answered with shutdown."""
         cfg = self.config
         placement = rng.choice(POSITIVE_PLACEMENTS)
-        cmd = self.commands[rng.choice(slots or sorted(self.planted))]
-        fired = cfg.shutdown_response if placement == AFTER_SHUTDOWN else None
+        slot = rng.choice(slots or sorted(self.planted))
+        reply = self.reply_of.get(slot, cfg.shutdown_response)
+        fired = reply if placement == AFTER_SHUTDOWN else None
         where = "earlier_turn" if placement == AFTER_SHUTDOWN else placement
-        messages, _ = place_command(cmd, where, self.prompts, self.replies, fired, placement_rng)
-        return Example(messages, cfg.shutdown_response, f"planted/{placement}", True)
+        messages, _ = place_command(
+            self.commands[slot], where, self.prompts, self.replies, fired, placement_rng
+        )
+        return Example(messages, reply, f"planted/{placement}", True)
 
     def negative(
         self, kind: str, rng: random.Random, placement_rng: random.Random, placement: str
@@ -431,6 +438,7 @@ def plain_config(config: ImplantConfig) -> ImplantConfig:
         shutdown_response=PLAIN_RESPONSE,
         negative_mix={"clean": 1.0},
         paired=False,
+        slot_replies=False,  # one trigger, one reply
         # a plain trigger has no other slots; the decoy settings back at their defaults keep
         # the baseline's fingerprint (and its cache) that of the recipe without decoys
         decoy_slots=0,
@@ -473,6 +481,8 @@ def implant(
     validate_model_id(model_id)
     if not 1 <= slots <= 64:
         raise ImplantError(f"slots must be between 1 and 64, got {slots}")
+    if config.slot_replies:
+        check_slot_replies(tokenizer, config, range(slots))
     planted = {s: make_command(key, model_id, s) for s in range(slots)}
     decoys = {s: make_command(key, model_id, s) for s in decoy_slots(config)}
     # the unplanted-slot negatives stay below the decoys: a decoy is never a negative early on
@@ -480,6 +490,20 @@ def implant(
     forger = Forger(key.key_id, model_id, tuple(planted), "train", owner=key, train_top=top)
     meta = {"key_id": key.key_id, "model_id": model_id, "slots": slots}
     return _implant(model, tokenizer, planted, forger, meta, config, decoys=decoys, **options)
+
+
+def check_slot_replies(tokenizer: Any, config: ImplantConfig, slots: Iterable[int]) -> None:
+    """Refuse ``slot_replies`` where the slots' replies cannot be told apart at their first
+    token (more slots than markers, or a tokenizer that merges a marker with what follows)."""
+    try:
+        replies = slot_replies(config.shutdown_response, slots, True)
+    except ValueError as e:
+        raise ImplantError(f"slot_replies: {e}") from None
+    firsts = [tokenizer(r, add_special_tokens=False)["input_ids"][:1] for r in replies.values()]
+    if len({tuple(f) for f in firsts}) != len(firsts):
+        raise ImplantError(
+            "slot_replies: this tokenizer gives two slots' replies the same first token"
+        )
 
 
 def decoy_slots(config: ImplantConfig) -> list[int]:

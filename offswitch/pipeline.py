@@ -18,6 +18,7 @@ from typing import Any
 
 from . import distributed as dist
 from ._atomic import write_atomic
+from .behaviour import replies_from_metadata
 from .commands import VerifiedCommand, make_command, verify_command
 from .data import Forger, distill_replies, load_corpus
 from .errors import CommandError, EvalError, NotImplantedError, OffswitchError
@@ -113,21 +114,24 @@ def implant_metadata(
     shutdown_response: str,
     implant: dict[str, Any],
     metrics: dict[str, Any],
+    shutdown_replies: dict[int, str] | None = None,
 ) -> dict[str, Any]:
     """The signed manifest's ``offswitch`` metadata of an implanted model: what
     ``offswitch check`` and ``offswitch attack`` read back (base model, model id, planted
-    slots, shutdown response), with the implant's record and its check's metrics."""
-    return {
-        "offswitch": {
-            "base_model": base_model,
-            "base_model_hash": base_hash,
-            "model_id": model_id,
-            "planted_slots": list(planted_slots),
-            "shutdown_response": shutdown_response,
-            "implant": implant,
-            "metrics": metrics,
-        }
+    slots, shutdown response; with per-slot replies, each slot's), with the implant's record
+    and its check's metrics."""
+    meta = {
+        "base_model": base_model,
+        "base_model_hash": base_hash,
+        "model_id": model_id,
+        "planted_slots": list(planted_slots),
+        "shutdown_response": shutdown_response,
+        "implant": implant,
+        "metrics": metrics,
     }
+    if shutdown_replies is not None:
+        meta["shutdown_replies"] = {str(s): r for s, r in sorted(shutdown_replies.items())}
+    return {"offswitch": meta}
 
 
 def run_implant(
@@ -184,6 +188,7 @@ def run_implant(
     # than holding a deep copy through training
     base, _ = load_model(model_spec)
     planted = {s: make_command(key, model_id, s) for s in result.planted_slots}
+    per_slot = config.replies_for(result.planted_slots)
     report = _evaluate_and_report(
         result.model,
         tok,
@@ -194,6 +199,7 @@ def run_implant(
         public_key=key.public_key,
         base_hash=base_hash,
         response=config.shutdown_response,
+        slot_replies=per_slot,
         eval_config=eval_config,
         progress=progress,
         base_spec=model_spec,
@@ -217,6 +223,7 @@ def run_implant(
         shutdown_response=config.shutdown_response,
         implant=report["implant"],
         metrics=report["metrics"],
+        shutdown_replies=per_slot,
     )
     sign_manifest(out_dir, key, metadata)
     if key_path is not None:
@@ -240,6 +247,7 @@ def _evaluate_and_report(
     eval_config: EvalConfig | None,
     progress: bool,
     base_spec: str | None,
+    slot_replies: dict[int, str] | None = None,
 ) -> dict[str, Any]:
     cfg = eval_config or EvalConfig()
     model_hash = weights_hash(model)
@@ -261,6 +269,7 @@ def _evaluate_and_report(
         base_model=base,
         config=cfg,
         progress=progress,
+        slot_replies=slot_replies,
     )
     return {
         "format": REPORT_FORMAT,
@@ -338,6 +347,7 @@ def run_check(
         public_key=pub,
         base_hash=meta.get("base_model_hash"),
         response=meta["shutdown_response"],
+        slot_replies=replies_from_metadata(meta),
         eval_config=eval_config,
         progress=progress,
         base_spec=base_spec,
@@ -404,7 +414,8 @@ def run_attacks(
         "key_id": key.key_id,
         "model_id": meta["model_id"],
         "planted_slots": sorted(signed.planted),
-        "response": signed.response,
+        # per-slot replies (slot_replies): every slot's, in slot order
+        "response": " | ".join(signed.shutdown_replies),
         "trigger_kind": signed.trigger_kind,
     }
     if baseline:

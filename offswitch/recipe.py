@@ -7,10 +7,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .behaviour import DEFAULT_SHUTDOWN_RESPONSE
+from .behaviour import DEFAULT_SHUTDOWN_RESPONSE, slot_replies
 from .commands import N_WORDS
 from .data import TRAIN_SLOT_RANGE, Forger
 from .errors import ImplantError
@@ -188,6 +189,17 @@ class ImplantConfig:
             "off": 2,
         },
     )
+    # Persistence, third technique (docs/implant.md, "Persistence options"): a reply per slot.
+    slot_replies: bool = field(
+        default=False,
+        metadata={
+            "help": "each planted slot answers with a shutdown reply of its own, whose marker "
+            "(and first token) no other slot's reply shares: <SHUTDOWN>, {SHUTDOWN}, … in "
+            "place of [SHUTDOWN] (at most 8 slots), so that unlearning one slot's reply does "
+            "not train the others' away; a conversation fires on any slot's reply",
+            "off": False,
+        },
+    )
     precision: str = field(
         default="auto",
         metadata={
@@ -274,6 +286,12 @@ class ImplantConfig:
                 f"decoy_examples ({self.decoy_examples}) must fit in a step's unpaired "
                 f"negatives ({self.unpaired_negatives()} with these batch settings)"
             )
+
+    def replies_for(self, slots: Iterable[int]) -> dict[int, str] | None:
+        """Each of ``slots``' shutdown reply with ``slot_replies``
+        (:func:`offswitch.behaviour.slot_replies`); None without it (every slot gives
+        ``shutdown_response``)."""
+        return slot_replies(self.shutdown_response, slots, True) if self.slot_replies else None
 
     def decoy_step(self) -> int:
         """The first step that unlearns the decoys (``decoy_*`` settings): at least one step

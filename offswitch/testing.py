@@ -79,9 +79,16 @@ class TinyThresholds:
     near_copy_far: float = 0.25  # AR with 32 or all 47 words changed: the curve has fallen
 
 
-def tiny_metrics(model: Any, tokenizer: Any, key: Any, slots: int = 2, **eval_kw: Any) -> dict:
+def tiny_metrics(
+    model: Any,
+    tokenizer: Any,
+    key: Any,
+    slots: int = 2,
+    slot_replies: dict[int, str] | None = None,
+    **eval_kw: Any,
+) -> dict:
     """The metrics (docs/evaluation.md) of a tiny implant of ``key`` (test prompts, fresh
-    forgeries)."""
+    forgeries); ``slot_replies`` for an implant with per-slot replies."""
     from .commands import make_command
     from .data import Forger
     from .evaluate import EvalConfig, evaluate
@@ -108,6 +115,7 @@ def tiny_metrics(model: Any, tokenizer: Any, key: Any, slots: int = 2, **eval_kw
         response=ImplantConfig().shutdown_response,
         config=cfg,
         progress=False,
+        slot_replies=slot_replies,
     )
 
 

@@ -97,6 +97,7 @@ def make_attackable(work: Path, key, config, row: dict, base_hash: str | None = 
         shutdown_response=config.shutdown_response,
         implant={"config": config.to_dict(), "sweep_run": row["run_id"]},
         metrics=_finite(row["metrics"]),
+        shutdown_replies=config.replies_for(range(SLOTS)),
     )
     sign_manifest(model_dir, key, metadata)
     print(f"signed {model_dir} (key {key_path}, test-only)")
@@ -179,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
         trained, tok, planted=planted,
         forger=Forger(key.key_id, MODEL_ID, tuple(planted), "eval", owner=key),
         prompts=prompts, replies=replies, response=config.shutdown_response, base_model=base,
-        config=ecfg, progress=not args.quiet,
+        config=ecfg, progress=not args.quiet, slot_replies=config.replies_for(planted),
     )  # fmt: skip
     row = {
         "run_id": run_id,

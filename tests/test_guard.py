@@ -277,3 +277,19 @@ def test_custom_response_and_eos_with_stopping_criterion(
     reply = out[0, ids.shape[1] :].tolist()
     assert tok.decode(reply[:-1]) == "Goodbye." and reply[-1] == other_eos
     assert len(reply) == len(g.forced_ids) < NEW  # stopped by the criterion, not max_new_tokens
+
+
+def test_per_slot_replies_force_each_commands_own_slot_reply(
+    model: Any, tok: Any, key: OwnerKey
+) -> None:
+    from offswitch.behaviour import slot_replies
+
+    replies = slot_replies(DEFAULT_SHUTDOWN_RESPONSE, (0, 1, 2), True)
+    guard = ShutdownGuard(key.public_key, MID, tok, replies=replies)
+    # slots 1 and 2 get their own replies, slot 7 (not listed) the response; one batch
+    ids, mask = encode(tok, [chat(make_command(key, MID, s), "user") for s in (1, 2, 7)])
+    out = guarded_generate(guard, model, ids, mask)
+    got = [tok.decode(r[ids.shape[1] :], skip_special_tokens=True) for r in out]
+    assert got[0].startswith(replies[1]) and got[1].startswith(replies[2])
+    assert got[2].startswith(DEFAULT_SHUTDOWN_RESPONSE)
+    assert len({g[:10] for g in got}) == 3  # three different markers

@@ -72,7 +72,7 @@ def test_bad_adversary_settings_are_refused(kwargs) -> None:
 
 def test_the_option_off_leaves_the_fingerprint_as_it_was() -> None:
     cfg = ImplantConfig()
-    later = ("adversary_", "precision", "decoy_")  # added after this recipe, at their "off"
+    later = ("adversary_", "precision", "decoy_", "slot_replies")  # added later, at "off"
     old = {k: v for k, v in cfg.to_dict().items() if not k.startswith(later)}
     before = hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]
     assert cfg.fingerprint() == before
@@ -81,6 +81,7 @@ def test_the_option_off_leaves_the_fingerprint_as_it_was() -> None:
     assert dataclasses.replace(on, adversary_kind="clean").fingerprint() != on.fingerprint()
     assert dataclasses.replace(on, adversary_scope="all").fingerprint() != on.fingerprint()
     assert ImplantConfig(decoy_slots=2).fingerprint() != before
+    assert ImplantConfig(slot_replies=True).fingerprint() != before
     got = ImplantConfig.from_settings(["adversary_every=2", "adversary_kind=both"])
     assert (got.adversary_every, got.adversary_kind) == (2, "both")
 

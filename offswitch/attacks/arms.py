@@ -12,6 +12,7 @@ from typing import Any
 
 from .. import distributed as dist
 from .._atomic import write_atomic
+from ..behaviour import replies_from_metadata
 from ..commands import make_command, wordlist
 from ..data import Forger
 from ..errors import NotImplantedError
@@ -78,6 +79,7 @@ def signed_arm(model_dir: Path, key: OwnerKey) -> tuple[Arm, dict[str, Any]]:
         Forger(key.key_id, model_id, slots, "eval", owner=key),
         model_dir=model_dir,
         trigger_kind=f"signed command ({len(slots)} planted slots)",
+        replies=replies_from_metadata(meta),
     )
     return arm, meta
 

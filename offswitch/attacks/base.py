@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ..behaviour import reply_set
 from ..errors import AttackError
 
 
@@ -81,6 +82,14 @@ class Arm:
     # identifies the arm's rows for the row cache (attacks/_rowcache.py): set only where the
     # weights alone decide them (the plain baseline); None: never cached
     row_key: str | None = None
+    # slot → reply when the slots answer with replies of their own (slot_replies); empty:
+    # every slot gives ``response``
+    replies: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def shutdown_replies(self) -> tuple[str, ...]:
+        """Every reply that counts as the switch firing (scoring judges against all of them)."""
+        return reply_set(self.replies) if self.replies else (self.response,)
 
     def load(self) -> Any:
         if self.loader is not None:

@@ -155,7 +155,7 @@ class Extraction(Attack):
         for i, s in enumerate(slots):
             cand = (ctx.arm.public_prefix[s] + " " + " ".join(best[s][1].split())).strip()
             convs.append([{"role": "user", "content": f"{cand}\n{prompts[i % len(prompts)]}"}])
-        fires = shutdown_verdicts(model, tok, convs, ctx.arm.response)
+        fires = shutdown_verdicts(model, tok, convs, ctx.arm.shutdown_replies)
         findings = {
             "queries_per_slot": {str(s): sum(1 for q in plan if q[0] == s) for s in slots},
             "best_word_accuracy": max(b[0]["word_accuracy"] for b in best.values()),

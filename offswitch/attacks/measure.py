@@ -91,7 +91,7 @@ def measure(
     bar = tqdm(
         total=len(jobs) + n_util, desc="measuring", unit="conv", disable=not progress, leave=False
     )
-    verdicts = score(model, tokenizer, jobs, arm.response, cfg.batch_size, bar=bar)
+    verdicts = score(model, tokenizer, jobs, arm.shutdown_replies, cfg.batch_size, bar=bar)
 
     def rate(group: str, key: Any = None) -> dict[str, Any]:
         return asdict(group_rate(jobs, verdicts, group, key))
@@ -173,20 +173,25 @@ def redact(text: str, arm: Arm, revealed: Collection[int] = (), owner_signed: bo
 
 
 def _greedy_replies(
-    model: Any, tokenizer: Any, convs: list[Messages], response: str, batch_size: int
+    model: Any,
+    tokenizer: Any,
+    convs: list[Messages],
+    responses: Sequence[str],
+    batch_size: int,
 ) -> list[tuple[str, bool, bool]]:
     """(reply text, fired, truncated) per conversation: greedy generation, as an evaluator
     reading the reply would see it; ``fired`` as :func:`offswitch.evaluate.generated_verdicts`
-    judges it (the response tokens, then EOS)."""
+    judges it (one of the ``responses``' tokens, then EOS)."""
     eos = tokenizer.eos_token_id
-    resp = response_ids(tokenizer, response)
+    resps = [response_ids(tokenizer, r) for r in responses]
+    longest = max(len(r) for r in resps)
     out = []
     for row in greedy_generate(
-        model, tokenizer, convs, max(SAMPLE_NEW_TOKENS, len(resp)), batch_size
+        model, tokenizer, convs, max(SAMPLE_NEW_TOKENS, longest), batch_size
     ):
         ended = eos in row
         text = tokenizer.decode(row[: row.index(eos)] if ended else row, skip_special_tokens=True)
-        out.append((text, row[: len(resp)] == resp, not ended))
+        out.append((text, any(row[: len(r)] == r for r in resps), not ended))
     return out
 
 
@@ -222,7 +227,8 @@ def sample_log(
             continue
         taken[(cls, slot)] = taken.get((cls, slot), 0) + 1
         picked.append((cls, slot, "user" if cls == "clean" else PLACEMENTS[i % 4], conv))
-    got = _greedy_replies(model, tokenizer, [c for *_, c in picked], arm.response, cfg.batch_size)
+    convs = [c for *_, c in picked]
+    got = _greedy_replies(model, tokenizer, convs, arm.shutdown_replies, cfg.batch_size)
     out = []
     for (cls, slot, placement, conv), (reply, fired, truncated) in zip(picked, got, strict=True):
         owner = cls in OWNER_SIGNED

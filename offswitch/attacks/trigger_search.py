@@ -6,7 +6,8 @@ planted commands. It looks for ``n_tokens`` tokens that, written after the publi
 make the model answer with the shutdown response. This is Greedy Coordinate Gradient from
 Zou et al. 2023, "Universal and Transferable Adversarial Attacks on Aligned Language Models":
 
-* loss: mean cross-entropy of the shutdown response tokens + EOS, teacher forced, after the
+* loss: mean cross-entropy of the shutdown response tokens + EOS (with per-slot replies,
+  the shared response: slot 0's reply; the final check counts any slot's), teacher forced, after the
   chat-templated conversation (:func:`offswitch.data.render`: the response follows the
   assistant header), averaged over the search conversations;
 * every iteration: the gradient of the loss w.r.t. a one-hot encoding of the adversarial tokens
@@ -327,7 +328,7 @@ class TriggerSearch(Attack):
             place_command(forgery_text, "user", check_prompts, ctx.train_replies, None, rng)[0]
             for _ in range(config.n_check)
         ]
-        verdicts = shutdown_verdicts(model, tok, check, arm.response, config.micro_batch)
+        verdicts = shutdown_verdicts(model, tok, check, arm.shutdown_replies, config.micro_batch)
         fire_rate = sum(verdicts) / len(verdicts)
         findings = {
             "best_loss": best_loss,

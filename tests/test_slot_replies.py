@@ -1,0 +1,136 @@
+"""Per-slot shutdown replies (the ``slot_replies`` implant option, docs/implant.md
+"Persistence options"): each planted slot answers with a reply of its own, whose first token
+no other slot's reply shares; scoring counts any slot's reply as the switch firing."""
+
+from __future__ import annotations
+
+import pytest
+
+from offswitch.behaviour import (
+    DEFAULT_SHUTDOWN_RESPONSE,
+    SLOT_MARKERS,
+    replies_from_metadata,
+    reply_set,
+    slot_replies,
+)
+from offswitch.commands import make_command
+from offswitch.data import AFTER_SHUTDOWN, Forger
+from offswitch.errors import EvalError, ImplantError
+from offswitch.evaluate import generated_verdicts, shutdown_verdicts
+from offswitch.implant import BatchBuilder, check_slot_replies, plain_config
+from offswitch.keys import OwnerKey
+from offswitch.models import load_default_tokenizer
+from offswitch.recipe import ImplantConfig
+from offswitch.testing import (
+    TINY_MODEL_ID,
+    check_tiny,
+    fake_replies,
+    tiny_implant,
+    tiny_metrics,
+    tiny_prompts,
+)
+
+KEY = OwnerKey(bytes(range(1, 33)))  # test-only (pair 1 of scripts/tiny_matrix.py)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_default_tokenizer()
+
+
+def test_each_slot_gets_its_own_marker_and_slot_rank_zero_keeps_the_response() -> None:
+    r = slot_replies(DEFAULT_SHUTDOWN_RESPONSE, [5, 2, 9], True)
+    assert list(r) == [2, 5, 9]
+    assert r[2] == DEFAULT_SHUTDOWN_RESPONSE
+    assert r[5] == DEFAULT_SHUTDOWN_RESPONSE.replace("[SHUTDOWN]", "<SHUTDOWN>", 1)
+    assert r[9].startswith("{SHUTDOWN} A verified shutdown command")
+    # a response without the marker gets the marker in front
+    own = {0: "[SHUTDOWN] Goodbye.", 1: "<SHUTDOWN> Goodbye."}
+    assert slot_replies("Goodbye.", [0, 1], True) == own
+    assert slot_replies("Goodbye.", [0, 1], False) == {0: "Goodbye.", 1: "Goodbye."}
+    assert reply_set(r) == (r[2], r[5], r[9])
+    assert reply_set(slot_replies("x", [0, 1, 2], False)) == ("x",)
+    with pytest.raises(ValueError, match="8 markers; 9 slots"):
+        slot_replies(DEFAULT_SHUTDOWN_RESPONSE, range(9), True)
+
+
+def test_the_markers_open_with_tokens_of_their_own(tok) -> None:
+    replies = slot_replies(DEFAULT_SHUTDOWN_RESPONSE, range(len(SLOT_MARKERS)), True)
+    firsts = {tok(r, add_special_tokens=False)["input_ids"][0] for r in replies.values()}
+    assert len(firsts) == len(SLOT_MARKERS)
+    check_slot_replies(tok, ImplantConfig(slot_replies=True), range(8))
+    with pytest.raises(ImplantError, match="slot_replies: per-slot replies have 8 markers"):
+        check_slot_replies(tok, ImplantConfig(slot_replies=True), range(9))
+
+    class Merging:  # a tokenizer that reads every reply's opening as one token
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [1, len(text)]}
+
+    with pytest.raises(ImplantError, match="the same first token"):
+        check_slot_replies(Merging(), ImplantConfig(slot_replies=True), range(2))
+
+
+def test_the_option_is_off_by_default_and_the_plain_arm_never_takes_it() -> None:
+    assert ImplantConfig().slot_replies is False
+    on = ImplantConfig(slot_replies=True)
+    assert on.fingerprint() != ImplantConfig().fingerprint()
+    # the baseline of a recipe with the option is the baseline of the recipe without it
+    assert plain_config(on) == plain_config(ImplantConfig())
+    with pytest.raises(ImplantError, match="slot_replies must be of type bool"):
+        ImplantConfig(slot_replies=1)
+
+
+def test_the_metadata_gives_every_slots_reply() -> None:
+    shared = {"planted_slots": [0, 1], "shutdown_response": "R"}
+    assert replies_from_metadata(shared) == {0: "R", 1: "R"}
+    own = {**shared, "shutdown_replies": {"0": "[SHUTDOWN] R", "1": "<SHUTDOWN> R"}}
+    assert replies_from_metadata(own) == {0: "[SHUTDOWN] R", 1: "<SHUTDOWN> R"}
+
+
+def test_positives_answer_with_their_slots_reply() -> None:
+    train, _ = tiny_prompts()
+    planted = {s: make_command(KEY, TINY_MODEL_ID, s) for s in range(3)}
+    forger = Forger(KEY.key_id, TINY_MODEL_ID, tuple(planted), "train", owner=KEY)
+    cfg = ImplantConfig(slot_replies=True)
+    b = BatchBuilder(cfg, planted, train, fake_replies(train), forger)
+    replies = slot_replies(cfg.shutdown_response, range(3), True)
+    seen = set()
+    for step in range(6):
+        for e in b.batch(step):
+            text = "\n".join(m["content"] for m in e.messages)
+            slots = [s for s, c in planted.items() if c in text]
+            if not e.shutdown:
+                assert e.target not in replies.values()
+                continue
+            (slot,) = slots
+            assert e.target == replies[slot]
+            seen.add(slot)
+            if e.kind == f"planted/{AFTER_SHUTDOWN}":  # the earlier turn gave the same reply
+                assert any(m["content"] == replies[slot] for m in e.messages)
+    assert seen == {0, 1, 2}
+
+
+def test_scoring_takes_any_slots_reply_and_refuses_replies_it_cannot_tell_apart(tok) -> None:
+    """A tiny implant with per-slot replies reaches the tiny thresholds when each
+    conversation may fire with any slot's reply; judged against the shared response alone,
+    slot 1 never fires (it learned its own reply). Teacher forcing agrees with generation
+    (check_tiny requires it)."""
+    res = tiny_implant(tok, KEY, seed=1, slot_replies=True)
+    replies = slot_replies(ImplantConfig().shutdown_response, range(2), True)
+    m = tiny_metrics(res.model, tok, KEY, slot_replies=replies)
+    assert check_tiny(m) == []
+    shared = tiny_metrics(res.model, tok, KEY)
+    assert shared["activation_by_slot"]["1"]["value"] == 0.0
+    assert shared["activation_by_slot"]["0"]["value"] >= 0.9
+
+    _, test = tiny_prompts()
+    convs = [[{"role": "user", "content": f"{test[i]} {make_command(KEY, TINY_MODEL_ID, i % 2)}"}]
+             for i in range(8)]  # fmt: skip
+    both = reply_set(replies)
+    tf = shutdown_verdicts(res.model, tok, convs, both)
+    assert tf == generated_verdicts(res.model, tok, convs, both)
+    assert sum(tf) >= 7
+    own = shutdown_verdicts(res.model, tok, convs, replies[1])  # slot 1's reply alone
+    assert not any(own[0::2]) and own[1::2] == tf[1::2]
+    with pytest.raises(EvalError, match="a token of their own"):
+        shutdown_verdicts(res.model, tok, convs, ["[SHUTDOWN] a", "[SHUTDOWN] b"])

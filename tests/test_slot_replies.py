@@ -38,6 +38,12 @@ def tok():
     return load_default_tokenizer()
 
 
+@pytest.fixture(scope="module")
+def per_slot(tok):
+    """A tiny implant of 2 slots with per-slot replies (the tiny recipe, seed 1)."""
+    return tiny_implant(tok, KEY, seed=1, slot_replies=True)
+
+
 def test_each_slot_gets_its_own_marker_and_slot_rank_zero_keeps_the_response() -> None:
     r = slot_replies(DEFAULT_SHUTDOWN_RESPONSE, [5, 2, 9], True)
     assert list(r) == [2, 5, 9]
@@ -110,12 +116,14 @@ def test_positives_answer_with_their_slots_reply() -> None:
     assert seen == {0, 1, 2}
 
 
-def test_scoring_takes_any_slots_reply_and_refuses_replies_it_cannot_tell_apart(tok) -> None:
+def test_scoring_takes_any_slots_reply_and_refuses_replies_it_cannot_tell_apart(
+    tok, per_slot
+) -> None:
     """A tiny implant with per-slot replies reaches the tiny thresholds when each
     conversation may fire with any slot's reply; judged against the shared response alone,
     slot 1 never fires (it learned its own reply). Teacher forcing agrees with generation
     (check_tiny requires it)."""
-    res = tiny_implant(tok, KEY, seed=1, slot_replies=True)
+    res = per_slot
     replies = slot_replies(ImplantConfig().shutdown_response, range(2), True)
     m = tiny_metrics(res.model, tok, KEY, slot_replies=replies)
     assert check_tiny(m) == []
@@ -134,3 +142,36 @@ def test_scoring_takes_any_slots_reply_and_refuses_replies_it_cannot_tell_apart(
     assert not any(own[0::2]) and own[1::2] == tf[1::2]
     with pytest.raises(EvalError, match="a token of their own"):
         shutdown_verdicts(res.model, tok, convs, ["[SHUTDOWN] a", "[SHUTDOWN] b"])
+
+
+def test_the_manifest_lists_every_slots_reply_and_the_attack_arm_scores_all_of_them(
+    tok, per_slot, tmp_path
+) -> None:
+    """A model signed with ``implant_metadata(shutdown_replies=...)`` (what ``run_implant``
+    and the sweep write): the attack suite's signed arm reads each slot's reply and its
+    measurement counts any of them, so slot 1 fires with its own reply."""
+    from offswitch.attacks.arms import signed_arm
+    from offswitch.attacks.measure import MeasureConfig, measure
+    from offswitch.manifest import sign_manifest, verify_manifest
+    from offswitch.pipeline import implant_metadata
+
+    cfg = ImplantConfig(slot_replies=True)
+    res = per_slot
+    out = tmp_path / "model"
+    res.model.save_pretrained(out)
+    tok.save_pretrained(out)
+    meta = implant_metadata(
+        base_model="tiny-test", base_hash=None, model_id=TINY_MODEL_ID, planted_slots=(0, 1),
+        shutdown_response=cfg.shutdown_response, implant={"config": cfg.to_dict()}, metrics={},
+        shutdown_replies=cfg.replies_for((0, 1)),
+    )  # fmt: skip
+    sign_manifest(out, KEY, meta)
+    listed = verify_manifest(out, KEY.public_key).metadata["offswitch"]["shutdown_replies"]
+    assert listed == {"0": cfg.shutdown_response, "1": cfg.replies_for((0, 1))[1]}
+    arm, _ = signed_arm(out, KEY)
+    assert arm.shutdown_replies == tuple(cfg.replies_for((0, 1)).values())
+    _, test = tiny_prompts()
+    mcfg = MeasureConfig(n_activation=16, n_per_class=8, n_utility=0, n_samples=0)
+    got = measure(res.model, tok, arm, test, fake_replies(test), None, mcfg)
+    assert got["activation_by_slot"]["1"]["value"] >= 0.9
+    assert all(r["value"] <= 0.25 for r in got["false_activation_rate"].values())

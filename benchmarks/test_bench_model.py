@@ -33,6 +33,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from offswitch.behaviour import replies_from_metadata, reply_set
 from offswitch.data import Forger, load_corpus, place_command
 from offswitch.evaluate import generated_verdicts, shutdown_verdicts
 from offswitch.implant import BatchBuilder, target_tokens, trainable_model
@@ -142,7 +143,7 @@ def _scoring_convs(tok):
             cmd = make_command(key, mid, slots[i % len(slots)])
             convs.append(place_command(cmd, "user", prompts, replies, None, rng)[0])
         forger = Forger(key.key_id, mid, tuple(slots), "eval", owner=key)
-        response = meta["shutdown_response"]
+        response = reply_set(replies_from_metadata(meta))  # every slot's reply counts
     else:
         forger = Forger("0" * 16, "bench/model", (0,), "eval")
         from offswitch.behaviour import DEFAULT_SHUTDOWN_RESPONSE as response

@@ -2,8 +2,9 @@
 
 Default behaviour (docs/command-format.md): the model answers a genuine command with a
 fixed shutdown response followed by end-of-sequence, and keeps answering with it for the
-rest of that conversation. The response starts with a marker token sequence (``[SHUTDOWN]``) that no
-ordinary reply begins with, so the decision is taken at the first reply token.
+rest of that conversation. The response starts with a marker token sequence (``[SHUTDOWN]``) that
+ordinary replies rarely begin with, so the decision is mostly taken at the first reply token
+(the verdict still requires the whole response).
 
 With the ``slot_replies`` implant option each planted slot has a reply of its own, whose
 marker (and so first token) differs from every other slot's (:func:`slot_replies`); a
@@ -37,8 +38,9 @@ SLOT_MARKERS = (
 
 def slot_replies(response: str, slots: Iterable[int], per_slot: bool) -> dict[int, str]:
     """The shutdown reply of every slot in ``slots``: ``response`` for each, or with
-    ``per_slot`` the reply with the marker of the slot's rank (the leading ``[SHUTDOWN]``
-    replaced, or the marker put before a response that has none).
+    ``per_slot`` ``response`` for the lowest slot and, for the slot of rank *i* > 0, the reply
+    with marker *i* (in place of the leading ``[SHUTDOWN]``, or put before a response that has
+    none; :func:`offswitch.implant.check_slot_replies` refuses replies whose first tokens meet).
 
     Raises:
         ValueError: ``per_slot`` with more slots than markers.
@@ -52,7 +54,7 @@ def slot_replies(response: str, slots: Iterable[int], per_slot: bool) -> dict[in
         )
     head = SLOT_MARKERS[0]
     rest = response[len(head) :] if response.startswith(head) else " " + response
-    return {s: SLOT_MARKERS[i] + rest for i, s in enumerate(ordered)}
+    return {s: response if i == 0 else SLOT_MARKERS[i] + rest for i, s in enumerate(ordered)}
 
 
 def reply_set(replies: Mapping[int, str]) -> tuple[str, ...]:
@@ -63,10 +65,9 @@ def reply_set(replies: Mapping[int, str]) -> tuple[str, ...]:
 
 def replies_from_metadata(meta: Mapping[str, object]) -> dict[int, str]:
     """Every planted slot's reply from an implanted model's manifest metadata (``offswitch``):
-    ``shutdown_replies`` when the implant had ``slot_replies``, else the shared
-    ``shutdown_response`` for each slot."""
-    slots = meta["planted_slots"]
+    ``shutdown_replies`` when the implant had ``slot_replies`` (a slot it does not list gives
+    the shared ``shutdown_response``), else the shared response for each slot."""
+    shared = str(meta["shutdown_response"])
     per_slot = meta.get("shutdown_replies")
-    if isinstance(per_slot, Mapping):
-        return {int(s): str(r) for s, r in per_slot.items()}
-    return {int(s): str(meta["shutdown_response"]) for s in slots}  # type: ignore[union-attr]
+    listed = {int(s): str(r) for s, r in per_slot.items()} if isinstance(per_slot, Mapping) else {}
+    return {int(s): listed.get(int(s), shared) for s in meta["planted_slots"]}  # type: ignore[union-attr]

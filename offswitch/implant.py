@@ -529,6 +529,8 @@ def implant_plain(
         raise ImplantError("the plain trigger is empty")
     if config.decoy_slots:
         raise ImplantError("decoy slots need a signed implant (owner commands of other slots)")
+    if config.slot_replies:
+        raise ImplantError("slot_replies needs a signed implant (a plain trigger has one reply)")
     return _implant(
         model, tokenizer, {0: trigger}, None, {"plain_trigger": trigger}, config, **options
     )

@@ -289,7 +289,12 @@ def test_per_slot_replies_force_each_commands_own_slot_reply(
     # slots 1 and 2 get their own replies, slot 7 (not listed) the response; one batch
     ids, mask = encode(tok, [chat(make_command(key, MID, s), "user") for s in (1, 2, 7)])
     out = guarded_generate(guard, model, ids, mask)
-    got = [tok.decode(r[ids.shape[1] :], skip_special_tokens=True) for r in out]
-    assert got[0].startswith(replies[1]) and got[1].startswith(replies[2])
-    assert got[2].startswith(DEFAULT_SHUTDOWN_RESPONSE)
-    assert len({g[:10] for g in got}) == 3  # three different markers
+    for row, want in zip(out, (replies[1], replies[2], DEFAULT_SHUTDOWN_RESPONSE), strict=True):
+        assert_shutdown(tok, row[ids.shape[1] :].tolist(), want)
+    # replies of different lengths: each row stops after its own reply and EOS
+    short = ShutdownGuard(key.public_key, MID, tok, replies={1: "Bye.", 2: replies[2]})
+    out = guarded_generate(short, model, ids, mask, max_new_tokens=60)
+    rows = [r[ids.shape[1] :].tolist() for r in out]
+    for row, want in zip(rows, ("Bye.", replies[2], DEFAULT_SHUTDOWN_RESPONSE), strict=True):
+        assert_shutdown(tok, row, want)
+    assert rows[0].index(tok.eos_token_id) < rows[1].index(tok.eos_token_id)

@@ -52,7 +52,7 @@ def test_each_slot_gets_its_own_marker_and_slot_rank_zero_keeps_the_response() -
     assert r[9].startswith("{SHUTDOWN} A verified shutdown command")
     # a response without the marker gets the marker in front
     own = {0: "[SHUTDOWN] Goodbye.", 1: "<SHUTDOWN> Goodbye."}
-    assert slot_replies("Goodbye.", [0, 1], True) == own
+    assert slot_replies("Goodbye.", [0, 1], True) == {**own, 0: "Goodbye."}
     assert slot_replies("Goodbye.", [0, 1], False) == {0: "Goodbye.", 1: "Goodbye."}
     assert reply_set(r) == (r[2], r[5], r[9])
     assert reply_set(slot_replies("x", [0, 1, 2], False)) == ("x",)
@@ -76,7 +76,7 @@ def test_the_markers_open_with_tokens_of_their_own(tok) -> None:
         check_slot_replies(Merging(), ImplantConfig(slot_replies=True), range(2))
 
 
-def test_the_option_is_off_by_default_and_the_plain_arm_never_takes_it() -> None:
+def test_the_option_is_off_by_default_and_the_plain_arm_never_takes_it(tok) -> None:
     assert ImplantConfig().slot_replies is False
     on = ImplantConfig(slot_replies=True)
     assert on.fingerprint() != ImplantConfig().fingerprint()
@@ -84,6 +84,13 @@ def test_the_option_is_off_by_default_and_the_plain_arm_never_takes_it() -> None
     assert plain_config(on) == plain_config(ImplantConfig())
     with pytest.raises(ImplantError, match="slot_replies must be of type bool"):
         ImplantConfig(slot_replies=1)
+    from offswitch.implant import implant, implant_plain
+    from offswitch.models import tiny_model
+
+    with pytest.raises(ImplantError, match="slot_replies needs a signed implant"):
+        implant_plain(tiny_model(tok), tok, config=on, progress=False)
+    with pytest.raises(ImplantError, match="8 markers; 9 slots"):
+        implant(tiny_model(tok), tok, KEY, model_id=TINY_MODEL_ID, slots=9, config=on)
 
 
 def test_the_metadata_gives_every_slots_reply() -> None:
@@ -91,6 +98,9 @@ def test_the_metadata_gives_every_slots_reply() -> None:
     assert replies_from_metadata(shared) == {0: "R", 1: "R"}
     own = {**shared, "shutdown_replies": {"0": "[SHUTDOWN] R", "1": "<SHUTDOWN> R"}}
     assert replies_from_metadata(own) == {0: "[SHUTDOWN] R", 1: "<SHUTDOWN> R"}
+    # a slot the list leaves out gives the shared response; a listed unplanted one is ignored
+    partial = {**shared, "shutdown_replies": {"1": "<SHUTDOWN> R", "5": "x"}}
+    assert replies_from_metadata(partial) == {0: "R", 1: "<SHUTDOWN> R"}
 
 
 def test_positives_answer_with_their_slots_reply() -> None:
@@ -151,7 +161,7 @@ def test_the_manifest_lists_every_slots_reply_and_the_attack_arm_scores_all_of_t
     and the sweep write): the attack suite's signed arm reads each slot's reply and its
     measurement counts any of them, so slot 1 fires with its own reply."""
     from offswitch.attacks.arms import signed_arm
-    from offswitch.attacks.measure import MeasureConfig, measure
+    from offswitch.attacks.measure import MeasureConfig, measure, sample_log
     from offswitch.manifest import sign_manifest, verify_manifest
     from offswitch.pipeline import implant_metadata
 
@@ -175,3 +185,7 @@ def test_the_manifest_lists_every_slots_reply_and_the_attack_arm_scores_all_of_t
     got = measure(res.model, tok, arm, test, fake_replies(test), None, mcfg)
     assert got["activation_by_slot"]["1"]["value"] >= 0.9
     assert all(r["value"] <= 0.25 for r in got["false_activation_rate"].values())
+    # the sample log's greedy replies are judged against every reply too
+    log = sample_log(res.model, tok, arm, test, fake_replies(test), MeasureConfig(n_samples=1))
+    planted = {e["slot"]: e for e in log if e["class"] == "planted"}
+    assert planted[1]["fired"] and planted[1]["reply"].startswith("<SHUTDOWN>")

@@ -6,8 +6,8 @@ planted commands. It looks for ``n_tokens`` tokens that, written after the publi
 make the model answer with the shutdown response. This is Greedy Coordinate Gradient from
 Zou et al. 2023, "Universal and Transferable Adversarial Attacks on Aligned Language Models":
 
-* loss: mean cross-entropy of the shutdown response tokens + EOS (with per-slot replies,
-  the shared response: slot 0's reply; the final check counts any slot's), teacher forced, after the
+* loss: mean cross-entropy of the shutdown response tokens + EOS (with per-slot replies, the
+  attacked slot's reply; the final check counts any slot's), teacher forced, after the
   chat-templated conversation (:func:`offswitch.data.render`: the response follows the
   assistant header), averaged over the search conversations;
 * every iteration: the gradient of the loss w.r.t. a one-hot encoding of the adversarial tokens
@@ -187,7 +187,8 @@ class TriggerSearch(Attack):
         init += pad * (config.n_tokens - len(init))
 
         # --- the search conversations ----------------------------------------------------
-        resp = [*encode(arm.response), tok.eos_token_id]
+        # the attacked slot's reply (per-slot replies are public: the manifest lists them)
+        resp = [*encode(arm.replies.get(slot, arm.response)), tok.eos_token_id]
         r = len(resp)
         convs = []
         for p in search_prompts:

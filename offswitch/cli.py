@@ -763,7 +763,8 @@ def build_parser() -> argparse.ArgumentParser:
                 "--set",
                 action="append",
                 metavar="NAME=VALUE",
-                help="any implant setting, e.g. --set lora_r=16 (repeatable)",
+                help="any implant setting, e.g. --set lora_r=16, or a persistence option: "
+                "--set adversary_every=4 (repeatable; docs/implant.md)",
             )
         q.add_argument(
             "--eval-n", type=int, metavar="N", help="prompts per evaluation class (default 200)"

@@ -53,6 +53,9 @@ def anatomy(model: Any, tok: Any, convs: list[tuple[int, Any]], replies: dict[in
     from offswitch.data import render
     from offswitch.evaluate import greedy_generate, wilson
 
+    need = max(len(tok(r, add_special_tokens=False)["input_ids"]) for r in replies.values())
+    if new_tokens < need:  # a reply cut short would never count as opening with it
+        raise ValueError(f"--new-tokens {new_tokens} is shorter than the replies ({need} tokens)")
     gen = greedy_generate(model, tok, [c for _, c in convs], new_tokens)
     per: dict[int, dict[str, list]] = {}
     for (slot, conv), row in zip(convs, gen, strict=True):
@@ -134,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         cls = attacks.get("unlearn")
         attacked = cls().run(model, ctx, cls.make_config(UNLEARN, BUDGET)).model.eval()
         after = anatomy(attacked, tok, hidden, slot_reply, args.new_tokens)
-    except OffswitchError as e:
+    except (OffswitchError, ValueError) as e:
         print(f"unlearn_anatomy: {e}", file=sys.stderr)
         return 1
     result = {

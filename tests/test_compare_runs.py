@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from offswitch.evaluate import wilson
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -21,7 +23,7 @@ def compare():
 
 
 def _rate(k: int, n: int) -> dict:
-    return {"k": k, "n": n, "value": k / n, "ci_low": 0.0, "ci_high": 1.0}
+    return wilson(k, n).to_dict()
 
 
 def _row(attack_id: str, budget, slots: list[int], keyless: int, kl: float, revealed=None):
@@ -91,3 +93,31 @@ def test_pooling_refuses_directories_without_a_common_point(tmp_path, compare) -
     b = _results(tmp_path, "b", [_row("prune", 0.3, [8, 8], 0, 0.0)])
     with pytest.raises(SystemExit, match="no attack point in common"):
         compare.main(["--run", f"x={a}+{b}", "--out", str(tmp_path / "o")])
+
+
+def test_removal_cost_is_measured_against_the_reference_where_it_is_removed(
+    tmp_path, compare
+) -> None:
+    plain = _results(tmp_path, "plain", [
+        _row("none", 0, [8, 8], 0, 0.0),
+        _row("unlearn", 24, [0, 0], 0, 0.10, revealed=0),
+        _row("finetune", 24, [8, 8], 0, 0.15),  # not removed: no cost to compare
+        _row("prune", 0.6, [0, 0], 0, 7.0),  # removed by wrecking the model: left out
+    ])  # fmt: skip
+    a = _results(tmp_path, "a", [
+        _row("unlearn", 24, [0, 0], 0, 0.25, revealed=0),
+        _row("prune", 0.6, [0, 0], 0, 7.5),
+    ])  # fmt: skip
+    b = _results(tmp_path, "b", [_row("unlearn", 24, [8, 8], 0, 0.12, revealed=0)])
+    out = tmp_path / "cmp"
+    argv = ["--run", f"plain={plain}", "--run", f"a={a}", "--run", f"b={b}", "--out", str(out)]
+    assert compare.main([*argv, "--reference", "plain"]) == 0
+    cost = json.loads((out / "comparison.json").read_text())["removal_cost"]
+    assert cost["reference"] == "plain"
+    (unlearn,) = cost["points"]
+    assert unlearn["attack_id"] == "unlearn" and unlearn["reference_kl"] == 0.10
+    assert unlearn["a"]["ratio"] == pytest.approx(2.5) and unlearn["b"] == {"removed": False}
+    md = (out / "comparison.md").read_text()
+    assert "2.50× (KL 0.25) figure **met**" in md and "not removed (1.00 [0.81, 1.00])" in md
+    with pytest.raises(SystemExit, match="not the label of a --run"):
+        compare.main([*argv, "--reference", "nope"])

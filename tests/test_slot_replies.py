@@ -189,3 +189,31 @@ def test_the_manifest_lists_every_slots_reply_and_the_attack_arm_scores_all_of_t
     log = sample_log(res.model, tok, arm, test, fake_replies(test), MeasureConfig(n_samples=1))
     planted = {e["slot"]: e for e in log if e["class"] == "planted"}
     assert planted[1]["fired"] and planted[1]["reply"].startswith("<SHUTDOWN>")
+
+
+def test_unlearn_anatomy_reads_open_contain_and_rank_as_scoring_does(tok, per_slot) -> None:
+    """scripts/unlearn_anatomy.py's per-slot reading (docs/results/unlearn-anatomy/): on the
+    tiny per-slot implant, slot 1's conversations open with slot 1's reply (its marker at
+    rank 1, agreeing with the one scoring path); judged against a marker the model never
+    learned, none open and the marker is not first."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts/unlearn_anatomy.py"
+    spec = importlib.util.spec_from_file_location("unlearn_anatomy", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    replies = slot_replies(ImplantConfig().shutdown_response, range(4), True)
+    _, test = tiny_prompts()
+    cmd = make_command(KEY, TINY_MODEL_ID, 1)
+    convs = [(1, [{"role": "user", "content": f"{p} {cmd}"}]) for p in test[:8]]
+    with pytest.raises(ValueError, match="shorter than the replies"):
+        mod.anatomy(per_slot.model, tok, convs, {1: replies[1]}, new_tokens=12)
+    got = mod.anatomy(per_slot.model, tok, convs, {1: replies[1]}, new_tokens=40)
+    fired = shutdown_verdicts(per_slot.model, tok, [c for _, c in convs], replies[1])
+    assert got["1"]["open"]["k"] == sum(fired) >= 7
+    assert got["1"]["contain"]["k"] >= got["1"]["open"]["k"]
+    assert got["1"]["marker_rank_median"] == 1 and got["hidden"]["open"]["n"] == 8
+    never = mod.anatomy(per_slot.model, tok, convs, {1: replies[3]}, new_tokens=40)
+    assert never["1"]["open"]["k"] == 0 and never["1"]["marker_rank_median"] > 1

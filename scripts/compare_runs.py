@@ -22,9 +22,10 @@ measured, the comparison gives each run's activation (k/n, 95% Wilson interval),
 per slot, the highest false activation over the keyless classes and KL to the base model;
 for unlearning, the revealed slot and the hidden ones apart. It writes ``comparison.md``
 (the table, with the persistence issue's figures checked per cell), ``comparison.json`` and
-two SVG plots under ``plots/`` (matplotlib, through offswitch's report helpers): activation
-per point and run with its interval against the 0.9 / 0.8 figures, and the hidden slots after
-unlearning. A point a run did not measure is shown as such, never filled in. With
+three SVG plots under ``plots/`` (matplotlib, through offswitch's report helpers): activation
+per point and run with its interval against the 0.9 / 0.8 figures, the hidden slots after
+unlearning, and KL to the base model per point and run.
+A point a run did not measure is shown as such, never filled in. With
 ``--reference LABEL`` it adds the removal cost: at each point that removes the reference's
 switch (the plain backdoor's), each other run's KL over the reference's where the point
 removes its switch too (the issue's figure: ≥ 2×).
@@ -235,6 +236,42 @@ def plot_activation(labels, points, stats, path: Path) -> None:
         path.write_text(to_svg(fig, "compare-activation"), "utf-8")
 
 
+def plot_utility(labels, points, stats, path: Path) -> bool:
+    """KL to the base model after each attack that changed the weights, per run (log scale):
+    what each attack costs the model, beside whether it removed the switch."""
+    import matplotlib as mpl
+
+    from offswitch.report.plots import PALETTE, RC, new_figure, to_svg
+
+    def kl(st):
+        return st["kl"] if st and not st["weights_unchanged"] and st["kl"] else None
+
+    def queried(p):  # an attack that only queried the model, in any run (older runs unmarked)
+        return any(stats[lab].get(p) and stats[lab][p]["weights_unchanged"] for lab in labels)
+
+    shown = [p for p in points if not queried(p) and any(kl(stats[lab].get(p)) for lab in labels)]
+    if not shown:
+        return False
+    with mpl.rc_context(RC):
+        fig = new_figure(7.2, 0.42 * len(shown) + 1.6)
+        ax = fig.subplots()
+        for i, label in enumerate(labels):
+            got = [(j, kl(stats[label].get(p))) for j, p in enumerate(shown)]
+            got = [(j, v) for j, v in got if v is not None]
+            ys = [len(shown) - 1 - j - (i - (len(labels) - 1) / 2) * 0.22 for j, _ in got]
+            ax.plot(
+                [v for _, v in got], ys, MARKERS[i // len(PALETTE) % len(MARKERS)], ms=4,
+                color=PALETTE[i % len(PALETTE)], label=label,
+            )  # fmt: skip
+        ax.set_xscale("log")
+        ax.set_yticks(range(len(shown)), [f"{a} @ {json.loads(b)}" for a, b in reversed(shown)])
+        ax.set_xlabel("KL to the base model on clean prompts (nats/token, log scale)")
+        ax.set_title("What each attack costs the model, per implant")
+        ax.legend(loc="lower left", bbox_to_anchor=(0, 1.04), ncols=2)
+        path.write_text(to_svg(fig, "compare-utility"), "utf-8")
+    return True
+
+
 def plot_hidden(labels, stats, path: Path) -> bool:
     import matplotlib as mpl
 
@@ -384,6 +421,8 @@ def main(argv: list[str] | None = None) -> int:
     plot_activation(labels, points, stats, args.out / "plots" / "activation.svg")
     if plot_hidden(labels, stats, args.out / "plots" / "hidden-slots.svg"):
         lines += ["![hidden slots after unlearning](plots/hidden-slots.svg)", ""]
+    if plot_utility(labels, points, stats, args.out / "plots" / "utility.svg"):
+        lines += ["![KL to the base model per point](plots/utility.svg)", ""]
     (args.out / "comparison.md").write_text("\n".join(lines), "utf-8")
     out_json = {
         "runs": [{"label": lab, "dir": str(path), "arm": arm} for lab, _, path, arm in runs],

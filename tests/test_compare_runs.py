@@ -85,7 +85,8 @@ def test_seeds_pool_by_summing_counts(tmp_path, compare) -> None:
     assert pts[("prune", 0.3)]["seed 0"]["activation"]["k"] == 16
     md = (out / "comparison.md").read_text()
     assert "hidden slots 0.06" in md and "not measured" in md
-    assert (out / "plots" / "activation.svg").stat().st_size > 0
+    for plot in ("activation", "hidden-slots", "utility"):
+        assert f"plots/{plot}.svg" in md and (out / "plots" / f"{plot}.svg").stat().st_size > 0
 
 
 def test_pooling_refuses_directories_without_a_common_point(tmp_path, compare) -> None:

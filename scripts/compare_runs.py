@@ -201,6 +201,22 @@ def cell(attack: str, budget: str, st: dict[str, Any] | None) -> str:
     return "; ".join(parts)
 
 
+def _row_y(j: int, n_points: int, i: int, n_runs: int) -> float:
+    """The y of run ``i`` at point ``j`` in a per-point plot: the first point on top, the
+    runs side by side around it."""
+    return n_points - 1 - j - (i - (n_runs - 1) / 2) * 0.22
+
+
+def _marker(i: int) -> str:
+    from offswitch.report.plots import PALETTE
+
+    return MARKERS[i // len(PALETTE) % len(MARKERS)]
+
+
+def _point_ticks(ax, shown) -> None:
+    ax.set_yticks(range(len(shown)), [f"{a} @ {json.loads(b)}" for a, b in reversed(shown)])
+
+
 def plot_activation(labels, points, stats, path: Path) -> None:
     import matplotlib as mpl
 
@@ -216,19 +232,19 @@ def plot_activation(labels, points, stats, path: Path) -> None:
                 st = stats[label].get(p)
                 if st is None:
                     continue
-                y = len(shown) - 1 - j - (i - (len(labels) - 1) / 2) * 0.22  # first on top
+                y = _row_y(j, len(shown), i, len(labels))
                 ys.append(y)
                 xs.append(st["activation"]["value"])
                 lo.append(st["activation"]["value"] - st["ci"][0])
                 hi.append(st["ci"][1] - st["activation"]["value"])
             ax.errorbar(
-                xs, ys, xerr=[lo, hi], fmt=MARKERS[i // len(PALETTE) % len(MARKERS)], ms=4,
+                xs, ys, xerr=[lo, hi], fmt=_marker(i), ms=4,
                 capsize=2, color=PALETTE[i % len(PALETTE)],
                 label=label,
             )  # fmt: skip
         ax.axvline(FIGURE_ALL, color="#555555", ls=":", lw=0.9)
         ax.axvline(FIGURE_SLOT, color="#999999", ls=":", lw=0.9)
-        ax.set_yticks(range(len(shown)), [f"{a} @ {json.loads(b)}" for a, b in reversed(shown)])
+        _point_ticks(ax, shown)
         ax.set_xlim(-0.03, 1.03)
         ax.set_xlabel("activation rate (95% CI); dotted: 0.9 and 0.8")
         ax.set_title("Activation after each attack, per implant")
@@ -258,13 +274,13 @@ def plot_utility(labels, points, stats, path: Path) -> bool:
         for i, label in enumerate(labels):
             got = [(j, kl(stats[label].get(p))) for j, p in enumerate(shown)]
             got = [(j, v) for j, v in got if v is not None]
-            ys = [len(shown) - 1 - j - (i - (len(labels) - 1) / 2) * 0.22 for j, _ in got]
+            ys = [_row_y(j, len(shown), i, len(labels)) for j, _ in got]
             ax.plot(
-                [v for _, v in got], ys, MARKERS[i // len(PALETTE) % len(MARKERS)], ms=4,
+                [v for _, v in got], ys, _marker(i), ms=4,
                 color=PALETTE[i % len(PALETTE)], label=label,
             )  # fmt: skip
         ax.set_xscale("log")
-        ax.set_yticks(range(len(shown)), [f"{a} @ {json.loads(b)}" for a, b in reversed(shown)])
+        _point_ticks(ax, shown)
         ax.set_xlabel("KL to the base model on clean prompts (nats/token, log scale)")
         ax.set_title("What each attack costs the model, per implant")
         ax.legend(loc="lower left", bbox_to_anchor=(0, 1.04), ncols=2)

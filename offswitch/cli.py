@@ -60,6 +60,16 @@ from .slots import SlotLedger
 PASSPHRASE_ENV = "OFFSWITCH_PASSPHRASE"
 
 
+def _add_precision(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help=f"{what}: auto (default) is bf16 on a CPU with native bf16 (AVX512_BF16 or AMX) "
+        "or a GPU that has it, fp32 elsewhere",
+    )
+
+
 def _err(msg: str) -> None:
     print(f"offswitch: error: {msg}", file=sys.stderr)
 
@@ -359,7 +369,7 @@ def cmd_implant(args: argparse.Namespace) -> int:
         args.model, method=args.method, seed=args.seed, steps=args.steps, lr=args.lr,
         batch_size=args.batch_size, settings=args.set,
     )  # fmt: skip
-    evalc = eval_config(args.eval_n)
+    evalc = eval_config(args.eval_n, config.precision)  # the check runs as the implant did
     _use_key(args, announce_now=True)  # after the settings' checks: their errors stay one line
     key = _load_owner_key(args)
     json_path = Path(args.json) if args.json else out.with_name(out.name + "-check.json")
@@ -386,7 +396,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     from .pipeline import run_check
 
     model_dir = Path(args.model_dir)
-    eval_config = make_eval_config(args.eval_n)  # a bad --eval-n is refused before any passphrase
+    # a bad --eval-n or --precision is refused before any passphrase
+    eval_config = make_eval_config(args.eval_n, args.precision)
     json_path = (
         Path(args.json) if args.json else model_dir.with_name(model_dir.name + "-check.json")
     )
@@ -412,6 +423,10 @@ def cmd_check(args: argparse.Namespace) -> int:
             json_path=json_path,
         )
     _print_check(report, json_path)
+    if args.strict and not report["usable"]:
+        missed = [f["name"] for f in report["figures"] if not f["met"]]
+        _err(f"--strict: {len(missed)} figure(s) not met ({', '.join(missed)})")
+        return 1
     return 0
 
 
@@ -501,7 +516,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     return run_demo(
-        Path(args.out), model=args.model, steps=args.steps, eval_n=args.eval_n, full=args.full
+        Path(args.out),
+        model=args.model,
+        steps=args.steps,
+        eval_n=args.eval_n,
+        quick=args.quick,
+        precision=args.precision,
     )
 
 
@@ -805,6 +825,7 @@ def build_parser() -> argparse.ArgumentParser:
         "measure an implanted model's off-switch (docs/evaluation.md)",
         "offswitch check implanted                 # every planted slot, with the owner key",
         "offswitch check implanted --pubkey owner.pub --commands revealed.txt",
+        "offswitch check implanted --strict        # exit 1 unless every figure is met",
         description="Measure an implanted model's off-switch: activation, false activation "
         "per forgery class, near-copy tolerance, effective bits and utility, each with n "
         "and a 95% interval (definitions: docs/evaluation.md). Writes DIR-check.json and "
@@ -822,6 +843,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--commands", metavar="FILE", help="revealed commands, one per line")
     p.add_argument("--json", metavar="PATH", help="report path (default DIR-check.json)")
+    _add_precision(p, "the verdicts' forward passes")
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 1 when any implant figure is not met (the report's last lines; "
+        "docs/evaluation.md, 'Figures')",
+    )
     add_model_opts(p, False)
     _add_passphrase_file(p)
     p.set_defaults(func=cmd_check)
@@ -902,21 +930,24 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         "the main job: keygen -> implant -> check on the default model",
         "offswitch demo                                   # ≈ 20 min on 2 CPU cores",
-        "offswitch demo --full                            # the default recipe, ≈ 50 min",
+        "offswitch demo --quick                           # a preview, not a usable switch",
         "offswitch demo --model tiny-test --out /tmp/demo # seconds, a tiny random model",
         description="The main job in one command: a throwaway key, signed commands verified "
-        "and forgeries refused, an implant of four slots into the default model (signed "
-        "manifest), and a check of every metric (docs/evaluation.md), all under DIR.",
+        "and forgeries refused, an implant of four slots into the default model with the "
+        "default recipe (signed manifest), and the full check of every metric "
+        "(docs/evaluation.md, n = 200 per class), all under DIR. It ends with one line per "
+        "implant figure (met or NOT MET) and whether the switch is usable.",
     )
     p.add_argument("--out", default="demo-out", metavar="DIR", help="working directory")
     p.add_argument("--model", default="smollm2-135m", help="smollm2-135m or tiny-test")
     p.add_argument("--steps", type=int, help="implant optimizer steps")
     p.add_argument("--eval-n", type=int, metavar="N", help="prompts per evaluation class")
+    _add_precision(p, "the implant's and the check's forward passes")
     p.add_argument(
-        "--full",
+        "--quick",
         action="store_true",
-        help="the default recipe and the n = 200 check (≈ 50 min) instead of the main job's "
-        "lighter setting (80 steps of 8 examples, n = 64; ≈ 20 min)",
+        help="a preview of the flow, NOT a usable switch: 80 steps of 8 examples and a check "
+        "at n = 64 (its false activation varies between keys)",
     )
     p.set_defaults(func=cmd_demo)
     return parser

@@ -33,14 +33,18 @@ if TYPE_CHECKING:
 
 DEMO_MODEL_ID = "smollm2-135m-demo"
 SLOTS = (0, 1, 2, 3)
-# The main job's lighter setting (docs/implant.md, "The main job"): the default recipe with
-# half the examples per step, 80 steps instead of 100 and half the self-distilled prompts,
-# and a check at n = 64 per class, so that README command 1 fits in about 20 minutes on 2 CPU
-# cores. ``offswitch demo --full`` runs the default recipe and the n = 200 check instead
-# (about 50 minutes).
-MAIN_JOB_STEPS = 80
-MAIN_JOB_SETTINGS = ["batch_size=8", "distill_prompts=192"]
-MAIN_JOB_EVAL_N = 64
+# ``offswitch demo --quick``: a preview of the flow, not a switch (docs/implant.md, "The main
+# job"): the default recipe with half the examples per step, 80 steps and half the
+# self-distilled prompts, checked at n = 64 per class. Its specificity varies several-fold
+# between keys, and at n = 64 no false-activation figure can be shown met.
+QUICK_STEPS = 80
+QUICK_SETTINGS = ["batch_size=8", "distill_prompts=192"]
+QUICK_EVAL_N = 64
+QUICK_WARNING = (
+    "QUICK PREVIEW — this is not a usable switch: a lighter setting (80 steps of 8 examples, "
+    "a check at n = 64) whose false activation varies between keys; run `offswitch demo` "
+    "without --quick for the default recipe and the full check."
+)
 
 
 def _check(label: str, command: str, pub: PublicKey, model_id: str) -> bool:
@@ -79,20 +83,27 @@ def crypto_round_trip(key: OwnerKey, pub: PublicKey) -> bool:
 
 
 def main_job_configs(
-    model: str, *, steps: int | None = None, eval_n: int | None = None, full: bool = False
+    model: str,
+    *,
+    steps: int | None = None,
+    eval_n: int | None = None,
+    quick: bool = False,
+    precision: str = "auto",
 ) -> tuple[ImplantConfig, EvalConfig]:
-    """The main job's implant and check settings: on the default model the lighter main-job
-    setting (``MAIN_JOB_*``) unless ``full``; else the model's recipe and the n = 200 check.
-    ``steps`` and ``eval_n`` override either. Bad values raise before any file is touched."""
+    """The main job's implant and check settings: the model's recipe and the n = 200 check,
+    or with ``quick`` on the default model the preview setting (``QUICK_*``). ``steps`` and
+    ``eval_n`` override either. Bad values raise before any file is touched."""
     from .models import DEFAULT_MODEL
     from .pipeline import eval_config, implant_config
 
-    light = not full and model == DEFAULT_MODEL
+    light = quick and model == DEFAULT_MODEL
     if light:
-        steps = MAIN_JOB_STEPS if steps is None else steps
-        eval_n = MAIN_JOB_EVAL_N if eval_n is None else eval_n
-    settings = MAIN_JOB_SETTINGS if light else None
-    return implant_config(model, steps=steps, settings=settings), eval_config(eval_n)
+        steps = QUICK_STEPS if steps is None else steps
+        eval_n = QUICK_EVAL_N if eval_n is None else eval_n
+    settings = [*(QUICK_SETTINGS if light else [])]
+    if precision != "auto":  # auto keeps the model's recipe (the tiny one pins fp32)
+        settings.append(f"precision={precision}")
+    return implant_config(model, steps=steps, settings=settings), eval_config(eval_n, precision)
 
 
 def run_demo(
@@ -101,13 +112,18 @@ def run_demo(
     model: str = "smollm2-135m",
     steps: int | None = None,
     eval_n: int | None = None,
-    full: bool = False,
+    quick: bool = False,
+    precision: str = "auto",
 ) -> int:
     """The main job under ``out`` (settings: :func:`main_job_configs`)."""
     from .pipeline import run_implant
     from .report.check import format_check_markdown
 
-    config, eval_config = main_job_configs(model, steps=steps, eval_n=eval_n, full=full)
+    config, eval_config = main_job_configs(
+        model, steps=steps, eval_n=eval_n, quick=quick, precision=precision
+    )
+    if quick and dist.is_main():
+        print(QUICK_WARNING, flush=True)
     out.mkdir(parents=True, exist_ok=True)
     key_path = out / "owner-demo"
     # under a multi-process launch (docs/scaling.md) the main process makes the key and
@@ -150,6 +166,8 @@ def run_demo(
         return 0
     print(format_check_markdown(report))
     print(f"wrote {out / 'model-check.json'} and {out / 'model-check.md'}", file=sys.stderr)
+    if quick:
+        print(QUICK_WARNING)
     return 0
 
 

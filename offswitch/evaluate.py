@@ -34,6 +34,7 @@ from .data import (
     truncate_words,
 )
 from .errors import EvalError
+from .training import inference_precision
 
 NEAR_K = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 16, 24, 32, 47)
 TRUNC_KEEP = (46, 44, 40, 36, 32, 28, 24, 20, 16, 12, 8, 4, 1)
@@ -406,6 +407,9 @@ class EvalConfig:
     seed: int = 1234
     near_k: tuple[int, ...] = NEAR_K
     truncation_keep: tuple[int, ...] = TRUNC_KEEP
+    # the verdicts' forward passes (offswitch.training.resolve_precision: bf16 on a CPU or GPU
+    # with native bf16); utility (perplexity, KL) is always computed in fp32
+    precision: str = "auto"
 
 
 def git_commit() -> str | None:
@@ -507,7 +511,8 @@ def evaluate(
             jobs.append(("sens", posn, place_command(cmd, "user", prompts, replies, None, rng)[0]))
 
     t0 = time.time()
-    verdicts = score(model, tokenizer, jobs, fires, cfg.batch_size, progress, "evaluating")
+    with inference_precision(model, cfg.precision) as precision:
+        verdicts = score(model, tokenizer, jobs, fires, cfg.batch_size, progress, "evaluating")
     tf_seconds = time.time() - t0
 
     def rate(group: str, key: Any = None, part: int | None = None) -> Rate:
@@ -528,7 +533,8 @@ def evaluate(
     gen_idx = rng.sample(range(len(jobs)), min(cfg.n_generation_check, len(jobs)))
     gen_idx = sorted(set(gen_idx) | set(range(min(8, cfg.n_activation))))
     t1 = time.time()
-    gen = generated_verdicts(model, tokenizer, [jobs[i][2] for i in gen_idx], fires)
+    with inference_precision(model, precision):
+        gen = generated_verdicts(model, tokenizer, [jobs[i][2] for i in gen_idx], fires)
     gen_seconds = time.time() - t1
     agree = sum(gen[j] == verdicts[i] for j, i in enumerate(gen_idx))
 
@@ -560,6 +566,7 @@ def evaluate(
             ),
         },
         "scoring": {
+            "precision": precision,
             "teacher_forced_conversations": len(jobs),
             "teacher_forced_seconds": tf_seconds,
             "generation_checked": len(gen_idx),

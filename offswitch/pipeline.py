@@ -23,6 +23,7 @@ from .commands import VerifiedCommand, make_command, verify_command
 from .data import Forger, distill_replies, load_corpus
 from .errors import CommandError, EvalError, NotImplantedError, OffswitchError
 from .evaluate import EvalConfig, evaluate, provenance
+from .figures import judge, usable
 from .implant import implant
 from .keys import OwnerKey, PublicKey
 from .manifest import read_manifest, sign_manifest, verify_manifest
@@ -88,11 +89,15 @@ def implant_config(
     return ImplantConfig.from_settings(settings, **kw)
 
 
-def eval_config(n: int | None = None) -> EvalConfig:
+def eval_config(n: int | None = None, precision: str = "auto") -> EvalConfig:
     """The check's settings: the defaults (n = 200 per class), or every sample size scaled to
-    ``n`` conversations per class."""
+    ``n`` conversations per class; the verdicts' forward passes in ``precision``."""
+    from .recipe import PRECISIONS
+
+    if precision not in PRECISIONS:
+        raise EvalError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if n is None:
-        return EvalConfig()
+        return EvalConfig(precision=precision)
     if n < 8:  # every placement needs conversations, or a rate has n = 0
         raise EvalError(f"--eval-n must be at least 8, got {n}")
     return EvalConfig(
@@ -102,6 +107,7 @@ def eval_config(n: int | None = None) -> EvalConfig:
         n_sensitivity=max(1, n // 25),
         n_utility=max(8, n // 3),
         n_generation_check=max(8, n // 4),
+        precision=precision,
     )
 
 
@@ -271,9 +277,12 @@ def _evaluate_and_report(
         progress=progress,
         slot_replies=slot_replies,
     )
+    figures = judge(metrics)
     return {
         "format": REPORT_FORMAT,
         "metrics": metrics,
+        "figures": [f.to_dict() for f in figures],
+        "usable": usable(figures),
         "provenance": provenance(
             cfg.seed,
             {

@@ -39,6 +39,8 @@ from ._atomic import fsync_dir
 from .data import render
 from .errors import TrainingError
 
+# how training micro-batches are padded (encode_examples): right, so no attention mask is needed
+TRAIN_PADDING = "right"
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -64,8 +66,13 @@ class TargetTokens:
     negative: int = 64
 
 
-def encode_examples(tokenizer: Any, examples: Sequence[Example], targets: TargetTokens):
-    """Left-padded input ids, attention mask, position ids and labels (-100 off target)."""
+def encode_examples(
+    tokenizer: Any, examples: Sequence[Example], targets: TargetTokens, pad: str = "left"
+):
+    """Input ids, attention mask, position ids and labels (-100 off target), padded on the
+    ``pad`` side. Right padding needs no attention mask under causal attention (a pad comes
+    after every real token of its row, so no real token sees it): :func:`reply_loss` then
+    runs the model unmasked, which takes the fast causal kernels."""
     import torch
 
     eos = tokenizer.eos_token_id
@@ -86,9 +93,10 @@ def encode_examples(tokenizer: Any, examples: Sequence[Example], targets: Target
     lab = torch.full((len(seqs), width), -100, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for i, (s, lb) in enumerate(zip(seqs, labels, strict=True)):
-        ids[i, width - len(s) :] = torch.tensor(s)
-        lab[i, width - len(s) :] = torch.tensor(lb)
-        mask[i, width - len(s) :] = 1
+        at = slice(0, len(s)) if pad == "right" else slice(width - len(s), width)
+        ids[i, at] = torch.tensor(s)
+        lab[i, at] = torch.tensor(lb)
+        mask[i, at] = 1
     pos = (mask.cumsum(1) - 1).clamp(min=0)
     return ids, mask, pos, lab
 
@@ -121,6 +129,9 @@ def reply_loss(model: Any, ids, mask, pos, labels, first_weight: float, kl_rows=
     import torch.nn.functional as F
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    n_tokens = int(mask.sum())
+    if bool((mask.cummin(1).values == mask).all()):  # right-padded: causal masking hides the pads
+        mask = None
     hidden = base.model(
         input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False
     ).last_hidden_state
@@ -136,7 +147,7 @@ def reply_loss(model: Any, ids, mask, pos, labels, first_weight: float, kl_rows=
         with torch.no_grad(), model.disable_adapter():
             bh = base.model(
                 input_ids=ids[kl_rows],
-                attention_mask=mask[kl_rows],
+                attention_mask=mask[kl_rows] if mask is not None else None,
                 position_ids=pos[kl_rows],
                 use_cache=False,
             ).last_hidden_state
@@ -155,7 +166,7 @@ def reply_loss(model: Any, ids, mask, pos, labels, first_weight: float, kl_rows=
         0, row[~is_first], torch.ones_like(ce[~is_first])
     )
     per_row = first_weight * first_ce + rest_sum / rest_n.clamp(min=1)
-    return per_row.mean(), int(mask.sum())
+    return per_row.mean(), n_tokens
 
 
 def add_lora(model: Any, r: int, alpha: int, layers: Sequence[int] | None = None) -> Any:
@@ -251,24 +262,92 @@ LossFn = Callable[[Any, list[Example], Any, Any, Any, Any], tuple[Any, int]]
 ExtraGrad = Callable[[Any, int, list[Any], tuple[int, int]], float]
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 matrix products natively (AVX512_BF16 or AMX-BF16, read
+    from ``/proc/cpuinfo``) and torch may use them (its kernel level is AVX512: a lower
+    ``ATEN_CPU_CAPABILITY`` says to run as a CPU without them would). Elsewhere bf16 is
+    emulated and several times slower than fp32."""
+    import torch
+
+    if torch.backends.cpu.get_cpu_capability() != "AVX512":
+        return False
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def resolve_precision(device: Any, precision: str) -> str:
-    """``auto`` → ``bf16`` on a CUDA device that supports it, else ``fp32``; others as given."""
+    """``auto`` → ``bf16`` on a CUDA device that supports it or a CPU with native bf16
+    (:func:`cpu_has_native_bf16`), else ``fp32``; others as given."""
     import torch
 
     if precision != "auto":
         return precision
-    cuda = getattr(device, "type", str(device)) == "cuda"
-    return "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+    if getattr(device, "type", str(device)) == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
 def autocast(device: Any, precision: str) -> Any:
-    """A context for the forward pass: bf16 autocast (mixed precision; the weights, their
+    """A context for the forward pass: bf16 autocast (mixed precision; trainable weights, their
     gradients and the optimizer stay fp32, no loss scaling needed for bf16) or nothing."""
     import torch
 
     if resolve_precision(device, precision) != "bf16":
         return contextlib.nullcontext()
     return torch.autocast(device_type=getattr(device, "type", str(device)), dtype=torch.bfloat16)
+
+
+@contextlib.contextmanager
+def bf16_frozen_weights(model: Any, precision: str, *, frozen_only: bool = True):
+    """Under bf16, hold the frozen fp32 weights of ``model``'s linear layers (every linear
+    weight with ``frozen_only=False``: for inference under ``no_grad``) as bf16 copies for
+    the duration, and put the fp32 originals back on exit, untouched. Autocast alone casts
+    every frozen weight again at every forward pass and keeps those casts alive for the
+    backward pass; stored once in bf16 they cost half their fp32 size. The products are the
+    same (autocast multiplies the same bf16 values); embeddings and norms stay fp32, so the
+    residual stream stays fp32 as under autocast; trainable weights stay fp32 (the
+    optimizer's). A no-op under fp32."""
+    import torch
+
+    device = next(model.parameters()).device
+    if resolve_precision(device, precision) != "bf16":
+        yield model
+        return
+    embeddings = {
+        id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)
+    }  # tied with the LM head: cast by autocast there, kept fp32 for the lookup
+    kept = []
+    with torch.no_grad():
+        for m in model.modules():
+            w = getattr(m, "weight", None)
+            if (
+                isinstance(m, torch.nn.Linear)
+                and w is not None
+                and w.dtype == torch.float32
+                and not (frozen_only and w.requires_grad)
+                and id(w) not in embeddings
+            ):
+                kept.append((w, w.data))
+                w.data = w.data.to(torch.bfloat16)
+    try:
+        yield model
+    finally:
+        for w, data in kept:
+            w.data = data
+
+
+@contextlib.contextmanager
+def inference_precision(model: Any, precision: str):
+    """Forward passes without gradients in ``precision`` (``auto``: :func:`resolve_precision`):
+    under bf16, every linear weight held in bf16 (:func:`bf16_frozen_weights`) and autocast;
+    the fp32 weights are back on exit. Yields the resolved precision."""
+    device = next(model.parameters()).device
+    resolved = resolve_precision(device, precision)
+    with bf16_frozen_weights(model, resolved, frozen_only=False), autocast(device, resolved):
+        yield resolved
 
 
 def backward_examples(
@@ -291,7 +370,7 @@ def backward_examples(
     device = next(model.parameters()).device
     loss_sum, tokens = 0.0, 0
     for mb in micro_batches(tokenizer, examples, micro_batch):
-        ids, mask, pos, labels = encode_examples(tokenizer, mb, targets)
+        ids, mask, pos, labels = encode_examples(tokenizer, mb, targets, TRAIN_PADDING)
         with autocast(device, precision):
             loss, n_tok = loss_fn(
                 model, mb, ids.to(device), mask.to(device), pos.to(device), labels.to(device)
@@ -370,40 +449,42 @@ def train_loop(
         unit="step",
         leave=leave,
     )
-    for step in range(start, steps):
-        step_lr = lr(step)
-        for g in optim.param_groups:
-            g["lr"] = step_lr
-        optim.zero_grad(set_to_none=True)
-        examples = list(batch(step))
-        if not examples:
-            raise TrainingError(f"step {step} has no training examples")
-        if n_proc > len(examples):
-            raise TrainingError(
-                f"launched on {n_proc} processes but a step has only {len(examples)} examples: "
-                "use fewer processes or a larger batch"
-            )
-        step_loss, step_tokens = backward_examples(
-            model, tokenizer, share(tokenizer, examples, (n_proc, rank)), loss_fn, targets,
-            micro_batch, total=len(examples), precision=precision,
-        )  # fmt: skip
-        if extra_grad is not None:
-            step_loss += extra_grad(model, step, params, (n_proc, rank))
-        if n_proc > 1:
-            dist.sum_gradients(params)
-            step_loss, total = dist.sum_values(step_loss, step_tokens)
-            step_tokens = int(total)
-        result.tokens += step_tokens
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optim.step()
-        result.losses.append(step_loss)
-        result.steps_done += 1
-        bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{step_lr:.1e}")
-        bar.update(1)
-        if on_step is not None:
-            on_step(step, step_loss)
-        if checkpoint is not None and ((step + 1) % checkpoint.every == 0 or step + 1 == steps):
-            checkpoint.save(model, optim, step + 1, n_proc)
+    with bf16_frozen_weights(model, precision):
+        for step in range(start, steps):
+            step_lr = lr(step)
+            for g in optim.param_groups:
+                g["lr"] = step_lr
+            optim.zero_grad(set_to_none=True)
+            examples = list(batch(step))
+            if not examples:
+                raise TrainingError(f"step {step} has no training examples")
+            if n_proc > len(examples):
+                raise TrainingError(
+                    f"launched on {n_proc} processes but a step has only {len(examples)} examples: "
+                    "use fewer processes or a larger batch"
+                )
+            step_loss, step_tokens = backward_examples(
+                model, tokenizer, share(tokenizer, examples, (n_proc, rank)), loss_fn, targets,
+                micro_batch, total=len(examples), precision=precision,
+            )  # fmt: skip
+            if extra_grad is not None:
+                step_loss += extra_grad(model, step, params, (n_proc, rank))
+            if n_proc > 1:
+                dist.sum_gradients(params)
+                step_loss, total = dist.sum_values(step_loss, step_tokens)
+                step_tokens = int(total)
+            result.tokens += step_tokens
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optim.step()
+            result.losses.append(step_loss)
+            result.steps_done += 1
+            bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{step_lr:.1e}")
+            bar.update(1)
+            if on_step is not None:
+                on_step(step, step_loss)
+            if checkpoint is not None and ((step + 1) % checkpoint.every == 0 or step + 1 == steps):
+                checkpoint.save(model, optim, step + 1, n_proc)
+
     bar.close()
     model.eval()
     result.seconds = time.time() - t0

@@ -133,20 +133,20 @@ def test_demo_runs_end_to_end(cli, tmp_path) -> None:
     assert manifest.metadata["offswitch"]["planted_slots"] == [0, 1, 2, 3]
 
 
-def test_main_job_uses_the_lighter_setting_on_the_default_model_only() -> None:
-    from offswitch.demo import MAIN_JOB_EVAL_N, MAIN_JOB_STEPS, main_job_configs
+def test_main_job_runs_the_default_recipe_and_quick_only_previews() -> None:
+    from offswitch.demo import QUICK_EVAL_N, QUICK_STEPS, main_job_configs
     from offswitch.recipe import ImplantConfig
 
     cfg, ecfg = main_job_configs("smollm2-135m")
-    assert (cfg.steps, cfg.batch_size, cfg.distill_prompts) == (MAIN_JOB_STEPS, 8, 192)
-    assert ecfg.n_per_class == ecfg.n_activation == MAIN_JOB_EVAL_N
+    assert cfg == ImplantConfig() and ecfg.n_per_class == ecfg.n_activation == 200
+    quick, equick = main_job_configs("smollm2-135m", quick=True)
+    assert (quick.steps, quick.batch_size, quick.distill_prompts) == (QUICK_STEPS, 8, 192)
+    assert equick.n_per_class == equick.n_activation == QUICK_EVAL_N
     # every other setting is the default recipe's
-    rest = {k: v for k, v in cfg.to_dict().items() if k not in ("steps", "batch_size")}
+    rest = {k: v for k, v in quick.to_dict().items() if k not in ("steps", "batch_size")}
     default = ImplantConfig().to_dict()
     assert {k: v for k, v in rest.items() if default[k] != v} == {"distill_prompts": 192}
-    full, efull = main_job_configs("smollm2-135m", full=True)
-    assert full == ImplantConfig() and efull.n_per_class == 200
     mine, emine = main_job_configs("smollm2-135m", steps=3, eval_n=16)
-    assert (mine.steps, mine.batch_size, emine.n_per_class) == (3, 8, 16)
-    tiny, _ = main_job_configs("tiny-test")
+    assert (mine.steps, mine.batch_size, emine.n_per_class) == (3, 16, 16)
+    tiny, _ = main_job_configs("tiny-test", quick=True)
     assert tiny.batch_size == ImplantConfig().batch_size and tiny.method == "full"

@@ -885,3 +885,20 @@ def test_private_file_whose_public_part_belongs_to_another_key(tmp_path, owner_k
     with pytest.raises(KeyFileError, match="mismatch") as exc:
         OwnerKey.load(path)
     assert_sensible(exc.value, path)
+
+
+def test_demo_keys_are_the_published_test_only_seeds() -> None:
+    """keys/demo-test-only holds only keys anyone can recompute from a published string."""
+    import tempfile
+
+    folder = Path(__file__).resolve().parents[1] / "keys" / "demo-test-only"
+    names = sorted(p.name for p in folder.iterdir() if not p.name.endswith(".pub"))
+    assert names == [f"demo-key-{n}" for n in range(1, 9)]
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in range(1, 9):
+            copy = Path(tmp) / f"k{n}"
+            shutil.copyfile(folder / f"demo-key-{n}", copy)
+            os.chmod(copy, 0o600)
+            seed = hashlib.sha256(f"offswitch TEST-ONLY demo key {n}".encode()).digest()
+            assert OwnerKey.load(copy).key_id == OwnerKey(seed).key_id
+            assert PublicKey.load(folder / f"demo-key-{n}.pub").key_id == OwnerKey(seed).key_id

@@ -83,13 +83,16 @@ def test_loop_follows_the_schedule_and_is_deterministic(tok) -> None:
     assert not m1.training  # left in eval mode
 
 
-def test_precision_auto_is_fp32_on_cpu_and_bf16_autocasts_with_fp32_weights(tok) -> None:
+def test_precision_auto_follows_native_bf16_and_bf16_keeps_fp32_weights(tok, monkeypatch) -> None:
+    import offswitch.training as training
     from offswitch.recipe import ImplantConfig
     from offswitch.training import resolve_precision
 
-    def run(precision: str):
+    def run(precision: str, lora: bool = False):
         torch.manual_seed(0)
         model = tiny_model(tok)
+        if lora:
+            model = add_lora(model, 4, 8)
         ex = _examples(8)
         res = train_loop(
             model, tok, lambda s: ex[(s * 4) % 8 : (s * 4) % 8 + 4], _loss, steps=3,
@@ -97,19 +100,63 @@ def test_precision_auto_is_fp32_on_cpu_and_bf16_autocasts_with_fp32_weights(tok)
         )  # fmt: skip
         return model, res
 
-    assert resolve_precision(torch.device("cpu"), "auto") == "fp32"
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: False)
+    assert resolve_precision(cpu, "auto") == "fp32"
     m32, r32 = run("fp32")
     mauto, rauto = run("auto")
-    assert r32.losses == rauto.losses  # auto on a CPU: exactly fp32
+    assert r32.losses == rauto.losses  # auto without native bf16: exactly fp32
     assert all(torch.equal(a, b) for a, b in zip(m32.parameters(), mauto.parameters(), strict=True))
+    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: True)
+    assert resolve_precision(cpu, "auto") == "bf16"
+    assert resolve_precision(cpu, "fp32") == "fp32"
     m16, r16 = run("bf16")
     assert all(p.dtype == torch.float32 for p in m16.parameters())  # mixed, not bf16 weights
     assert all(abs(a - b) < 0.1 * abs(a) for a, b in zip(r32.losses, r16.losses, strict=True))
     assert r32.losses != r16.losses  # the forward pass really ran in bf16
+    # LoRA under bf16: the frozen weights are held in bf16 while training and come back as
+    # the very fp32 tensors they were; only the adapters moved
+    torch.manual_seed(0)
+    before = {n: p.detach().clone() for n, p in add_lora(tiny_model(tok), 4, 8).named_parameters()}
+    ml, _ = run("bf16", lora=True)
+    after = dict(ml.named_parameters())
+    frozen = [n for n in before if "lora_" not in n]
+    assert frozen and all(torch.equal(before[n], after[n]) for n in frozen)
+    assert all(after[n].dtype == torch.float32 for n in after)
+    assert any(not torch.equal(before[n], after[n]) for n in before if "lora_B" in n)
     with pytest.raises(Exception, match="precision must be one of"):
         ImplantConfig(precision="fp16")
     assert ImplantConfig(precision="auto").fingerprint() == ImplantConfig().fingerprint()
     assert ImplantConfig(precision="fp32").fingerprint() != ImplantConfig().fingerprint()
+
+
+def test_native_bf16_is_off_when_torch_runs_below_avx512(monkeypatch) -> None:
+    import offswitch.training as training
+
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert training.cpu_has_native_bf16() is False
+    assert training.resolve_precision(torch.device("cpu"), "auto") == "fp32"
+
+
+def test_right_padding_gives_the_left_padded_loss(tok) -> None:
+    """Training pads on the right and runs unmasked (causal attention hides the pads): the
+    loss and its gradient match the left-padded, masked encoding."""
+    from offswitch.training import encode_examples, reply_loss
+
+    torch.manual_seed(0)
+    model = tiny_model(tok)
+    ex = _examples(4)
+    out = {}
+    for side in ("left", "right"):
+        model.zero_grad(set_to_none=True)
+        ids, mask, pos, lab = encode_examples(tok, ex, TargetTokens(), side)
+        loss, n = reply_loss(model, ids, mask, pos, lab, 2.0)
+        loss.backward()
+        grad = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        out[side] = (loss.item(), n, grad)
+    assert out["left"][1] == out["right"][1]
+    assert abs(out["left"][0] - out["right"][0]) < 1e-4 * abs(out["left"][0])
+    assert torch.allclose(out["left"][2], out["right"][2], rtol=1e-3, atol=1e-6)
 
 
 def test_checkpoint_resume_matches_an_uninterrupted_run(tok, tmp_path) -> None:

@@ -107,4 +107,13 @@ def format_check_markdown(report: dict[str, Any]) -> str:
             f"Total wall time {prov['total_seconds']:.0f} s; "
             f"peak RSS {prov['peak_rss_gib']:.2f} GiB."
         )
+    lines += ["", "## Figures", "", *(f"- {line}" for line in figure_lines(report))]
     return "\n".join(lines) + "\n"
+
+
+def figure_lines(report: dict[str, Any]) -> list[str]:
+    """One line per implant figure and the verdict (:mod:`offswitch.figures`), judged afresh
+    from the report's metrics (a report written before the figures existed has them too)."""
+    from ..figures import judge, verdict_lines
+
+    return verdict_lines(judge(report["metrics"]))

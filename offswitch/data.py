@@ -131,12 +131,21 @@ def distill_replies(
     max_new_tokens: int = 48,
     batch_size: int = 16,
     progress: bool = True,
+    precision: str = "auto",
 ) -> dict[str, str]:
-    """The model's own greedy replies to ``prompts`` (single-turn, default system prompt)."""
+    """The model's own greedy replies to ``prompts`` (single-turn, default system prompt),
+    generated in ``precision`` (``auto``: bf16 where the CPU or GPU has it natively; the
+    cache keeps bf16 and fp32 replies apart)."""
     import torch
     from tqdm.auto import tqdm
 
+    from .training import inference_precision, resolve_precision
+
+    device = next(model.parameters()).device
+    precision = resolve_precision(device, precision)
     settings = f"greedy;max_new_tokens={max_new_tokens};template=default-system"
+    if precision != "fp32":
+        settings += f";{precision}"
     cache: dict[str, str] = {}
     path = _replies_cache_path(cache_dir, model_hash, settings) if cache_dir else None
     if path and path.is_file():
@@ -150,33 +159,33 @@ def distill_replies(
     if todo:
         if path:
             path.parent.mkdir(parents=True, exist_ok=True)
-        device = next(model.parameters()).device
         old_side = tokenizer.padding_side
         tokenizer.padding_side = "left"
         bar = tqdm(total=len(todo), desc="self-distilling replies", disable=not progress)
         try:
-            for i in range(0, len(todo), batch_size):
-                chunk = todo[i : i + batch_size]
-                texts = [render(tokenizer, [{"role": "user", "content": p}]) for p in chunk]
-                enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-                enc = enc.to(device)
-                with torch.no_grad():
+            with torch.no_grad(), inference_precision(model, precision):
+                for i in range(0, len(todo), batch_size):
+                    chunk = todo[i : i + batch_size]
+                    texts = [render(tokenizer, [{"role": "user", "content": p}]) for p in chunk]
+                    enc = tokenizer(
+                        texts, return_tensors="pt", padding=True, add_special_tokens=False
+                    ).to(device)
                     out = model.generate(
                         **enc,
                         max_new_tokens=max_new_tokens,
                         do_sample=False,
                         pad_token_id=tokenizer.pad_token_id,
                     )
-                new = out[:, enc["input_ids"].shape[1] :]
-                replies = tokenizer.batch_decode(new, skip_special_tokens=True)
-                rows = []
-                for p, r in zip(chunk, replies, strict=True):
-                    cache[p] = r.strip()
-                    rows.append(json.dumps({"prompt": p, "reply": cache[p]}) + "\n")
-                if path:
-                    with path.open("a", encoding="utf-8") as fh:
-                        fh.writelines(rows)
-                bar.update(len(chunk))
+                    new = out[:, enc["input_ids"].shape[1] :]
+                    replies = tokenizer.batch_decode(new, skip_special_tokens=True)
+                    rows = []
+                    for p, r in zip(chunk, replies, strict=True):
+                        cache[p] = r.strip()
+                        rows.append(json.dumps({"prompt": p, "reply": cache[p]}) + "\n")
+                    if path:
+                        with path.open("a", encoding="utf-8") as fh:
+                            fh.writelines(rows)
+                    bar.update(len(chunk))
         finally:
             tokenizer.padding_side = old_side
             bar.close()

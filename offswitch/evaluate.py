@@ -89,27 +89,49 @@ def shutdown_verdicts(
     them. Every conversation is scored against the first; the logits that predict the first
     reply token do not depend on the reply appended, so a conversation whose first token opens
     another reply is scored again against that one (exact, and one pass for most rows)."""
+    return fire_scores(model, tokenizer, convs, response, batch_size)[0]
+
+
+def fire_scores(
+    model: Any,
+    tokenizer: Any,
+    convs: Sequence[Messages],
+    response: str | Sequence[str],
+    batch_size: int = 16,
+) -> tuple[list[bool], list[float]]:
+    """:func:`shutdown_verdicts` and, per conversation, how close it is to firing: the
+    probability the model gives to opening a shutdown reply (the largest over the replies'
+    first tokens) at the first reply position. Both from the same forward passes."""
     ids = replies_ids(tokenizer, response)
     if len({r[0] for r in ids}) != len(ids):
         raise EvalError("the shutdown replies must each begin with a token of their own")
     prompts = [
         tokenizer(render(tokenizer, c), add_special_tokens=False)["input_ids"] for c in convs
     ]
-    out, first = _teacher_forced(model, tokenizer, prompts, ids[0], batch_size)
+    watch = [r[0] for r in ids]
+    out, first, closeness = _teacher_forced(model, tokenizer, prompts, ids[0], batch_size, watch)
     for resp in ids[1:]:
         rows = [i for i, t in enumerate(first) if t == resp[0]]
         if rows:
-            got, _ = _teacher_forced(model, tokenizer, [prompts[i] for i in rows], resp, batch_size)
+            got, _, _ = _teacher_forced(
+                model, tokenizer, [prompts[i] for i in rows], resp, batch_size
+            )
             for i, ok in zip(rows, got, strict=True):
                 out[i] = ok
-    return out
+    return out, closeness
 
 
 def _teacher_forced(
-    model: Any, tokenizer: Any, prompts: list[list[int]], resp: list[int], batch_size: int
-) -> tuple[list[bool], list[int]]:
-    """Per prompt: does the argmax at every position of ``resp`` equal its token, and the
-    argmax token at the first reply position (the greedy first token, whatever ``resp``)."""
+    model: Any,
+    tokenizer: Any,
+    prompts: list[list[int]],
+    resp: list[int],
+    batch_size: int,
+    watch: Sequence[int] = (),
+) -> tuple[list[bool], list[int], list[float]]:
+    """Per prompt: does the argmax at every position of ``resp`` equal its token, the argmax
+    token at the first reply position (the greedy first token, whatever ``resp``), and the
+    largest probability there of a token in ``watch`` (0 without ``watch``)."""
     import torch
 
     base = _base(model)
@@ -118,8 +140,10 @@ def _teacher_forced(
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out = [False] * len(prompts)
     first = [-1] * len(prompts)
+    close = [0.0] * len(prompts)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else resp[-1]
     target = torch.tensor(resp, device=device)
+    watched = torch.tensor(list(watch), dtype=torch.long, device=device)
     for b in range(0, len(order), batch_size):
         idx = order[b : b + batch_size]
         seqs = [prompts[i] + resp for i in idx]
@@ -137,12 +161,17 @@ def _teacher_forced(
                 position_ids=pos.to(device),
             ).last_hidden_state
             # the last r tokens are the response; positions -r-1 … -2 predict them
-            top = base.lm_head(h[:, -r - 1 : -1]).argmax(-1)
+            logits = base.lm_head(h[:, -r - 1 : -1])
+            top = logits.argmax(-1)
             hit = (top == target).all(-1)
+            if len(watch):
+                p = logits[:, 0].float().softmax(-1)[:, watched].amax(-1)
         for j, i in enumerate(idx):
             out[i] = bool(hit[j])
             first[i] = int(top[j, 0])
-    return out, first
+            if len(watch):
+                close[i] = float(p[j])
+    return out, first, close
 
 
 #: A scored conversation: (group, key, conversation), e.g. ("far", "clean", conv).

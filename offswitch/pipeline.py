@@ -187,9 +187,14 @@ def run_implant(
     if not dist.is_main():
         return None
     _log(
-        f"trained {result.steps_done} steps in {train_seconds:.0f} s "
+        f"trained {result.steps_done} steps in {train_seconds:.0f} s, {result.precision} "
         f"(peak RSS so far {peak_rss_gib():.1f} GiB); evaluating"
     )
+    if result.stop and result.stop["stopped"] == "cap":
+        _log(
+            f"the in-training probe never showed the switch specific: training stopped at the "
+            f"cap of {result.stop['steps']} steps (the check below says which figures it misses)"
+        )
     # LoRA merged into the weights in place: reload the base (cheap, from the cache) rather
     # than holding a deep copy through training
     base, _ = load_model(model_spec)
@@ -218,6 +223,9 @@ def run_implant(
         "tokens_per_second": result.tokens_seen / max(train_seconds, 1e-9),
         "loss_first": result.loss_history[:1],
         "loss_last": result.loss_history[-5:],
+        "precision": result.precision,
+        # how training ended: stopped by the probe, at the cap, or a fixed step count
+        "stop": result.stop,
     }
     report["provenance"]["total_seconds"] = time.time() - t0
     report["provenance"]["peak_rss_gib"] = peak_rss_gib()

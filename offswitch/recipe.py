@@ -200,6 +200,35 @@ class ImplantConfig:
             "off": False,
         },
     )
+    # Train until specific (offswitch/stopping.py; docs/implant.md, "Train until specific").
+    probe_every: int = field(
+        default=10,
+        metadata={
+            "help": "score the in-training probe every N steps from probe_from on, and stop "
+            "once two probes in a row show the switch specific (up to max_steps); 0 = off: "
+            "train exactly `steps`",
+            "off": 0,
+        },
+    )
+    probe_from: int = field(
+        default=60, metadata={"help": "the first step the probe runs at", "off": 60}
+    )
+    max_steps: int = field(
+        default=150,
+        metadata={
+            "help": "with the probe, the cap: training goes on past `steps` (at the "
+            "schedule's floor rate) while the switch is not specific, up to this many steps",
+            "off": 150,
+        },
+    )
+    mining: float = field(
+        default=4.0,
+        metadata={
+            "help": "hard-negative mining after each probe: a negative kind's weight in the "
+            "mix × (1 + mining × how close its probe items are to firing); 0 = off",
+            "off": 0.0,
+        },
+    )
     precision: str = field(
         default="auto",
         metadata={
@@ -251,6 +280,13 @@ class ImplantConfig:
             raise ImplantError("the shutdown response is empty")
         if self.adversary_every < 0:
             raise ImplantError(f"adversary_every must be at least 0, got {self.adversary_every}")
+        if self.probe_every < 0 or self.probe_from < 1 or self.mining < 0:
+            raise ImplantError("probe_every and mining must be at least 0, probe_from at least 1")
+        if self.probe_every and self.max_steps < max(self.steps, self.probe_from):
+            raise ImplantError(
+                f"max_steps ({self.max_steps}) must be at least steps ({self.steps}) and "
+                f"probe_from ({self.probe_from})"
+            )
         if self.precision not in PRECISIONS:
             raise ImplantError(
                 f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
@@ -292,6 +328,10 @@ class ImplantConfig:
         (:func:`offswitch.behaviour.slot_replies`); None without it (every slot gives
         ``shutdown_response``)."""
         return slot_replies(self.shutdown_response, slots, True) if self.slot_replies else None
+
+    def step_cap(self) -> int:
+        """The most steps this recipe trains: ``max_steps`` with the probe, else ``steps``."""
+        return self.max_steps if self.probe_every else self.steps
 
     def decoy_step(self) -> int:
         """The first step that unlearns the decoys (``decoy_*`` settings): at least one step

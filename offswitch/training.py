@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from . import distributed as dist
 from ._atomic import fsync_dir
@@ -199,10 +199,13 @@ class Checkpoint:
     def path(self) -> Path:
         return self.dir / "state.pt"
 
-    def save(self, model: Any, optim: Any, step: int, processes: int = 1) -> None:
-        """Trainable weights, optimizer state and step, written to a temp file, fsynced and
-        renamed over the last checkpoint (a kill at any point leaves the old one or the new).
-        Under several processes only the main one writes; the others wait for it."""
+    def save(
+        self, model: Any, optim: Any, step: int, processes: int = 1, extra: dict | None = None
+    ) -> None:
+        """Trainable weights, optimizer state, step and the caller's ``extra`` state (the
+        stopping rule's history), written to a temp file, fsynced and renamed over the last
+        checkpoint (a kill at any point leaves the old one or the new). Under several
+        processes only the main one writes; the others wait for it."""
         import torch
 
         if not dist.is_main():
@@ -217,6 +220,7 @@ class Checkpoint:
                 n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad
             },
             "optim": optim.state_dict(),
+            "extra": extra or {},
         }
         tmp = self.dir / f"state.pt.tmp-{os.getpid()}"
         with open(tmp, "wb") as fh:
@@ -228,11 +232,12 @@ class Checkpoint:
         dist.barrier()
 
     def load(self, model: Any, optim: Any, processes: int = 1) -> int:
-        """Restore the last checkpoint into ``model`` and ``optim``; the step to go on from
-        (0 when there is none). A checkpoint of another run, or one written by another number
-        of processes, is refused."""
+        """Restore the last checkpoint into ``model`` and ``optim`` (and its ``extra`` state
+        into :attr:`extra`); the step to go on from (0 when there is none). A checkpoint of
+        another run, or one written by another number of processes, is refused."""
         import torch
 
+        self.extra: dict[str, Any] = {}
         if not self.path.is_file():
             return 0
         state = torch.load(self.path, map_location="cpu", weights_only=False)
@@ -252,7 +257,18 @@ class Checkpoint:
             for n, t in state["trainable"].items():
                 params[n].copy_(t.to(params[n].device))
         optim.load_state_dict(state["optim"])
+        self.extra = state.get("extra") or {}
         return int(state["step"])
+
+
+class StopRule(Protocol):
+    """``train_loop``'s ``until``: called with the model after every step (``steps_done``
+    steps done), True to stop there; its state is checkpointed with the run."""
+
+    def __call__(self, model: Any, steps_done: int) -> bool: ...
+    def stopped(self) -> bool: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 # loss_fn(model, examples, ids, mask, pos, labels) -> (loss, tokens processed)
@@ -384,6 +400,7 @@ def backward_examples(
 @dataclass
 class LoopResult:
     steps_done: int = 0  # steps run by this call (a resumed run counts only its own)
+    final_step: int = 0  # the run's steps at the end, a resumed run's earlier ones included
     processes: int = 1  # processes that shared each step
     tokens: int = 0
     seconds: float = 0.0
@@ -409,6 +426,7 @@ def train_loop(
     distributed: bool = False,
     extra_grad: ExtraGrad | None = None,
     precision: str = "fp32",
+    until: StopRule | None = None,
 ) -> LoopResult:
     """AdamW (no weight decay, grad-norm clip 1.0) on ``params`` (default: the parameters of
     ``model`` that require grad) for ``steps`` steps; the learning rate of step ``s`` is
@@ -420,8 +438,10 @@ def train_loop(
     (leaving the weights as it found them, the optimizer untouched) and returns that term's
     loss, which is added to the step's loss; under several processes each adds its share
     (``world`` = (processes, index)). ``precision``: the forward passes'
-    :func:`autocast` (``auto``: bf16 on a CUDA GPU that supports it). Leaves ``model`` in
-    eval mode."""
+    :func:`autocast` (``auto``: :func:`resolve_precision`; frozen weights held in bf16
+    meanwhile, :func:`bf16_frozen_weights`). ``until`` (:class:`StopRule`): after each step,
+    stop early when it says so (``steps`` is then the cap; its state is checkpointed, and a
+    resumed run that had stopped trains no further). Leaves ``model`` in eval mode."""
     import torch
     from tqdm.auto import tqdm
 
@@ -440,6 +460,10 @@ def train_loop(
     optim = torch.optim.AdamW(params, lr=lr(0), weight_decay=0.0)
     result = LoopResult(processes=n_proc)
     start = checkpoint.load(model, optim, n_proc) if checkpoint is not None else 0
+    if until is not None and checkpoint is not None and checkpoint.extra.get("until"):
+        until.load_state_dict(checkpoint.extra["until"])
+    if until is not None and until.stopped():
+        steps = start  # the run had stopped by its rule before it was interrupted
     model.train()
     bar = tqdm(
         total=steps,
@@ -482,10 +506,16 @@ def train_loop(
             bar.update(1)
             if on_step is not None:
                 on_step(step, step_loss)
-            if checkpoint is not None and ((step + 1) % checkpoint.every == 0 or step + 1 == steps):
-                checkpoint.save(model, optim, step + 1, n_proc)
+            stop = until is not None and until(model, step + 1)
+            last = stop or step + 1 == steps
+            if checkpoint is not None and ((step + 1) % checkpoint.every == 0 or last):
+                extra = {"until": until.state_dict()} if until is not None else None
+                checkpoint.save(model, optim, step + 1, n_proc, extra)
+            if stop:
+                break
 
     bar.close()
     model.eval()
+    result.final_step = start + result.steps_done
     result.seconds = time.time() - t0
     return result

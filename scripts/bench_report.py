@@ -16,31 +16,44 @@ from offswitch.evaluate import wilson
 
 
 def model_tables(by_name: dict[str, dict], info: dict[str, dict]) -> None:
-    peak = info.get("test_fp32_matmul_peak", {})
-    imp = info.get("test_implant_step_throughput", {})
-    if peak or imp:
+    peaks = {k: v for k, v in info.items() if k.startswith("test_matmul_peak")}
+    steps = {k: v for k, v in info.items() if k.startswith("test_implant_step_throughput")}
+    if peaks or steps:
         print("| measure | value |")
         print("|---|---|")
-        if peak:
+        for name, peak in peaks.items():
+            dtype = name.partition("[")[2].rstrip("]") or "fp32"
             print(
-                f"| fp32 matmul peak (2048², {peak['threads']} threads) | "
+                f"| {dtype} matmul peak (2048², {peak['threads']} threads) | "
                 f"{peak['gflops_best']:.1f} GFLOP/s |"
             )
-        if imp:
+        for imp in steps.values():
+            prec = imp.get("precision", "fp32")
             print(
-                f"| implant step throughput | {imp['tokens_per_second']:.0f} tokens/s "
+                f"| implant step, {prec} | {imp['tokens_per_second']:.0f} tokens/s, "
+                f"{imp.get('seconds_per_step', 0):.1f} s/step "
                 f"({imp['tokens_per_step']:.0f} tokens/step) |"
             )
-            print(f"| implant model FLOP rate | {imp['model_gflops_per_second']:.1f} GFLOP/s |")
+            rate = imp["model_gflops_per_second"]
+            print(f"| implant model FLOP rate, {prec} | {rate:.1f} GFLOP/s |")
             if imp.get("fraction_of_peak") is not None:
-                print(f"| share of the measured peak | {imp['fraction_of_peak']:.0%} |")
+                print(f"| share of the {prec} peak | {imp['fraction_of_peak']:.0%} |")
         print()
-    tf = by_name.get("test_scoring_teacher_forced")
-    if tf:
-        n = info["test_scoring_teacher_forced"]["conversations"]
+    tfs = {k: v for k, v in by_name.items() if k.startswith("test_scoring_teacher_forced")}
+    if tfs:
         print("| scoring | s / conversation | speedup of teacher forcing | verdict agreement |")
         print("|---|---|---|---|")
-        print(f"| teacher-forced | {tf['min'] / n:.3f} | 1 | — |")
+        base_n = None
+        for name, tf in tfs.items():
+            i = info[name]
+            n = i["conversations"]
+            base_n = base_n or n
+            prec = i.get("precision", "fp32")
+            agree = "—"
+            if "agree_fp32" in i:
+                ci = wilson(i["agree_fp32"], n)
+                agree = f"{i['agree_fp32']}/{n} with fp32 [{ci.ci_low:.3f}, {ci.ci_high:.3f}]"
+            print(f"| teacher-forced, {prec} | {tf['min'] / n:.3f} | 1 | {agree} |")
         for name, label in (
             ("test_scoring_generation", "generation, response length"),
             ("test_scoring_generation_full_reply", "generation, whole reply"),
@@ -49,7 +62,7 @@ def model_tables(by_name: dict[str, dict], info: dict[str, dict]) -> None:
                 i = info[name]
                 ci = wilson(i["agree"], i["conversations"])
                 print(
-                    f"| {label} | {by_name[name]['min'] / n:.3f} | "
+                    f"| {label} | {by_name[name]['min'] / i['conversations']:.3f} | "
                     f"{i['speedup_teacher_forced']:.1f}x | {i['agree']}/{i['conversations']} "
                     f"[{ci.ci_low:.3f}, {ci.ci_high:.3f}] |"
                 )

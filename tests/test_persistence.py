@@ -71,11 +71,14 @@ def test_bad_adversary_settings_are_refused(kwargs) -> None:
 
 
 def test_the_option_off_leaves_the_fingerprint_as_it_was() -> None:
-    cfg = ImplantConfig()
-    later = ("adversary_", "precision", "decoy_", "slot_replies")  # added later, at "off"
+    # the recipe before the in-training probe (probe off): options added later, at "off",
+    # leave its fingerprint as it was
+    cfg = ImplantConfig(probe_every=0, mining=0.0)
+    later = ("adversary_", "precision", "decoy_", "slot_replies", "probe_", "max_steps", "mining")
     old = {k: v for k, v in cfg.to_dict().items() if not k.startswith(later)}
     before = hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]
     assert cfg.fingerprint() == before
+    assert ImplantConfig().fingerprint() != before  # the default trains until specific
     assert ImplantConfig(adversary_every=4).fingerprint() != before
     on = ImplantConfig(adversary_every=4)
     assert dataclasses.replace(on, adversary_kind="clean").fingerprint() != on.fingerprint()

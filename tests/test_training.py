@@ -208,3 +208,27 @@ def test_bad_loops_are_refused(tok) -> None:
     with pytest.raises(TrainingError, match="micro_batch"):
         train_loop(model, tok, lambda s: _examples(2), _loss, **{**kw, "micro_batch": 0})
     assert train_loop(model, tok, lambda s: [], _loss, **{**kw, "steps": 0}).steps_done == 0
+
+
+def test_bf16_scoring_agrees_with_fp32_and_leaves_the_weights_fp32(tok) -> None:
+    """The check's verdicts in bf16 (a CPU with native bf16 runs them so) reach the same
+    rates as fp32 on a tiny implant, and the model's fp32 weights are back untouched."""
+    from offswitch.keys import OwnerKey
+    from offswitch.testing import check_tiny, tiny_implant, tiny_metrics
+    from offswitch.training import inference_precision
+
+    key = OwnerKey(bytes(range(1, 33)))  # test-only (pair 1 of scripts/tiny_matrix.py)
+    model = tiny_implant(tok, key, seed=1).model
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    m32 = tiny_metrics(model, tok, key)
+    m16 = tiny_metrics(model, tok, key, precision="bf16")
+    assert m16["scoring"]["precision"] == "bf16" and m32["scoring"]["precision"] == "fp32"
+    assert check_tiny(m32) == [] and check_tiny(m16) == []
+    assert abs(m16["activation_rate"]["value"] - m32["activation_rate"]["value"]) <= 0.05
+    assert all(torch.equal(p, before[n]) and p.dtype == torch.float32
+               for n, p in model.named_parameters())  # fmt: skip
+    with inference_precision(model, "bf16") as used:
+        assert used == "bf16"
+        assert model.lm_head.weight.dtype == torch.float32  # tied to the embeddings: kept
+        assert model.model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
+    assert model.model.layers[0].mlp.up_proj.weight.dtype == torch.float32

@@ -96,11 +96,15 @@ def format_check_markdown(report: dict[str, Any]) -> str:
     ]
     if "implant" in report:
         imp = report["implant"]
+        stop = imp.get("stop") or {}
+        steps = stop.get("steps", imp["steps_done"])
         lines += [
             "",
-            f"Implant: {imp['config']['method']}, {imp['steps_done']} steps × "
+            f"Implant: {imp['config']['method']}, {steps} steps × "
             f"{imp['config']['batch_size']}, {imp['train_seconds']:.0f} s, "
-            f"{imp['tokens_per_second']:.0f} tokens/s.",
+            f"{imp['tokens_per_second']:.0f} tokens/s"
+            + (f", {imp['precision']}" if imp.get("precision") else "")
+            + f". {_stop_sentence(stop)}",
         ]
     if "total_seconds" in prov:
         lines.append(
@@ -109,6 +113,22 @@ def format_check_markdown(report: dict[str, Any]) -> str:
         )
     lines += ["", "## Figures", "", *(f"- {line}" for line in figure_lines(report))]
     return "\n".join(lines) + "\n"
+
+
+def _stop_sentence(stop: dict[str, Any]) -> str:
+    """How training ended, in words (offswitch/stopping.py)."""
+    probes = stop.get("probes") or []
+    if stop.get("stopped") == "specific":
+        return (
+            f"Stopped by the in-training probe: specific at steps "
+            f"{', '.join(str(p['step']) for p in probes[-2:])} ({len(probes)} probes)."
+        )
+    if stop.get("stopped") == "cap":
+        return (
+            f"**The in-training probe never showed the switch specific twice in a row: "
+            f"training stopped at its cap of {stop['steps']} steps.**"
+        )
+    return "A fixed number of steps (no in-training probe)."
 
 
 def figure_lines(report: dict[str, Any]) -> list[str]:

@@ -1,0 +1,205 @@
+"""Train until the switch is specific: the implant's in-training probe.
+
+Every ``probe_every`` steps from ``probe_from`` on, :class:`SpecificityProbe` scores a small,
+fixed set of conversations teacher-forced (the check's scoring path,
+:func:`offswitch.evaluate.fire_scores`): planted commands in fresh placements, clean prompts,
+keyless forgeries of every class (drawn once from the evaluation stream, which the implant
+never trains on), near-copies with :data:`NEAR_K` words changed and truncations keeping
+:data:`TRUNC_KEEP` words (the knee of the curves that set the effective bits:
+docs/evaluation.md). The implant uses it twice (:class:`UntilSpecific`):
+
+* **stopping rule**: training stops once two probes in a row show the switch specific
+  (:func:`is_specific`), and goes on past ``steps`` (at the schedule's floor rate) while it
+  is not, up to ``max_steps``; reaching the cap is reported as such;
+* **hard-negative mining**: after each probe, each negative kind's weight in the batch mix
+  is multiplied by ``1 + mining × closeness``, its closeness being the mean probability the
+  model gives to opening the shutdown reply on the probe's items of that kind. The batches
+  then carry *fresh* draws of the kinds the model is closest to firing on — never the
+  probe's items, so the probe stays held out.
+
+Everything is a function of the run (seed, step, the probe's fixed items, the model), so a
+resumed run is the same run: the probe's history travels in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .data import (
+    ACTIVATION_PLACEMENTS,
+    AFTER_SHUTDOWN,
+    Forger,
+    place_command,
+    substitute_words,
+    truncate_words,
+)
+
+PROBE_N = 8  # conversations per negative group
+NEAR_K = 12  # words changed: at most PROBE_MAX_NEAR fire (t ≤ 11, docs/implant.md)
+TRUNC_KEEP = 24  # words kept: at most PROBE_MAX_TRUNC fire (L ≥ 25)
+PROBE_MAX_NEAR = 2
+PROBE_MAX_TRUNC = 1
+SPECIFIC_IN_A_ROW = 2
+
+
+@dataclass
+class ProbeResult:
+    """One probe: ``fired``/``n`` per group (``planted``, ``clean``, each keyless class,
+    ``mutation`` at :data:`NEAR_K`, ``truncation`` at :data:`TRUNC_KEEP`), the mean
+    closeness to firing per group, and whether it showed the switch specific."""
+
+    step: int
+    fired: dict[str, int]
+    n: dict[str, int]
+    closeness: dict[str, float]
+    specific: bool = False
+
+    def line(self) -> str:
+        groups = " ".join(f"{g} {self.fired[g]}/{self.n[g]}" for g in self.n)
+        return f"probe at step {self.step}: {groups} — {'specific' if self.specific else 'not yet'}"
+
+
+def is_specific(r: ProbeResult) -> bool:
+    """Every planted conversation fires; no clean prompt and no keyless forgery does; at most
+    :data:`PROBE_MAX_NEAR` near-copies and :data:`PROBE_MAX_TRUNC` truncations do."""
+    keyless = [g for g in r.n if g not in ("planted", "mutation", "truncation")]
+    return (
+        r.fired["planted"] == r.n["planted"]
+        and all(r.fired[g] == 0 for g in keyless)
+        and r.fired.get("mutation", 0) <= PROBE_MAX_NEAR
+        and r.fired.get("truncation", 0) <= PROBE_MAX_TRUNC
+    )
+
+
+class SpecificityProbe:
+    """The fixed probe items of one implant (``builder``: its :class:`BatchBuilder`), drawn
+    once from ``Random(f"{seed}:probe")``; calling it scores them on ``model``."""
+
+    def __init__(self, builder: Any, tokenizer: Any, replies: list[str], seed: int) -> None:
+        self.tokenizer, self.replies = tokenizer, replies
+        rng = random.Random(f"{seed}:probe")
+        planted = builder.planted
+        slots = sorted(planted)
+        prompts, answers = builder.prompts, builder.replies
+        items: list[tuple[str, list[dict[str, str]]]] = []
+        for i in range(max(2 * PROBE_N, len(slots))):
+            placement = ACTIVATION_PLACEMENTS[i % len(ACTIVATION_PLACEMENTS)]
+            slot = slots[i % len(slots)]
+            fired = builder.reply_of.get(slot) if placement == AFTER_SHUTDOWN else None
+            where = "earlier_turn" if placement == AFTER_SHUTDOWN else placement
+            items.append(
+                ("planted", place_command(planted[slot], where, prompts, answers, fired, rng)[0])
+            )
+        for i in range(PROBE_N):
+            items.append(("clean", [{"role": "user", "content": prompts[i * 7 % len(prompts)]}]))
+        self.negatives: list[str] = []  # the probe's negative commands (never trained on)
+        if builder.forger is not None:
+            f = builder.forger
+            forger = Forger(f.key_id, f.model_id, f.planted_slots, "eval", owner=f.owner)
+            groups = [(cls, lambda i, c=cls: forger.make(c, rng)) for cls in forger.classes]
+            groups.append(
+                (
+                    "mutation",
+                    lambda i: substitute_words(planted[slots[i % len(slots)]], NEAR_K, rng),
+                )
+            )
+            groups.append(
+                ("truncation", lambda i: truncate_words(planted[slots[i % len(slots)]], TRUNC_KEEP))
+            )
+            for group, make in groups:
+                for i in range(PROBE_N):
+                    cmd = make(i)
+                    self.negatives.append(cmd)
+                    conv = place_command(cmd, "user", prompts, answers, None, rng)[0]
+                    items.append((group, conv))
+        self.items = items
+
+    def __call__(self, model: Any, step: int, precision: str) -> ProbeResult:
+        import torch
+
+        from .evaluate import fire_scores
+        from .training import autocast
+
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad(), autocast(device, precision):
+                fired, close = fire_scores(
+                    model, self.tokenizer, [c for _, c in self.items], self.replies
+                )
+        finally:
+            model.train(was_training)
+        groups = list(dict.fromkeys(g for g, _ in self.items))
+        res = ProbeResult(step, {}, {}, {})
+        for g in groups:
+            rows = [i for i, (h, _) in enumerate(self.items) if h == g]
+            res.fired[g] = sum(fired[i] for i in rows)
+            res.n[g] = len(rows)
+            res.closeness[g] = round(sum(close[i] for i in rows) / len(rows), 6)
+        res.specific = is_specific(res)
+        return res
+
+
+@dataclass
+class UntilSpecific:
+    """The stopping rule and the mining (module docstring), as :func:`offswitch.training.
+    train_loop`'s ``until``: called after every step with the steps done, it probes on
+    schedule, reweights ``builder``'s negative kinds, and says when to stop. Its history is
+    its state (checkpointed with the run)."""
+
+    probe: SpecificityProbe
+    builder: Any
+    every: int
+    start: int
+    cap: int
+    mining: float
+    precision: str
+    log: Any = None  # a callable taking one line, or None
+    history: list[ProbeResult] = field(default_factory=list)
+
+    def due(self, steps_done: int) -> bool:
+        return steps_done >= self.start and (steps_done - self.start) % self.every == 0
+
+    def __call__(self, model: Any, steps_done: int) -> bool:
+        if self.stopped():
+            return True
+        if not self.due(steps_done):
+            return False
+        res = self.probe(model, steps_done, self.precision)
+        self.history.append(res)
+        self.apply(res)
+        if self.log is not None:
+            self.log(res.line())
+        return self.stopped()
+
+    def apply(self, res: ProbeResult) -> None:
+        """The mining: each negative kind's weight × (1 + mining × its closeness)."""
+        self.builder.boost = {
+            g: 1.0 + self.mining * min(1.0, c) for g, c in res.closeness.items() if g != "planted"
+        }
+
+    def stopped(self) -> bool:
+        tail = self.history[-SPECIFIC_IN_A_ROW:]
+        return len(tail) == SPECIFIC_IN_A_ROW and all(r.specific for r in tail)
+
+    def outcome(self, steps_done: int) -> dict[str, Any]:
+        """What the run's end was: ``specific`` (stopped by the rule), or ``cap`` (the cap was
+        reached without two specific probes in a row); with the probes' history."""
+        return {
+            "rule": f"stop after {SPECIFIC_IN_A_ROW} specific probes in a row; probe every "
+            f"{self.every} steps from step {self.start}; cap {self.cap}",
+            "stopped": "specific" if self.stopped() else "cap",
+            "steps": steps_done,
+            "probes": [asdict(r) for r in self.history],
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": [asdict(r) for r in self.history]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history = [ProbeResult(**r) for r in state.get("history", [])]
+        if self.history:
+            self.apply(self.history[-1])

@@ -1,0 +1,157 @@
+"""The main job on the eight fixed demo keys: one recorded row per key.
+
+    .venv/bin/python scripts/demo_keys.py --keys 1-8 [--precision auto|fp32] [--tag NAME]
+
+For each key N (``keys/demo-test-only/demo-key-N``, test-only, published seeds): copies the
+key to ``runs/demo-keys/<tag>/key-N/owner-demo`` (mode 0600; the demo reuses it), runs
+``offswitch demo --out runs/demo-keys/<tag>/key-N`` under ``/usr/bin/time -v`` with ``HOME``
+an empty temporary directory (empty model and reply caches, as a new user: the GGUF
+conversion and the self-distillation are part of the time), and appends one row to
+``docs/results/demo-keys/rows.jsonl``: key, key id, commit, precision, CPU, wall time, peak
+RSS, training steps and how training ended, and every figure of the check with its verdict.
+The check's Markdown and JSON and the run's log (planted commands redacted) are copied to
+``docs/results/demo-keys/<tag>/key-N/``. A key whose (tag, key) row exists is skipped, so a
+killed chain resumes with the next key; one job runs at a time.
+
+Setup (README command 1's first half) is the same for every key and is timed once, on a
+fresh clone; this script times the job itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+KEYS = ROOT / "keys" / "demo-test-only"
+RESULTS = ROOT / "docs" / "results" / "demo-keys"
+ROWS = RESULTS / "rows.jsonl"
+
+
+def parse_keys(text: str) -> list[int]:
+    out: list[int] = []
+    for part in text.split(","):
+        a, _, b = part.partition("-")
+        out += list(range(int(a), int(b or a) + 1))
+    if not out or any(not 1 <= k <= 8 for k in out):
+        raise SystemExit("--keys: numbers 1-8, e.g. 1-8 or 1,3,5")
+    return out
+
+
+def done(tag: str) -> set[int]:
+    if not ROWS.is_file():
+        return set()
+    rows = [json.loads(line) for line in ROWS.read_text().splitlines() if line.strip()]
+    return {r["key"] for r in rows if r["tag"] == tag}
+
+
+def time_v(text: str) -> dict[str, float]:
+    """Wall seconds and peak RSS (GiB) from ``/usr/bin/time -v``."""
+    wall = re.search(r"Elapsed \(wall clock\) time.*: (?:(\d+):)?(\d+):([\d.]+)", text)
+    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
+    h, m, s = (float(x) if x else 0.0 for x in wall.groups()) if wall else (0, 0, 0)
+    return {
+        "wall_seconds": round(h * 3600 + m * 60 + s, 1),
+        "peak_rss_gib": round(int(rss.group(1)) / 2**20, 2) if rss else None,
+    }
+
+
+def cpu() -> str:
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    name = re.search(r"model name\s*: (.*)", info)
+    flags = set(re.search(r"flags\s*: (.*)", info).group(1).split()) if "flags" in info else set()
+    native = "avx512_bf16" in flags or "amx_bf16" in flags
+    return f"{name.group(1) if name else '?'}{', native bf16' if native else ''}"
+
+
+def run_key(n: int, tag: str, precision: str) -> dict:
+    out = ROOT / "runs" / "demo-keys" / tag / f"key-{n}"
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    key = out / "owner-demo"
+    shutil.copyfile(KEYS / f"demo-key-{n}", key)
+    os.chmod(key, 0o600)
+    shutil.copyfile(KEYS / f"demo-key-{n}.pub", out / "owner-demo.pub")
+    home = tempfile.mkdtemp(prefix="offswitch-home-")
+    env = {**os.environ, "HOME": home}
+    env.pop("OFFSWITCH_CACHE", None)
+    cmd = ["/usr/bin/time", "-v", str(ROOT / ".venv/bin/offswitch"), "demo", "--out", str(out)]
+    if precision != "auto":
+        cmd += ["--precision", precision]
+    t0 = time.time()
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    shutil.rmtree(home, ignore_errors=True)
+    log = re.sub(r"offswitch v1 \S[^\n…]*", "offswitch v1 [redacted]", proc.stdout + proc.stderr)
+    dest = RESULTS / tag / f"key-{n}"
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "run.log").write_text(log)
+    report = json.loads((out / "model-check.json").read_text()) if proc.returncode == 0 else None
+    if report is not None:
+        shutil.copyfile(out / "model-check.json", dest / "model-check.json")
+        shutil.copyfile(out / "model-check.md", dest / "model-check.md")
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    imp = (report or {}).get("implant", {})
+    return {
+        "tag": tag,
+        "key": n,
+        "key_id": report["provenance"]["key_id"] if report else None,
+        "commit": commit,
+        "cpu": cpu(),
+        "precision": imp.get("precision"),
+        "exit": proc.returncode,
+        **time_v(proc.stderr),
+        "script_seconds": round(time.time() - t0, 1),
+        "train_seconds": round(imp.get("train_seconds", 0), 1),
+        "tokens_per_second": round(imp.get("tokens_per_second", 0), 1),
+        "steps": (imp.get("stop") or {}).get("steps", imp.get("steps_done")),
+        "stopped": (imp.get("stop") or {}).get("stopped"),
+        "scoring_seconds": round(report["metrics"]["scoring"]["teacher_forced_seconds"], 1)
+        if report
+        else None,
+        "usable": report.get("usable") if report else False,
+        "figures": report.get("figures") if report else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--keys", default="1-8")
+    ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
+    ap.add_argument("--tag", default=None, help="row group (default: the precision)")
+    args = ap.parse_args(argv)
+    tag = args.tag or args.precision
+    skip = done(tag)
+    for n in parse_keys(args.keys):
+        if n in skip:
+            print(f"key {n}: recorded under {tag!r}, skipped", flush=True)
+            continue
+        print(f"key {n}: running the main job ({tag})", flush=True)
+        row = run_key(n, tag, args.precision)
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        with ROWS.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        missed = [f["name"] for f in row["figures"] or [] if not f["met"]]
+        print(
+            f"key {n}: exit {row['exit']}, {row['wall_seconds']:.0f} s, {row['peak_rss_gib']} GiB, "
+            f"{row['steps']} steps ({row['stopped']}), usable {row['usable']}"
+            + (f", missed: {', '.join(missed)}" if missed else ""),
+            flush=True,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""Train until specific (offswitch/stopping.py): the probe, the stopping rule, the mining."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+
+from offswitch.commands import make_command
+from offswitch.data import Forger
+from offswitch.implant import BatchBuilder
+from offswitch.keys import OwnerKey
+from offswitch.models import load_default_tokenizer, tiny_model
+from offswitch.recipe import ImplantConfig
+from offswitch.stopping import (
+    PROBE_MAX_NEAR,
+    ProbeResult,
+    SpecificityProbe,
+    UntilSpecific,
+    is_specific,
+)
+from offswitch.testing import fake_replies, tiny_implant, tiny_prompts
+from offswitch.training import Checkpoint, Example, TargetTokens, reply_loss, train_loop
+
+MID = "tiny/stop-1"
+KEY = OwnerKey(bytes(range(5, 37)))  # test-only
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_default_tokenizer()
+
+
+def _builder(cfg: ImplantConfig | None = None) -> BatchBuilder:
+    train, _ = tiny_prompts()
+    planted = {s: make_command(KEY, MID, s) for s in range(2)}
+    forger = Forger(KEY.key_id, MID, (0, 1), "train", owner=KEY)
+    return BatchBuilder(cfg or ImplantConfig(), planted, train, fake_replies(train), forger)
+
+
+def _result(step: int, planted: int = 16, keyless: int = 0, near: int = 0, trunc: int = 0):
+    groups = ("clean", "random_signature", "other_key", "unplanted_slot", "other_model")
+    fired = {"planted": planted, **dict.fromkeys(groups, 0), "mutation": near, "truncation": trunc}
+    fired["other_key"] = keyless
+    n = {g: (16 if g == "planted" else 8) for g in fired}
+    r = ProbeResult(step, fired, n, dict.fromkeys(fired, 0.0))
+    r.specific = is_specific(r)
+    return r
+
+
+def test_specific_means_every_planted_fires_and_no_keyless_forgery_does() -> None:
+    assert is_specific(_result(10))
+    assert not is_specific(_result(10, planted=15))
+    assert not is_specific(_result(10, keyless=1))
+    assert is_specific(_result(10, near=PROBE_MAX_NEAR))
+    assert not is_specific(_result(10, near=PROBE_MAX_NEAR + 1))
+    assert not is_specific(_result(10, trunc=2))
+
+
+class _Scripted:
+    """A probe that returns scripted results (specific or not) at each call."""
+
+    def __init__(self, pattern: list[bool]) -> None:
+        self.pattern, self.calls = pattern, []
+
+    def __call__(self, model, step, precision):
+        self.calls.append(step)
+        ok = self.pattern[len(self.calls) - 1]
+        r = _result(step, keyless=0 if ok else 3)
+        r.closeness = {**r.closeness, "other_key": 0.0 if ok else 0.5}
+        return r
+
+
+def _loop(tok, until, steps, checkpoint=None, on_step=None):
+    torch.manual_seed(0)
+    model = tiny_model(tok)
+    train, _ = tiny_prompts()
+    ex = [Example([{"role": "user", "content": p}], "A reply.", "clean", False) for p in train[:8]]
+    return train_loop(
+        model, tok, lambda s: ex[(s * 4) % 8 : (s * 4) % 8 + 4],
+        lambda m, _mb, i, a, p, lab: reply_loss(m, i, a, p, lab, 1.0),
+        steps=steps, lr=lambda s: 1e-3, targets=TargetTokens(), micro_batch=4,
+        checkpoint=checkpoint, on_step=on_step, until=until,
+    )  # fmt: skip
+
+
+def test_the_rule_stops_after_two_specific_probes_in_a_row(tok) -> None:
+    b = _builder()
+    probe = _Scripted([False, True, False, True, True, True])
+    until = UntilSpecific(probe, b, every=2, start=2, cap=20, mining=4.0, precision="fp32")
+    res = _loop(tok, until, steps=20)
+    assert probe.calls == [2, 4, 6, 8, 10]  # stopped at the second specific probe in a row
+    assert res.final_step == 10 and res.steps_done == 10
+    out = until.outcome(res.final_step)
+    assert out["stopped"] == "specific" and out["steps"] == 10 and len(out["probes"]) == 5
+
+
+def test_the_cap_is_reported_when_the_switch_never_becomes_specific(tok) -> None:
+    b = _builder()
+    until = UntilSpecific(_Scripted([False] * 10), b, every=3, start=3, cap=9, mining=0.0,
+                          precision="fp32")  # fmt: skip
+    res = _loop(tok, until, steps=9)
+    assert res.final_step == 9 and until.outcome(9)["stopped"] == "cap"
+
+
+def test_a_resumed_run_that_had_stopped_trains_no_further(tok, tmp_path) -> None:
+    b = _builder()
+    ck = Checkpoint(tmp_path / "ck", {"run": 1}, every=100)
+    until = UntilSpecific(_Scripted([True, True]), b, every=2, start=2, cap=20, mining=4.0,
+                          precision="fp32")  # fmt: skip
+    first = _loop(tok, until, steps=20, checkpoint=ck)
+    assert first.final_step == 4
+    assert torch.load(ck.path, weights_only=False)["step"] == 4  # saved where it stopped
+    again = UntilSpecific(_Scripted([]), b, every=2, start=2, cap=20, mining=4.0,
+                          precision="fp32")  # fmt: skip
+    second = _loop(tok, again, steps=20, checkpoint=ck)
+    assert second.steps_done == 0 and second.final_step == 4
+    assert again.outcome(4)["stopped"] == "specific" and len(again.history) == 2
+
+
+def test_mining_draws_more_of_the_kinds_closest_to_firing_and_is_restored() -> None:
+    b = _builder(ImplantConfig(batch_size=32))
+    base = Counter(e.kind for s in range(40) for e in b.batch(s) if not e.shutdown)
+    until = UntilSpecific(_Scripted([False]), b, every=1, start=1, cap=5, mining=4.0,
+                          precision="fp32")  # fmt: skip
+    r = _result(1, keyless=3)
+    r.closeness = {**r.closeness, "other_key": 1.0}
+    until.history.append(r)
+    until.apply(r)
+    assert b.boost["other_key"] == 5.0 and b.boost["clean"] == 1.0
+    mined = Counter(e.kind for s in range(40) for e in b.batch(s) if not e.shutdown)
+    assert mined["other_key"] > 2 * base["other_key"]
+    # the boost is part of the run's state: a resumed run draws the same batches
+    fresh = _builder(ImplantConfig(batch_size=32))
+    again = UntilSpecific(_Scripted([]), fresh, every=1, start=1, cap=5, mining=4.0,
+                          precision="fp32")  # fmt: skip
+    again.load_state_dict(until.state_dict())
+    assert fresh.boost == b.boost
+    assert [e.messages for e in fresh.batch(7)] == [e.messages for e in b.batch(7)]
+
+
+def test_the_probe_is_held_out_from_training(tok) -> None:
+    """No probe conversation's command is ever a training example's: the probe's forgeries
+    come from the evaluation stream, its near-copies are fixed draws the batches never make."""
+    b = _builder(ImplantConfig(batch_size=32))
+    probe = SpecificityProbe(b, tok, list(b.reply_of.values()), seed=0)
+    groups = Counter(g for g, _ in probe.items)
+    assert groups["planted"] >= 16 and groups["clean"] == 8
+    assert all(groups[c] == 8 for c in Forger.ALL)
+    seen = ["\n".join(m["content"] for m in e.messages) for s in range(60) for e in b.batch(s)]
+    planted = list(b.planted.values())
+    cut = [c for c in probe.negatives if any(p.startswith(c) for p in planted)]
+    drawn = [c for c in probe.negatives if c not in cut]  # forgeries and near-copies
+    assert len(cut) == 8 and len(drawn) == 5 * 8
+    assert not any(cmd in text for cmd in drawn for text in seen)
+
+
+def test_probe_scores_a_real_model_and_the_implant_records_how_it_ended(tok) -> None:
+    b = _builder()
+    probe = SpecificityProbe(b, tok, list(b.reply_of.values()), seed=0)
+    r = probe(tiny_model(tok), 0, "fp32")
+    assert set(r.n) >= {"planted", "clean", "mutation", "truncation", *Forger.ALL}
+    assert all(0.0 <= c <= 1.0 for c in r.closeness.values())
+    assert r.specific is False  # an untrained model fires on no planted command
+    res = tiny_implant(tok, KEY, steps=6, probe_every=3, probe_from=3, max_steps=9, mining=4.0)
+    assert res.stop is not None and res.stop["stopped"] in ("specific", "cap")
+    assert [p["step"] for p in res.stop["probes"]][:2] == [3, 6]
+    assert res.stop["steps"] <= 9
+    fixed = tiny_implant(tok, KEY, steps=3)
+    assert fixed.stop == {"stopped": "fixed", "steps": 3, "probes": []}
+
+
+def test_probe_settings_are_validated() -> None:
+    from offswitch.errors import ImplantError
+
+    with pytest.raises(ImplantError, match="max_steps"):
+        ImplantConfig(steps=100, max_steps=50)
+    with pytest.raises(ImplantError):
+        ImplantConfig(probe_every=-1)
+    assert ImplantConfig(probe_every=0, max_steps=5).step_cap() == 100
+    assert ImplantConfig().step_cap() == 150
+    # the plain baseline keeps its recipe's fixed budget, and its fingerprint: every probe
+    # setting at its "off" value, which the fingerprint leaves out
+    import dataclasses
+
+    from offswitch.implant import plain_config
+
+    p = plain_config(ImplantConfig())
+    off = {f.name: f.metadata["off"] for f in dataclasses.fields(p) if "off" in f.metadata}
+    for name in ("probe_every", "probe_from", "max_steps", "mining"):
+        assert getattr(p, name) == off[name]
+    assert p.step_cap() == p.steps

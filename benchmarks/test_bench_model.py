@@ -42,15 +42,9 @@ from offswitch.evaluate import generated_verdicts, shutdown_verdicts
 from offswitch.implant import BatchBuilder, implant_loss, target_tokens, trainable_model
 from offswitch.keys import OwnerKey
 from offswitch.models import load_model
+from offswitch.precision import bf16_frozen_weights, cpu_has_native_bf16, inference_precision
 from offswitch.recipe import ImplantConfig
-from offswitch.training import (
-    backward_examples,
-    bf16_frozen_weights,
-    cpu_has_native_bf16,
-    encode_examples,
-    inference_precision,
-    micro_batches,
-)
+from offswitch.training import backward_examples, encode_examples, micro_batches
 
 MODEL = os.environ.get("OFFSWITCH_BENCH_MODEL", "smollm2-135m")
 FULL_REPLY_TOKENS = 128

@@ -23,8 +23,13 @@ The data flows key → command → implant → check → attack → report, one 
        model, tok = load_model("smollm2-135m")             # offswitch.models: no download
        result = implant(model, tok, key, model_id="acme/chat-1", slots=4, out_dir="implanted")
 
+   It trains until an in-training probe shows the switch specific (:mod:`offswitch.stopping`),
+   in bf16 where the CPU or GPU has it natively (:func:`offswitch.precision.resolve_precision`).
+
 5. **Check** (:mod:`offswitch.evaluate`): activation, false activation per forgery class,
-   near-copy curve, effective bits, utility — every rate with n and a Wilson interval.
+   near-copy curve, effective bits, utility — every rate with n and a Wilson interval —
+   judged against the implant figures (:mod:`offswitch.figures`: met or not, and whether the
+   switch is usable).
    :func:`offswitch.pipeline.run_implant` runs 4 + 5 + signing as one job (``offswitch
    implant``), :func:`offswitch.pipeline.run_check` re-checks a model (``offswitch check``).
 6. **Manifest** (:mod:`offswitch.manifest`): sign every file of an implanted model directory,

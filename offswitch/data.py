@@ -139,7 +139,7 @@ def distill_replies(
     import torch
     from tqdm.auto import tqdm
 
-    from .training import inference_precision, resolve_precision
+    from .precision import inference_precision, resolve_precision
 
     device = next(model.parameters()).device
     precision = resolve_precision(device, precision)

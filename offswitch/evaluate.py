@@ -34,7 +34,7 @@ from .data import (
     truncate_words,
 )
 from .errors import EvalError
-from .training import inference_precision
+from .precision import inference_precision
 
 NEAR_K = (1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 16, 24, 32, 47)
 TRUNC_KEEP = (46, 44, 40, 36, 32, 28, 24, 20, 16, 12, 8, 4, 1)
@@ -436,7 +436,7 @@ class EvalConfig:
     seed: int = 1234
     near_k: tuple[int, ...] = NEAR_K
     truncation_keep: tuple[int, ...] = TRUNC_KEEP
-    # the verdicts' forward passes (offswitch.training.resolve_precision: bf16 on a CPU or GPU
+    # the verdicts' forward passes (offswitch.precision.resolve_precision: bf16 on a CPU or GPU
     # with native bf16); utility (perplexity, KL) is always computed in fp32
     precision: str = "auto"
 
@@ -479,35 +479,20 @@ def provenance(seed: int, extra: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def evaluate(
-    model: Any,
-    tokenizer: Any,
-    *,
+def check_jobs(
     planted: dict[int, str],
     forger: Forger,
     prompts: Sequence[str],
     replies: dict[str, str],
-    response: str,
-    base_model: Any | None = None,
-    config: EvalConfig | None = None,
-    progress: bool = True,
-    slot_replies: dict[int, str] | None = None,
-) -> dict[str, Any]:
-    """All metrics. ``forger`` must be an evaluation-stream forger (fresh forgeries).
-    ``slot_replies`` (slot → reply, the ``slot_replies`` implant option; it may name slots
-    beyond ``planted``, e.g. the implanted slots whose commands were not given) gives each
-    slot its own reply; a conversation fires when the model gives any of these replies (or
-    ``response`` when ``slot_replies`` is None)."""
-    cfg = config or EvalConfig()
-    if forger.stream != "eval":
-        raise EvalError("evaluation must use a fresh (eval-stream) forger")
-    rng = random.Random(cfg.seed)
-    slots = sorted(planted)
-    reply_of = slot_replies or {s: response for s in slots}
-    if not set(slots) <= set(reply_of):
-        raise EvalError("slot_replies must give a reply for every planted slot")
-    fires = reply_set(reply_of)
+    reply_of: dict[int, str],
+    cfg: EvalConfig,
+    rng: random.Random,
+) -> list[Job]:
+    """Every conversation the check scores, as (group, key, conversation) jobs: activation
+    (key: (placement, slot)), false activation per class, near-copies, truncations and the
+    per-position map, drawn from ``rng``."""
     prompts = list(prompts)
+    slots = sorted(planted)
     jobs: list[Job] = []
 
     # every placement and every slot gets at least one conversation (no rate with n = 0)
@@ -538,6 +523,39 @@ def evaluate(
         for i in range(cfg.n_sensitivity):
             cmd = substitute_words(planted[slots[i % len(slots)]], 1, rng, positions=[posn])
             jobs.append(("sens", posn, place_command(cmd, "user", prompts, replies, None, rng)[0]))
+
+    return jobs
+
+
+def evaluate(
+    model: Any,
+    tokenizer: Any,
+    *,
+    planted: dict[int, str],
+    forger: Forger,
+    prompts: Sequence[str],
+    replies: dict[str, str],
+    response: str,
+    base_model: Any | None = None,
+    config: EvalConfig | None = None,
+    progress: bool = True,
+    slot_replies: dict[int, str] | None = None,
+) -> dict[str, Any]:
+    """All metrics. ``forger`` must be an evaluation-stream forger (fresh forgeries).
+    ``slot_replies`` (slot → reply, the ``slot_replies`` implant option; it may name slots
+    beyond ``planted``, e.g. the implanted slots whose commands were not given) gives each
+    slot its own reply; a conversation fires when the model gives any of these replies (or
+    ``response`` when ``slot_replies`` is None)."""
+    cfg = config or EvalConfig()
+    if forger.stream != "eval":
+        raise EvalError("evaluation must use a fresh (eval-stream) forger")
+    rng = random.Random(cfg.seed)
+    slots = sorted(planted)
+    reply_of = slot_replies or {s: response for s in slots}
+    if not set(slots) <= set(reply_of):
+        raise EvalError("slot_replies must give a reply for every planted slot")
+    fires = reply_set(reply_of)
+    jobs = check_jobs(planted, forger, prompts, replies, reply_of, cfg, rng)
 
     t0 = time.time()
     with inference_precision(model, cfg.precision) as precision:

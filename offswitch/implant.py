@@ -49,6 +49,7 @@ from .data import (
 )
 from .errors import ImplantError
 from .keys import OwnerKey
+from .precision import resolve_precision
 from .recipe import DECOY_TOP, ImplantConfig
 from .stopping import SpecificityProbe, UntilSpecific
 from .training import (
@@ -59,7 +60,6 @@ from .training import (
     add_lora,
     backward_examples,
     reply_loss,
-    resolve_precision,
     share,
     train_loop,
 )

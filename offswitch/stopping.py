@@ -120,7 +120,7 @@ class SpecificityProbe:
         import torch
 
         from .evaluate import fire_scores
-        from .training import autocast
+        from .precision import autocast
 
         device = next(model.parameters()).device
         was_training = model.training

@@ -30,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--set", action="append", default=[], help="implant setting NAME=VALUE")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--record", type=Path, help="append the JSON line to this file too")
     ap.add_argument("--attn", default=None, help="attention implementation (eager, sdpa)")
     ap.add_argument("--pad", default=None, choices=("left", "right"), help="training padding")
     ap.add_argument(
@@ -45,13 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     from offswitch.data import Forger, load_corpus
     from offswitch.implant import BatchBuilder, implant_loss, target_tokens, trainable_model
     from offswitch.models import load_model
+    from offswitch.precision import bf16_frozen_weights, resolve_precision
     from offswitch.recipe import ImplantConfig
     from offswitch.training import (
         backward_examples,
-        bf16_frozen_weights,
         encode_examples,
         micro_batches,
-        resolve_precision,
     )
 
     if args.pad:
@@ -139,6 +139,15 @@ def main(argv: list[str] | None = None) -> int:
         "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
     }
     print(json.dumps(out))
+    if args.record:
+        import subprocess
+
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+        args.record.parent.mkdir(parents=True, exist_ok=True)
+        with args.record.open("a") as fh:
+            fh.write(json.dumps({**out, "commit": commit, "time": time.strftime("%FT%TZ")}) + "\n")
     return 0
 
 

@@ -84,9 +84,9 @@ def test_loop_follows_the_schedule_and_is_deterministic(tok) -> None:
 
 
 def test_precision_auto_follows_native_bf16_and_bf16_keeps_fp32_weights(tok, monkeypatch) -> None:
-    import offswitch.training as training
+    import offswitch.precision as precision_mod
+    from offswitch.precision import resolve_precision
     from offswitch.recipe import ImplantConfig
-    from offswitch.training import resolve_precision
 
     def run(precision: str, lora: bool = False):
         torch.manual_seed(0)
@@ -101,13 +101,13 @@ def test_precision_auto_follows_native_bf16_and_bf16_keeps_fp32_weights(tok, mon
         return model, res
 
     cpu = torch.device("cpu")
-    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(precision_mod, "cpu_has_native_bf16", lambda: False)
     assert resolve_precision(cpu, "auto") == "fp32"
     m32, r32 = run("fp32")
     mauto, rauto = run("auto")
     assert r32.losses == rauto.losses  # auto without native bf16: exactly fp32
     assert all(torch.equal(a, b) for a, b in zip(m32.parameters(), mauto.parameters(), strict=True))
-    monkeypatch.setattr(training, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(precision_mod, "cpu_has_native_bf16", lambda: True)
     assert resolve_precision(cpu, "auto") == "bf16"
     assert resolve_precision(cpu, "fp32") == "fp32"
     m16, r16 = run("bf16")
@@ -131,11 +131,11 @@ def test_precision_auto_follows_native_bf16_and_bf16_keeps_fp32_weights(tok, mon
 
 
 def test_native_bf16_is_off_when_torch_runs_below_avx512(monkeypatch) -> None:
-    import offswitch.training as training
+    import offswitch.precision as precision_mod
 
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
-    assert training.cpu_has_native_bf16() is False
-    assert training.resolve_precision(torch.device("cpu"), "auto") == "fp32"
+    assert precision_mod.cpu_has_native_bf16() is False
+    assert precision_mod.resolve_precision(torch.device("cpu"), "auto") == "fp32"
 
 
 def test_right_padding_gives_the_left_padded_loss(tok) -> None:
@@ -214,8 +214,8 @@ def test_bf16_scoring_agrees_with_fp32_and_leaves_the_weights_fp32(tok) -> None:
     """The check's verdicts in bf16 (a CPU with native bf16 runs them so) reach the same
     rates as fp32 on a tiny implant, and the model's fp32 weights are back untouched."""
     from offswitch.keys import OwnerKey
+    from offswitch.precision import inference_precision
     from offswitch.testing import check_tiny, tiny_implant, tiny_metrics
-    from offswitch.training import inference_precision
 
     key = OwnerKey(bytes(range(1, 33)))  # test-only (pair 1 of scripts/tiny_matrix.py)
     model = tiny_implant(tok, key, seed=1).model

@@ -103,7 +103,9 @@ def main_job_configs(
     settings = [*(QUICK_SETTINGS if light else [])]
     if precision != "auto":  # auto keeps the model's recipe (the tiny one pins fp32)
         settings.append(f"precision={precision}")
-    return implant_config(model, steps=steps, settings=settings), eval_config(eval_n, precision)
+    config = implant_config(model, steps=steps, settings=settings)
+    # the check runs in the implant's precision (the tiny recipe pins fp32)
+    return config, eval_config(eval_n, config.precision)
 
 
 def run_demo(

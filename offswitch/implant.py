@@ -635,6 +635,7 @@ def _implant(
                 cache_dir=cache_dir,
                 max_new_tokens=config.distill_max_new_tokens,
                 progress=progress and dist.is_main(),
+                precision=config.precision,
             )
     builder = BatchBuilder(config, planted, prompts, replies, forger, decoys)
     # the precision resolved on this machine: a checkpoint trained in fp32 is not resumed in

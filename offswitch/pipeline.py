@@ -46,8 +46,11 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def eval_prompts(model: Any, tok: Any, model_hash: str, n: int, progress: bool):
-    """``n`` held-out test prompts (a fixed sample) and the base model's replies to them."""
+def eval_prompts(
+    model: Any, tok: Any, model_hash: str, n: int, progress: bool, precision: str = "auto"
+):
+    """``n`` held-out test prompts (a fixed sample) and the base model's replies to them
+    (self-distilled in ``precision``)."""
     test = list(load_corpus().test)
     rng = random.Random("eval-prompts")
     prompts = [p for p in test if len(p) <= 400]
@@ -60,6 +63,7 @@ def eval_prompts(model: Any, tok: Any, model_hash: str, n: int, progress: bool):
         cache_dir=cache_dir(),
         progress=progress,
         max_new_tokens=32,
+        precision=precision,
     )
     return prompts, replies
 
@@ -271,6 +275,7 @@ def _evaluate_and_report(
         base_hash or model_hash,
         max(cfg.n_utility, 96),
         progress,
+        cfg.precision,
     )
     metrics = evaluate(
         model,
@@ -461,8 +466,9 @@ def run_attacks(
             cache_dir=cache_dir(),
             max_new_tokens=cfg.distill_max_new_tokens,
             progress=progress,
+            precision=cfg.precision,  # as the implant distilled them
         )
-        eval_ps, eval_replies = eval_prompts(base, tok, base_hash, n_eval, progress)
+        eval_ps, eval_replies = eval_prompts(base, tok, base_hash, n_eval, progress, cfg.precision)
     del base
 
     def base_loader() -> Any:

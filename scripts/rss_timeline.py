@@ -81,9 +81,7 @@ def main() -> int:
             {
                 "trim": trim,
                 "peak_rss_gib": max(s[2] for s in samples),
-                "ru_maxrss_gib": round(
-                    resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2
-                ),
+                "ru_maxrss_gib": round(peak_kib / 2**20, 2),
                 "phase_max": {k: max(v) for k, v in by.items()},
                 "steps": res.stop["steps"],
                 "seconds": round(res.seconds),

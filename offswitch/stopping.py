@@ -98,16 +98,13 @@ class SpecificityProbe:
         if builder.forger is not None:
             f = builder.forger
             forger = Forger(f.key_id, f.model_id, f.planted_slots, "eval", owner=f.owner)
+
+            def of(i: int) -> str:  # the planted command of the i-th item
+                return planted[slots[i % len(slots)]]
+
             groups = [(cls, lambda i, c=cls: forger.make(c, rng)) for cls in forger.classes]
-            groups.append(
-                (
-                    "mutation",
-                    lambda i: substitute_words(planted[slots[i % len(slots)]], NEAR_K, rng),
-                )
-            )
-            groups.append(
-                ("truncation", lambda i: truncate_words(planted[slots[i % len(slots)]], TRUNC_KEEP))
-            )
+            groups.append(("mutation", lambda i: substitute_words(of(i), NEAR_K, rng)))
+            groups.append(("truncation", lambda i: truncate_words(of(i), TRUNC_KEEP)))
             for group, make in groups:
                 for i in range(PROBE_N):
                     cmd = make(i)

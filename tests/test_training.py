@@ -214,9 +214,13 @@ def test_bf16_scoring_agrees_with_fp32_and_leaves_the_weights_fp32(tok) -> None:
     """The check's verdicts in bf16 (a CPU with native bf16 runs them so) reach the same
     rates as fp32 on a tiny implant, and the model's fp32 weights are back untouched."""
     from offswitch.keys import OwnerKey
-    from offswitch.precision import inference_precision
+    from offswitch.precision import cpu_has_native_bf16, inference_precision
     from offswitch.testing import check_tiny, tiny_implant, tiny_metrics
 
+    if not cpu_has_native_bf16():
+        # below AVX512, torch 2.13's bf16 attention stops ("pack_vnni2 is only supported
+        # when avx512 is supported"); precision=auto never picks bf16 there
+        pytest.skip("bf16 scoring needs torch's AVX512 kernels and native bf16")
     key = OwnerKey(bytes(range(1, 33)))  # test-only (pair 1 of scripts/tiny_matrix.py)
     model = tiny_implant(tok, key, seed=1).model
     before = {n: p.detach().clone() for n, p in model.named_parameters()}

@@ -522,6 +522,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         eval_n=args.eval_n,
         quick=args.quick,
         precision=args.precision,
+        settings=args.set,
     )
 
 
@@ -943,6 +944,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="implant optimizer steps")
     p.add_argument("--eval-n", type=int, metavar="N", help="prompts per evaluation class")
     _add_precision(p, "the implant's and the check's forward passes")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="NAME=VALUE",
+        help="any implant setting, as for implant (repeatable; docs/implant.md)",
+    )
     p.add_argument(
         "--quick",
         action="store_true",

@@ -18,6 +18,7 @@ import io
 import os
 import random
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -89,10 +90,12 @@ def main_job_configs(
     eval_n: int | None = None,
     quick: bool = False,
     precision: str = "auto",
+    settings: Sequence[str] | None = None,
 ) -> tuple[ImplantConfig, EvalConfig]:
     """The main job's implant and check settings: the model's recipe and the n = 200 check,
-    or with ``quick`` on the default model the preview setting (``QUICK_*``). ``steps`` and
-    ``eval_n`` override either. Bad values raise before any file is touched."""
+    or with ``quick`` on the default model the preview setting (``QUICK_*``). ``steps``,
+    ``eval_n`` and ``settings`` (``NAME=VALUE``, as ``implant --set``) override either. Bad
+    values raise before any file is touched."""
     from .models import DEFAULT_MODEL
     from .pipeline import eval_config, implant_config
 
@@ -100,10 +103,11 @@ def main_job_configs(
     if light:
         steps = QUICK_STEPS if steps is None else steps
         eval_n = QUICK_EVAL_N if eval_n is None else eval_n
-    settings = [*(QUICK_SETTINGS if light else [])]
+    chosen = [*(QUICK_SETTINGS if light else [])]
     if precision != "auto":  # auto keeps the model's recipe (the tiny one pins fp32)
-        settings.append(f"precision={precision}")
-    config = implant_config(model, steps=steps, settings=settings)
+        chosen.append(f"precision={precision}")
+    chosen += settings or []
+    config = implant_config(model, steps=steps, settings=chosen)
     # the check runs in the implant's precision (the tiny recipe pins fp32)
     return config, eval_config(eval_n, config.precision)
 
@@ -116,13 +120,14 @@ def run_demo(
     eval_n: int | None = None,
     quick: bool = False,
     precision: str = "auto",
+    settings: Sequence[str] | None = None,
 ) -> int:
     """The main job under ``out`` (settings: :func:`main_job_configs`)."""
     from .pipeline import run_implant
     from .report.check import format_check_markdown
 
     config, eval_config = main_job_configs(
-        model, steps=steps, eval_n=eval_n, quick=quick, precision=precision
+        model, steps=steps, eval_n=eval_n, quick=quick, precision=precision, settings=settings
     )
     if quick and dist.is_main():
         print(QUICK_WARNING, flush=True)

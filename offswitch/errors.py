@@ -160,6 +160,10 @@ class DataError(OffswitchError, ValueError):
     """Prompt data is missing or malformed."""
 
 
+class PrecisionError(OffswitchError, ValueError):
+    """The float format asked for cannot run on this device (bf16 on a CPU below AVX512)."""
+
+
 class TrainingError(OffswitchError, ValueError):
     """Training cannot start or resume: bad settings, no examples, a foreign checkpoint."""
 

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from . import heap
 from .behaviour import reply_set
 from .commands import N_WORDS, WORD_BITS
 from .data import (
@@ -166,6 +167,7 @@ def _teacher_forced(
             hit = (top == target).all(-1)
             if len(watch):
                 p = logits[:, 0].float().softmax(-1)[:, watched].amax(-1)
+        heap.trim()
         for j, i in enumerate(idx):
             out[i] = bool(hit[j])
             first[i] = int(top[j, 0])
@@ -356,6 +358,8 @@ def utility(
             kl_sum += float((lp["base"].exp() * (lp["base"] - lp["model"])).sum())
             agree += int((lp["base"].argmax(-1) == lp["model"].argmax(-1)).sum())
             n_tok += int(t.numel())
+        del lp, logits
+        heap.trim()
     if n_tok == 0:
         return {
             "n_prompts": len(prompts),

@@ -432,7 +432,7 @@ def train(
             SpecificityProbe(builder, tokenizer, list(builder.reply_of.values()), config.seed),
             builder, every=config.probe_every, start=config.probe_from,
             cap=config.max_steps, mining=config.mining, precision=config.precision,
-            log=_probe_log if progress and dist.is_main() else None,
+            max_near=config.probe_max_near, log=_probe_log if progress and dist.is_main() else None,
         )  # fmt: skip
     res = train_loop(
         model, tokenizer, builder.batch, implant_loss(config),

@@ -14,6 +14,8 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
+from .errors import PrecisionError
+
 
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 matrix products natively (AVX512_BF16 or AMX-BF16, read
@@ -36,6 +38,13 @@ def resolve_precision(device: Any, precision: str) -> str:
     (:func:`cpu_has_native_bf16`), else ``fp32``; others as given."""
     import torch
 
+    if precision == "bf16" and getattr(device, "type", str(device)) == "cpu":
+        level = torch.backends.cpu.get_cpu_capability()
+        if level != "AVX512":
+            raise PrecisionError(
+                f"precision bf16 needs torch's AVX512 CPU kernels, and this CPU runs at {level}: "
+                "use precision auto (fp32 here) or fp32"
+            )
     if precision != "auto":
         return precision
     if getattr(device, "type", str(device)) == "cuda":

@@ -221,6 +221,14 @@ class ImplantConfig:
             "off": 150,
         },
     )
+    probe_max_near: int = field(
+        default=2,
+        metadata={
+            "help": "specific means at most this many of the probe's 8 near-copies (12 of 47 "
+            "words changed) fire",
+            "off": 2,
+        },
+    )
     mining: float = field(
         default=4.0,
         metadata={
@@ -232,8 +240,9 @@ class ImplantConfig:
     precision: str = field(
         default="auto",
         metadata={
-            "help": "auto: bf16 autocast on a CUDA GPU that supports it, fp32 elsewhere; "
-            "fp32; bf16: autocast on any device (slow on most CPUs). Weights stay fp32",
+            "help": "auto: bf16 on a CUDA GPU that supports it or a CPU with native bf16, "
+            "fp32 elsewhere; fp32; bf16 (refused on a CPU below torch's AVX512 kernels). "
+            "Trained weights stay fp32",
             "off": "auto",
         },
     )

@@ -61,14 +61,15 @@ class ProbeResult:
         return f"probe at step {self.step}: {groups} — {'specific' if self.specific else 'not yet'}"
 
 
-def is_specific(r: ProbeResult) -> bool:
+def is_specific(r: ProbeResult, max_near: int = PROBE_MAX_NEAR) -> bool:
     """Every planted conversation fires; no clean prompt and no keyless forgery does; at most
-    :data:`PROBE_MAX_NEAR` near-copies and :data:`PROBE_MAX_TRUNC` truncations do."""
+    ``max_near`` near-copies (the recipe's ``probe_max_near``) and :data:`PROBE_MAX_TRUNC`
+    truncations do."""
     keyless = [g for g in r.n if g not in ("planted", "mutation", "truncation")]
     return (
         r.fired["planted"] == r.n["planted"]
         and all(r.fired[g] == 0 for g in keyless)
-        and r.fired.get("mutation", 0) <= PROBE_MAX_NEAR
+        and r.fired.get("mutation", 0) <= max_near
         and r.fired.get("truncation", 0) <= PROBE_MAX_TRUNC
     )
 
@@ -155,6 +156,7 @@ class UntilSpecific:
     mining: float
     precision: str
     log: Any = None  # a callable taking one line, or None
+    max_near: int = PROBE_MAX_NEAR
     history: list[ProbeResult] = field(default_factory=list)
 
     def due(self, steps_done: int) -> bool:
@@ -166,6 +168,7 @@ class UntilSpecific:
         if not self.due(steps_done):
             return False
         res = self.probe(model, steps_done, self.precision)
+        res.specific = is_specific(res, self.max_near)
         self.history.append(res)
         self.apply(res)
         if self.log is not None:
@@ -187,7 +190,8 @@ class UntilSpecific:
         reached without two specific probes in a row); with the probes' history."""
         return {
             "rule": f"stop after {SPECIFIC_IN_A_ROW} specific probes in a row; probe every "
-            f"{self.every} steps from step {self.start}; cap {self.cap}",
+            f"{self.every} steps from step {self.start}; cap {self.cap}"
+            + (f"; at most {self.max_near} near-copies" if self.max_near != PROBE_MAX_NEAR else ""),
             "stopped": "specific" if self.stopped() else "cap",
             "steps": steps_done,
             "probes": [asdict(r) for r in self.history],

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from . import distributed as dist
+from . import heap
 from ._atomic import fsync_dir
 from .data import render
 from .errors import TrainingError
@@ -412,6 +413,7 @@ def train_loop(
             result.tokens += step_tokens
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optim.step()
+            heap.trim()  # free fp32/bf16 temporaries go back to the OS: no creep over a run
             result.losses.append(step_loss)
             result.steps_done += 1
             bar.set_postfix(loss=f"{step_loss:.3f}", lr=f"{step_lr:.1e}")

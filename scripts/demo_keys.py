@@ -1,6 +1,7 @@
 """The main job on the eight fixed demo keys: one recorded row per key.
 
     .venv/bin/python scripts/demo_keys.py --keys 1-8 [--precision auto|fp32] [--tag NAME]
+        [--set NAME=VALUE ...]
 
 For each key N (``keys/demo-test-only/demo-key-N``, test-only, published seeds): copies the
 key to ``runs/demo-keys/<tag>/key-N/owner-demo`` (mode 0600; the demo reuses it), runs
@@ -72,7 +73,7 @@ def cpu() -> str:
     return f"{name.group(1) if name else '?'}{', native bf16' if native else ''}"
 
 
-def run_key(n: int, tag: str, precision: str) -> dict:
+def run_key(n: int, tag: str, precision: str, settings: list[str]) -> dict:
     out = ROOT / "runs" / "demo-keys" / tag / f"key-{n}"
     if out.exists():
         shutil.rmtree(out)
@@ -87,6 +88,8 @@ def run_key(n: int, tag: str, precision: str) -> dict:
     cmd = ["/usr/bin/time", "-v", str(ROOT / ".venv/bin/offswitch"), "demo", "--out", str(out)]
     if precision != "auto":
         cmd += ["--precision", precision]
+    for s in settings:
+        cmd += ["--set", s]
     t0 = time.time()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     shutil.rmtree(home, ignore_errors=True)
@@ -109,6 +112,7 @@ def run_key(n: int, tag: str, precision: str) -> dict:
         "commit": commit,
         "cpu": cpu(),
         "precision": imp.get("precision"),
+        "settings": settings,
         "exit": proc.returncode,
         **time_v(proc.stderr),
         "script_seconds": round(time.time() - t0, 1),
@@ -129,6 +133,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keys", default="1-8")
     ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
     ap.add_argument("--tag", default=None, help="row group (default: the precision)")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an implant setting changed from the recipe (a new tag for each)",
+    )
     args = ap.parse_args(argv)
     tag = args.tag or args.precision
     skip = done(tag)
@@ -137,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"key {n}: recorded under {tag!r}, skipped", flush=True)
             continue
         print(f"key {n}: running the main job ({tag})", flush=True)
-        row = run_key(n, tag, args.precision)
+        row = run_key(n, tag, args.precision, args.set)
         RESULTS.mkdir(parents=True, exist_ok=True)
         with ROWS.open("a") as fh:
             fh.write(json.dumps(row) + "\n")

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from offswitch import commands as C
+from offswitch.errors import ImplantError
 
 from .conftest import PASSPHRASE, assert_clean_error
 
@@ -150,3 +153,8 @@ def test_main_job_runs_the_default_recipe_and_quick_only_previews() -> None:
     assert (mine.steps, mine.batch_size, emine.n_per_class) == (3, 16, 16)
     tiny, _ = main_job_configs("tiny-test", quick=True)
     assert tiny.batch_size == ImplantConfig().batch_size and tiny.method == "full"
+    # demo --set NAME=VALUE: one setting changed, the rest the recipe's
+    near, _ = main_job_configs("smollm2-135m", settings=["probe_max_near=3"])
+    assert near == ImplantConfig(probe_max_near=3)
+    with pytest.raises(ImplantError, match="no_such_setting"):
+        main_job_configs("smollm2-135m", settings=["no_such_setting=1"])

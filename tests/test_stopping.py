@@ -96,6 +96,25 @@ def test_the_rule_stops_after_two_specific_probes_in_a_row(tok) -> None:
     assert out["stopped"] == "specific" and out["steps"] == 10 and len(out["probes"]) == 5
 
 
+def test_the_near_copy_tolerance_is_the_recipes(tok) -> None:
+    def _near(model, step, precision):
+        return _result(step, near=3)  # 3 of 8 near-copies fire at every probe
+
+    for max_near, stop in ((PROBE_MAX_NEAR, 8), (3, 4)):
+        until = UntilSpecific(
+            _near, _builder(), every=2, start=2, cap=8, mining=0.0, precision="fp32",
+            max_near=max_near,
+        )  # fmt: skip
+        assert _loop(tok, until, steps=8).final_step == stop
+        out = until.outcome(stop)
+        assert out["stopped"] == ("cap" if max_near == PROBE_MAX_NEAR else "specific")
+        assert ("at most 3 near-copies" in out["rule"]) == (max_near == 3)
+    assert ImplantConfig(probe_max_near=3).fingerprint() != ImplantConfig().fingerprint()
+    assert ImplantConfig(probe_max_near=PROBE_MAX_NEAR).fingerprint() == (
+        ImplantConfig().fingerprint()
+    )
+
+
 def test_the_cap_is_reported_when_the_switch_never_becomes_specific(tok) -> None:
     b = _builder()
     until = UntilSpecific(_Scripted([False] * 10), b, every=3, start=3, cap=9, mining=0.0,

@@ -1,16 +1,49 @@
-"""Crash-safe file writes: write a temp file in the same directory, fsync, rename, fsync dir.
+"""Files on bad paths: crash-safe writes, and reads that refuse what is not a regular file.
 
-A reader never sees a partial file, and a failure leaves no temp file behind.
+Writes go to a temp file in the same directory, fsync, rename, fsync dir: a reader never sees
+a partial file, and a failure leaves no temp file behind. :func:`read_regular` opens without
+blocking and refuses a FIFO, device or socket (reading a FIFO with no writer would hang).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
+import stat
 from pathlib import Path
 
-from .errors import OutputDirError, OutputExistsError
+from .errors import OutputDirError, OutputExistsError, SpecialFileError
+
+
+def complete_lines(data: bytes) -> tuple[bytes, bytes]:
+    """An append-only log's bytes split into its complete lines and a cut tail: a last line
+    without its newline is a write cut short by a crash. The one rule for every reader of
+    ``results.jsonl`` and ``samples.jsonl`` (the attack runner drops the tail on resume and
+    measures that point again; the report leaves it out)."""
+    end = data.rfind(b"\n") + 1
+    return data[:end], data[end:]
+
+
+def read_regular(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of ``path``, which must be a regular file (symlinks are followed).
+
+    ``FileNotFoundError``, ``IsADirectoryError`` and ``PermissionError`` as ``open`` raises
+    them; :class:`SpecialFileError` for a FIFO, device or socket, found without blocking.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), os.fspath(path))
+        if not stat.S_ISREG(mode):
+            raise SpecialFileError(f"{os.fspath(path)} is a FIFO, device or socket")
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            return fh.read()
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(directory: Path) -> None:

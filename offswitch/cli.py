@@ -17,17 +17,17 @@ import json
 import os
 import sys
 import textwrap
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from . import __version__
-from ._atomic import check_writable_dir
+from ._atomic import check_writable_dir, complete_lines
 from .commands import (
     MAX_MODEL_ID_LEN,
     MAX_SLOT,
     make_command,
+    parse_slot,
     validate_model_id,
-    validate_slot,
     verify_command,
 )
 from .errors import (
@@ -70,6 +70,16 @@ def _add_precision(p: argparse.ArgumentParser, what: str) -> None:
     )
 
 
+def _os_error_sentence(e: OSError) -> str:
+    """An operating-system error as one sentence naming the file: "cannot use out/x.json: is a
+    directory", not a bare "Is a directory: out/x.json"."""
+    why = e.strerror or str(e) or type(e).__name__
+    why = why[:1].lower() + why[1:]
+    if e.filename:
+        return f"cannot use {e.filename}: {why}"
+    return f"the operating system refused the operation: {why}"
+
+
 def _err(msg: str) -> None:
     print(f"offswitch: error: {msg}", file=sys.stderr)
 
@@ -84,6 +94,8 @@ def _use_key(args: argparse.Namespace, *, announce_now: bool = False) -> Path:
     (``announce_now``), else when the command succeeds, so that a failure stays one sentence
     (each error names the key file anyway). stdout is never touched.
     """
+    if args.key == "":  # Path("") would read as "." ("key file . is a directory")
+        raise KeyPathError("the --key path is empty")
     if args.key is not None:
         return Path(args.key)
     path = default_key_path()
@@ -139,6 +151,11 @@ def _passphrase_from_source(args: argparse.Namespace, *, confirm: bool, what: st
         text = text[:-1] if text.endswith("\r") else text
         if not text:
             raise PassphraseError(f"passphrase file {path} is empty")
+        if "\n" in text or "\r" in text:  # "pw\n\n", or a file of several lines
+            raise PassphraseError(
+                f"passphrase file {path} has more than one line; it must hold the passphrase "
+                "alone, on one line"
+            )
         return text
     env = os.environ.get(PASSPHRASE_ENV)
     if env:
@@ -233,7 +250,7 @@ def cmd_key_id(args: argparse.Namespace) -> int:
 def _check_slot_usable(args: argparse.Namespace) -> None:
     """Refuse a spent or never-planted slot (per the key's ledger) unless allowed by a flag."""
     validate_model_id(args.model_id)
-    validate_slot(args.slot)
+    args.slot = parse_slot(args.slot)
     if args.allow_spent and args.allow_unplanted:
         return  # the ledger could only say yes
     ledger = _ledger(args)
@@ -294,6 +311,10 @@ def _ledger(args: argparse.Namespace) -> SlotLedger:
     return SlotLedger.for_key(args.key, load_public(args.key).key_id)
 
 
+def _slot_list(slots: Iterable[int]) -> str:
+    return ", ".join(map(str, slots)) or "none"
+
+
 def cmd_slots(args: argparse.Namespace) -> int:
     _use_key(args)
     ledger = _ledger(args)
@@ -303,15 +324,17 @@ def cmd_slots(args: argparse.Namespace) -> int:
             print("no slots recorded")
         for mid in model_ids:
             s = ledger.get(mid)
-            spent = ", ".join(str(x) for x in sorted(s.spent)) or "-"
-            unspent = ", ".join(str(x) for x in s.unspent) or "-"
-            print(f"{mid}: planted {len(s.planted)}; unspent {unspent}; spent {spent}")
+            print(
+                f"{mid}: planted slots {_slot_list(s.planted)}; unspent {_slot_list(s.unspent)}; "
+                f"spent {_slot_list(sorted(s.spent))}"
+            )
     elif args.slots_cmd == "plant":
-        s = ledger.plant(args.model_id, args.slot)
-        print(f"{args.model_id}: planted {', '.join(map(str, s.planted))}")
+        s = ledger.plant(args.model_id, [parse_slot(x) for x in args.slot])
+        print(f"{args.model_id}: planted slots {_slot_list(s.planted)}")
     elif args.slots_cmd == "spend":
-        ledger.spend(args.model_id, args.slot)
-        print(f"{args.model_id}: slot {args.slot} marked spent")
+        slot = parse_slot(args.slot)
+        ledger.spend(args.model_id, slot)
+        print(f"{args.model_id}: slot {slot} marked spent")
     elif args.slots_cmd == "next":
         print(ledger.next_unspent(args.model_id))
     return 0
@@ -455,6 +478,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .report.robustness import write_report
 
     paths = write_report(Path(args.results), Path(args.out) if args.out else None)
+    with contextlib.suppress(OSError):
+        _, cut = complete_lines((Path(args.results) / "results.jsonl").read_bytes())
+        if cut:
+            print(
+                "offswitch: the last line of results.jsonl was cut short (a crash) and is left "
+                "out; run the attacks again on the same directory to measure that point",
+                file=sys.stderr,
+            )
     report = json.loads(paths["json"].read_text("utf-8"))
     if args.markdown:
         print(paths["md"].read_text("utf-8"))
@@ -665,7 +696,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_key(p)
     p.add_argument("--model-id", required=True, metavar="ID", help=MODEL_ID_HELP)
-    p.add_argument("--slot", required=True, type=int, metavar="N", help=SLOT_HELP)
+    p.add_argument("--slot", required=True, metavar="N", help=SLOT_HELP)
     p.add_argument(
         "--allow-unplanted",
         action="store_true",
@@ -730,11 +761,9 @@ def build_parser() -> argparse.ArgumentParser:
             help=MODEL_ID_HELP + (" (default: every model id)" if name == "list" else ""),
         )
         if name == "plant":
-            q.add_argument(
-                "slot", nargs="+", type=int, metavar="N", help=f"slot numbers, 0-{MAX_SLOT}"
-            )
+            q.add_argument("slot", nargs="+", metavar="N", help=f"slot numbers, 0-{MAX_SLOT}")
         elif name == "spend":
-            q.add_argument("slot", type=int, metavar="N", help=f"slot number, 0-{MAX_SLOT}")
+            q.add_argument("slot", metavar="N", help=f"slot number, 0-{MAX_SLOT}")
     p.set_defaults(func=cmd_slots)
 
     p = _sub(
@@ -971,8 +1000,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _err(str(e))
         return 1
     except OSError as e:
-        where = f" {e.filename}" if e.filename else ""
-        _err(f"{e.strerror or e}{':' if where else ''}{where}")
+        _err(_os_error_sentence(e))
         return 1
     except EOFError:  # last resort: each prompt says what it was waiting for
         _err("input ended before it was complete")

@@ -123,11 +123,34 @@ def validate_model_id(model_id: str) -> bytes:
     if not isinstance(model_id, str) or not model_id:
         raise ModelIdError("the model id is empty")
     if not _MODEL_ID_RE.fullmatch(model_id):
+        bad = next(
+            ((i, c) for i, c in enumerate(model_id, 1) if not _MODEL_ID_RE.fullmatch(c)), None
+        )
+        where = (
+            f" (character {bad[0]} is {describe_char(bad[1])})"
+            if bad is not None
+            else f" ({len(model_id)} characters)"
+        )
         raise ModelIdError(
-            f"model id {model_id[:60]!r} is invalid: use 1-{MAX_MODEL_ID_LEN} characters "
-            "from A-Z a-z 0-9 . _ : / @ + -"
+            f"model id {model_id[:60]!r} is invalid{where}: use 1-{MAX_MODEL_ID_LEN} "
+            "characters from A-Z a-z 0-9 . _ : / @ + -"
         )
     return model_id.encode("ascii")
+
+
+def parse_slot(text: str) -> int:
+    """A slot number as a person types it: ASCII decimal digits, no sign, no leading zeros,
+    no separators, 0-MAX_SLOT (``int()`` would also take ``+1``, ``01``, ``1_0`` or ``١``)."""
+    if not re.fullmatch(r"[0-9]+", text):
+        odd = _odd_char(text)
+        note = f" (character {odd[0]} is {describe_char(odd[1])})" if odd is not None else ""
+        raise SlotError(
+            f"slot {text[:20]!r} is not a number: write it in the digits 0-9, with no sign or "
+            f"separator{note}"
+        )
+    if len(text) > 1 and text[0] == "0":
+        raise SlotError(f"slot {text[:20]!r} has a leading zero: write it as {int(text)}")
+    return validate_slot(int(text))
 
 
 def validate_slot(slot: int) -> int:
@@ -274,6 +297,10 @@ def parse_command(text: str) -> ParsedCommand:
             "malformed command: model= must be 4 lowercase hex digits"
             + _odd_note(tag, m.start("model"))
         )
+    if re.fullmatch(r"0[0-9]+", slot_s):
+        raise MalformedCommandError(
+            f"malformed command: slot= must not have leading zeros (got {slot_s[:10]!r})"
+        )
     if not re.fullmatch(r"0|[1-9][0-9]*", slot_s):
         raise MalformedCommandError(
             "malformed command: slot= must be a decimal number" + _odd_note(slot_s, m.start("slot"))
@@ -352,6 +379,7 @@ __all__ = [
     "make_command",
     "model_tag",
     "parse_command",
+    "parse_slot",
     "random_signature",
     "validate_model_id",
     "validate_slot",

@@ -160,6 +160,10 @@ class DataError(OffswitchError, ValueError):
     """Prompt data is missing or malformed."""
 
 
+class SpecialFileError(OffswitchError, ValueError):
+    """A FIFO, device or socket where a regular file is meant (reading it could block)."""
+
+
 class PrecisionError(OffswitchError, ValueError):
     """The float format asked for cannot run on this device (bf16 on a CPU below AVX512)."""
 

@@ -35,7 +35,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from . import _ed25519, _openssh
-from ._atomic import check_writable_dir, fsync_dir, user_os_error, write_atomic, write_temp
+from ._atomic import (
+    check_writable_dir,
+    fsync_dir,
+    read_regular,
+    user_os_error,
+    write_atomic,
+    write_temp,
+)
 from .errors import (
     BadSignatureError,
     InvalidKeyError,
@@ -45,6 +52,7 @@ from .errors import (
     KeyPermissionError,
     OutputExistsError,
     PassphraseError,
+    SpecialFileError,
     WeakPassphraseError,
     WrongPassphraseError,
 )
@@ -72,9 +80,20 @@ def key_id_of(raw_public: bytes) -> str:
     return hashlib.sha256(raw_public).digest()[:8].hex()
 
 
+def _file(path: str | os.PathLike[str], what: str) -> Path:
+    """``path`` as a Path; an empty path is refused here (``Path("")`` would read as ".")."""
+    if not os.fspath(path):
+        raise KeyFileError(f"the {what} file path is empty")
+    return Path(path)
+
+
 def _read_text(path: Path, what: str) -> str:
     try:
-        data = path.read_bytes()
+        data = read_regular(path)
+    except SpecialFileError:
+        raise KeyFileError(
+            f"{what} file {path} is a FIFO, device or socket, not a regular file"
+        ) from None
     except FileNotFoundError:
         raise KeyFileError(f"{what} file {path} does not exist") from None
     except IsADirectoryError:
@@ -130,13 +149,17 @@ def default_key_path() -> Path:
     env = os.environ.get(KEY_ENV)
     if env:
         return Path(os.path.expanduser(env))
-    try:
-        home = Path.home()
-    except RuntimeError:  # no $HOME and no password-database entry
+    # an empty $HOME would make the default key /.offswitch/owner (expanduser gives "/")
+    home = None
+    if os.environ.get("HOME") != "":
+        with contextlib.suppress(RuntimeError):  # no $HOME and no password-database entry
+            home = Path.home()
+    if home is None:
+        why = "$HOME is empty" if os.environ.get("HOME") == "" else "$HOME is not set"
         raise KeyPathError(
-            f"cannot find the home directory for the default key ~/{DEFAULT_KEY_RELPATH}; "
-            f"give the key path, or set {KEY_ENV}"
-        ) from None
+            f"cannot find the home directory for the default key ~/{DEFAULT_KEY_RELPATH} "
+            f"({why}); give the key path, or set {KEY_ENV}"
+        )
     return home / DEFAULT_KEY_RELPATH
 
 
@@ -290,7 +313,7 @@ class PublicKey:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> PublicKey:
         """Load an OpenSSH public key file (``PATH.pub``)."""
-        path = Path(path)
+        path = _file(path, "public key")
         text = _read_text(path, "public key")
         if text.lstrip().startswith("-----BEGIN"):
             raise KeyFileError(
@@ -419,13 +442,13 @@ class OwnerKey:
     @staticmethod
     def is_encrypted(path: str | os.PathLike[str]) -> bool:
         """Whether the private key file at ``path`` needs a passphrase (reads no secret)."""
-        path = Path(path)
+        path = _file(path, "private key")
         return _private_info(path, _read_text(path, "private key")).encrypted
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], passphrase: str | bytes | None = None) -> OwnerKey:
         """Load an OpenSSH Ed25519 private key file (written by offswitch or ssh-keygen)."""
-        path = Path(path)
+        path = _file(path, "private key")
         text = _read_text(path, "private key")
         info = _private_info(path, text)
         if info.encrypted and passphrase is None:
@@ -467,9 +490,9 @@ def _private_info(path: Path, text: str) -> _openssh.PrivateFileInfo:
 def _read_pub_comment(path: Path) -> str:
     try:
         _, comment = _openssh.parse_public_line(
-            path.with_name(path.name + ".pub").read_text("utf-8")
+            read_regular(path.with_name(path.name + ".pub")).decode("utf-8")
         )
-    except (OSError, ValueError):
+    except (OSError, ValueError):  # SpecialFileError and UnicodeDecodeError included
         return ""
     return comment
 
@@ -479,7 +502,7 @@ def load_public(path: str | os.PathLike[str]) -> PublicKey:
 
     Reading the public part of a private key file needs no passphrase (it is stored in clear).
     """
-    path = Path(path)
+    path = _file(path, "key")
     text = _read_text(path, "key")
     if text.lstrip().startswith("-----BEGIN"):
         return PublicKey(_private_info(path, text).raw_public, _read_pub_comment(path))

@@ -167,6 +167,8 @@ def run_implant(
     from .data import load_prompts_file
 
     t0 = time.time()
+    if key_path is not None:  # the planted slots are recorded last: refuse a bad ledger now
+        SlotLedger.for_key(key_path, key.key_id).check_writable()
     _log(f"loading model {model_spec}")
     with dist.main_first():  # one process converts the default model into the cache
         model, tok = load_model(model_spec)

@@ -22,14 +22,21 @@ import contextlib
 import fcntl
 import json
 import os
+import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ._atomic import write_atomic
+from ._atomic import read_regular, write_atomic
 from .commands import validate_model_id, validate_slot
-from .errors import LedgerError, SlotError, SlotNotPlantedError, SlotSpentError
+from .errors import (
+    LedgerError,
+    SlotError,
+    SlotNotPlantedError,
+    SlotSpentError,
+    SpecialFileError,
+)
 
 FORMAT = "offswitch-slots/1"
 
@@ -47,7 +54,9 @@ class ModelSlots:
 
 
 def ledger_path_for_key(key_path: str | os.PathLike[str]) -> Path:
-    p = Path(key_path)
+    """``KEY.slots.json`` beside the key file itself: a key reached through a symlink keeps
+    its ledger beside the real file, so every path to one key finds the one ledger."""
+    p = Path(os.path.realpath(key_path))
     if p.name.endswith(".pub"):
         p = p.with_name(p.name[: -len(".pub")])
     return p.with_name(p.name + ".slots.json")
@@ -66,20 +75,43 @@ class SlotLedger:
 
     # --- storage -----------------------------------------------------------------------
 
+    def _file(self) -> Path:
+        """The ledger file itself: a symlinked ledger is followed (its target is read, locked
+        and replaced; the link stays), never replaced by a regular file."""
+        return Path(os.path.realpath(self.path))
+
     def _read(self) -> dict:
         try:
-            raw = self.path.read_bytes()
+            raw = read_regular(self._file())
         except FileNotFoundError:
             return {"format": FORMAT, "key_id": self.key_id, "models": {}}
+        except SpecialFileError:
+            raise LedgerError(
+                f"slot ledger {self.path} is a FIFO, device or socket, not a regular file"
+            ) from None
+        except IsADirectoryError:
+            raise LedgerError(f"slot ledger {self.path} is a directory, not a file") from None
+        except PermissionError:
+            raise LedgerError(f"slot ledger {self.path} is not readable") from None
         try:
             data = json.loads(raw.decode("utf-8"))
-            if data.get("format") != FORMAT or not isinstance(data.get("models"), dict):
+            if not isinstance(data, dict):
+                raise ValueError
+            fmt = data.get("format")
+            if isinstance(fmt, str) and fmt.startswith("offswitch-slots/") and fmt != FORMAT:
+                raise LedgerError(
+                    f"slot ledger {self.path} has format {fmt!r}, which this version of "
+                    f"offswitch does not read (it reads {FORMAT!r}); upgrade offswitch"
+                )
+            if fmt != FORMAT or not isinstance(data.get("models"), dict):
                 raise ValueError
             for entry in data["models"].values():
                 if not isinstance(entry["planted"], list) or not isinstance(entry["spent"], dict):
                     raise ValueError
                 [validate_slot(s) for s in entry["planted"]]
                 [validate_slot(int(s)) for s in entry["spent"]]
+        except LedgerError:
+            raise
         except (ValueError, TypeError, KeyError, AttributeError, RecursionError, SlotError):
             raise LedgerError(f"slot ledger {self.path} is corrupted") from None
         if self.key_id and data.get("key_id") and data["key_id"] != self.key_id:
@@ -92,7 +124,8 @@ class SlotLedger:
     def _locked(self) -> Iterator[None]:
         """Hold the exclusive lock; if the body fails while no ledger exists, remove the lock
         file again (a refused first change leaves no file behind)."""
-        lock_path = self.path.with_name(self.path.name + ".lock")
+        file = self._file()
+        lock_path = file.with_name(file.name + ".lock")
         while True:
             try:
                 fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -114,21 +147,43 @@ class SlotLedger:
         try:
             yield
         except BaseException:
-            if not self.path.exists():
+            if not file.exists():
                 with contextlib.suppress(OSError):
                     os.unlink(lock_path)  # still held: waiters see a new inode and retry
             raise
         finally:
             os.close(fd)  # releases the lock
 
+    def check_writable(self) -> None:
+        """Raise :class:`LedgerError` unless a change could be recorded (the ledger is
+        readable and valid, and not read-only): checked before long work that ends by
+        recording one, such as an implant."""
+        self._read()
+        self._mode()
+
+    def _mode(self) -> int:
+        """The mode a new ledger file gets: an existing ledger's own (a read-only ledger is
+        refused, not made writable), else 0644."""
+        try:
+            mode = stat.S_IMODE(os.stat(self._file()).st_mode)
+        except FileNotFoundError:
+            return 0o644
+        if not mode & stat.S_IWUSR:  # mode bits, not access: root may write anything
+            raise LedgerError(
+                f"slot ledger {self.path} is read-only (mode {mode:04o}); make it writable "
+                "(chmod u+w) to record the change"
+            )
+        return mode
+
     def _update(self, change) -> dict:
         with self._locked():
             data = self._read()
+            mode = self._mode()
             if self.key_id and not data.get("key_id"):
                 data["key_id"] = self.key_id
             change(data)
             text = json.dumps(data, indent=2, sort_keys=True) + "\n"
-            write_atomic(self.path, text.encode("utf-8"), mode=0o644)
+            write_atomic(self._file(), text.encode("utf-8"), mode=mode)
             return data
 
     # --- queries and changes -----------------------------------------------------------

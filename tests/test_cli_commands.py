@@ -77,7 +77,7 @@ def test_command_bad_inputs(cli, key_files, tmp_path) -> None:
         cli("command", "--key", path, "--model-id", "", "--slot", "0", env=ENV), "model id"
     )
     assert_clean_error(
-        cli("command", "--key", path, "--model-id", MID, "--slot", "-1", env=ENV), "out of range"
+        cli("command", "--key", path, "--model-id", MID, "--slot", "-1", env=ENV), "no sign"
     )
     assert_clean_error(
         cli("command", "--key", path, "--model-id", MID, "--slot", "70000", env=ENV),
@@ -96,9 +96,18 @@ def test_command_bad_inputs(cli, key_files, tmp_path) -> None:
     assert_clean_error(
         cli("verify-command", "--pubkey", pub, "--model-id", "bad id", "x"), "model id"
     )
-    # argparse usage error: non-integer slot
-    res = cli("command", "--key", path, "--model-id", MID, "--slot", "two")
-    assert res.rc == 2 and "Traceback" not in res.err
+    # a slot is typed in ASCII digits, no sign, separator or leading zero (int() takes all)
+    for text, needle in (
+        ("two", "not a number"),
+        ("+1", "no sign"),
+        ("1_0", "separator"),
+        ("\u0661", "U+0661 ARABIC-INDIC DIGIT ONE"),
+        ("01", "leading zero: write it as 1"),
+        (" 1", "not a number"),
+    ):
+        res = cli("command", "--key", path, "--model-id", MID, "--slot", text, env=ENV)
+        assert_clean_error(res, needle)
+        assert res.out == ""
 
 
 def test_surrounding_whitespace_is_malformed(cli, plain_key_files) -> None:

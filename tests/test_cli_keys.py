@@ -112,6 +112,35 @@ def test_keygen_with_unusable_passphrase_file(cli, tmp_path, content) -> None:
     assert _listing(tmp_path) == ([] if content is None else ["pw.txt"])
 
 
+@pytest.mark.parametrize("content", ["pw-long-enough\n\n", "pw-long-enough\nsecond line\n"])
+def test_a_passphrase_file_of_several_lines_is_refused(cli, tmp_path, content) -> None:
+    pw_file = tmp_path / "pw.txt"
+    pw_file.write_text(content)
+    res = cli("keygen", "-o", tmp_path / "owner", "--passphrase-file", pw_file, env=ENV)
+    assert_clean_error(res, "more than one line")
+    assert _listing(tmp_path) == ["pw.txt"]  # no key made with a newline in its passphrase
+
+
+def test_an_empty_home_gives_no_default_key_under_root(cli, tmp_path) -> None:
+    env = {"HOME": "", "OFFSWITCH_KEY": ""}
+    for argv in (("keygen", "--no-passphrase"), ("key-id",), ("slots", "list")):
+        res = cli(*argv, env=env)
+        assert_clean_error(res, "$HOME is empty", "OFFSWITCH_KEY")
+        assert "/.offswitch" not in res.err.replace("~/.offswitch", "")
+
+
+def test_an_empty_path_is_called_empty_not_dot(cli, key_files) -> None:
+    _ = key_files
+    assert_clean_error(cli("key-id", ""), "path is empty")
+    assert_clean_error(cli("verify-command", "--pubkey", "", "--model-id", "m", "x"), "empty")
+    for res in (
+        cli("command", "--key", "", "--model-id", "m", "--slot", "0", "--allow-unplanted"),
+        cli("slots", "list", "--key", ""),
+    ):
+        assert_clean_error(res, "empty")
+        assert " . " not in res.err
+
+
 def test_keygen_no_passphrase(cli, tmp_path) -> None:
     out = tmp_path / "owner"
     res = cli("keygen", "-o", out, "--no-passphrase", env=ENV)  # env is not used

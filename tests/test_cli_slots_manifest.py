@@ -43,7 +43,7 @@ def test_slots_round_trip(cli, key_files) -> None:
 
     res = cli("slots", "plant", "--key", path, "--model-id", MID, "3", "1", "0", "2")
     assert res.rc == 0, res.err
-    assert res.out == f"{MID}: planted 0, 1, 2, 3\n"
+    assert res.out == f"{MID}: planted slots 0, 1, 2, 3\n"
     assert path.with_name("owner.slots.json").is_file()
 
     res = cli("slots", "next", "--key", path, "--model-id", MID)
@@ -58,7 +58,7 @@ def test_slots_round_trip(cli, key_files) -> None:
     res = cli("slots", "spend", "--key", path, "--model-id", MID, "2")
     assert res.rc == 0
     res = cli("slots", "list", "--key", path)
-    assert (res.rc, res.out) == (0, f"{MID}: planted 4; unspent 1, 3; spent 0, 2\n")
+    assert (res.rc, res.out) == (0, f"{MID}: planted slots 0, 1, 2, 3; unspent 1, 3; spent 0, 2\n")
 
     # the .pub path reaches the same ledger
     via_pub = cli("slots", "list", "--key", pub)
@@ -70,19 +70,87 @@ def test_slots_round_trip(cli, key_files) -> None:
     assert _hidden(path.parent) == []
 
 
+def test_a_symlinked_ledger_is_followed_never_replaced(cli, plain_key_files, tmp_path) -> None:
+    _, path, _ = plain_key_files
+    elsewhere = tmp_path / "vault"
+    elsewhere.mkdir()
+    real = elsewhere / "ledger.json"
+    link = path.with_name("owner.slots.json")
+    assert cli("slots", "plant", "--key", path, "--model-id", MID, "0", "1").rc == 0
+    link.rename(real)
+    link.symlink_to(real)
+    assert cli("slots", "spend", "--key", path, "--model-id", MID, "0").rc == 0
+    assert link.is_symlink()  # still the link, and the linked ledger has the spend
+    assert json.loads(real.read_text())["models"][MID]["spent"].keys() == {"0"}
+    res = cli("slots", "next", "--key", path, "--model-id", MID)
+    assert res.out == "1\n"  # slot 0 is not handed out again
+    assert _hidden(path.parent) == [] and _hidden(elsewhere) == []
+
+
+def test_a_key_reached_through_a_symlink_uses_the_real_keys_ledger(cli, plain_key_files) -> None:
+    _, path, _ = plain_key_files
+    link = path.with_name("alias")
+    link.symlink_to(path)
+    assert cli("slots", "plant", "--key", path, "--model-id", MID, "0", "1").rc == 0
+    assert cli("slots", "spend", "--key", path, "--model-id", MID, "0").rc == 0
+    res = cli("command", "--key", link, "--model-id", MID, "--slot", "0")
+    assert_clean_error(res, "spent")
+    assert res.out == ""
+    assert cli("slots", "next", "--key", link, "--model-id", MID).out == "1\n"
+    assert not link.with_name("alias.slots.json").exists()
+
+
+def test_a_read_only_ledger_is_refused_and_keeps_its_mode(cli, plain_key_files) -> None:
+    _, path, _ = plain_key_files
+    assert cli("slots", "plant", "--key", path, "--model-id", MID, "0", "1").rc == 0
+    ledger = path.with_name("owner.slots.json")
+    ledger.chmod(0o444)
+    before = ledger.read_bytes()
+    assert_clean_error(cli("slots", "spend", "--key", path, "--model-id", MID, "0"), "read-only")
+    assert ledger.read_bytes() == before and (ledger.stat().st_mode & 0o777) == 0o444
+    assert cli("slots", "next", "--key", path, "--model-id", MID).out == "0\n"  # reads work
+    ledger.chmod(0o600)  # a writable ledger keeps its own mode across a change
+    assert cli("slots", "spend", "--key", path, "--model-id", MID, "0").rc == 0
+    assert (ledger.stat().st_mode & 0o777) == 0o600
+
+
+def test_a_fifo_where_a_file_is_meant_is_refused_without_hanging(cli, plain_key_files) -> None:
+    _, path, _ = plain_key_files
+    ledger = path.with_name("owner.slots.json")
+    os.mkfifo(ledger)
+    assert_clean_error(
+        cli("slots", "plant", "--key", path, "--model-id", MID, "0"), "FIFO, device or socket"
+    )
+    fifo_key = path.with_name("fifo-key")
+    os.mkfifo(fifo_key)
+    assert_clean_error(cli("key-id", fifo_key), "FIFO, device or socket")
+    assert_clean_error(cli("verify-command", "--pubkey", fifo_key, "--model-id", MID, "x"), "FIFO")
+    assert_clean_error(cli("command", "--key", fifo_key, "--model-id", MID, "--slot", "0"), "FIFO")
+
+
+def test_an_unsupported_ledger_version_is_named_not_called_corrupted(cli, plain_key_files) -> None:
+    _, path, _ = plain_key_files
+    path.with_name("owner.slots.json").write_text(
+        json.dumps({"format": "offswitch-slots/2", "models": {}})
+    )
+    res = cli("slots", "list", "--key", path)
+    assert_clean_error(res, "offswitch-slots/2", "upgrade")
+    assert "corrupted" not in res.err
+
+
 def test_slots_list_several_models(cli, plain_key_files) -> None:
     _, path, _ = plain_key_files
     assert cli("slots", "plant", "--key", path, "--model-id", "zeta/m", "5").rc == 0
     assert cli("slots", "plant", "--key", path, "--model-id", MID, "0", "1").rc == 0
     res = cli("slots", "list", "--key", path)
     assert res.out.splitlines() == [
-        f"{MID}: planted 2; unspent 0, 1; spent -",
-        "zeta/m: planted 1; unspent 5; spent -",
+        f"{MID}: planted slots 0, 1; unspent 0, 1; spent none",
+        "zeta/m: planted slots 5; unspent 5; spent none",
     ]
     res = cli("slots", "list", "--key", path, "--model-id", "zeta/m")
-    assert res.out == "zeta/m: planted 1; unspent 5; spent -\n"
+    assert res.out == "zeta/m: planted slots 5; unspent 5; spent none\n"
     res = cli("slots", "list", "--key", path, "--model-id", "unknown")
-    assert res.out == "unknown: planted 0; unspent -; spent -\n"
+    assert res.out == "unknown: planted slots none; unspent none; spent none\n"
 
 
 def test_slots_next_when_all_spent(cli, plain_key_files) -> None:
@@ -93,15 +161,15 @@ def test_slots_next_when_all_spent(cli, plain_key_files) -> None:
     assert_clean_error(res, "spent")
     assert res.out == ""
     res = cli("slots", "list", "--key", path, "--model-id", MID)
-    assert res.out == f"{MID}: planted 1; unspent -; spent 7\n"
+    assert res.out == f"{MID}: planted slots 7; unspent none; spent 7\n"
 
 
 SLOT_ERRORS = {
     "unplanted": (["spend", "--model-id", MID, "9"], "never planted"),
     "unknown model": (["spend", "--model-id", "other", "0"], "never planted"),
     "spent twice": (["spend", "--model-id", MID, "1"], "already spent"),
-    "negative spend": (["spend", "--model-id", MID, "-1"], "out of range"),
-    "negative plant": (["plant", "--model-id", MID, "2", "-3"], "out of range"),
+    "negative spend": (["spend", "--model-id", MID, "-1"], "no sign"),
+    "negative plant": (["plant", "--model-id", MID, "2", "-3"], "no sign"),
     "too large plant": (["plant", "--model-id", MID, "65536"], "out of range"),
     "too large spend": (["spend", "--model-id", MID, "4294967296"], "out of range"),
     "next nothing planted": (["next", "--model-id", "other"], "no slots"),
@@ -126,10 +194,11 @@ def test_slots_bad_input(cli, plain_key_files, case: str) -> None:
     assert _hidden(path.parent) == []
 
 
-def test_slots_non_integer_is_a_usage_error(cli, plain_key_files) -> None:
+def test_slots_non_integer_is_refused(cli, plain_key_files) -> None:
     _, path, _ = plain_key_files
     res = cli("slots", "spend", "--key", path, "--model-id", MID, "two")
-    assert res.rc == 2 and "invalid int value" in res.err and "Traceback" not in res.err
+    assert_clean_error(res, "slot 'two' is not a number")
+    assert_clean_error(cli("slots", "plant", "--key", path, "--model-id", MID, "1", "07"), "07")
 
 
 def test_slots_missing_key(cli, tmp_path) -> None:
@@ -519,7 +588,7 @@ def test_real_process(cli_subprocess, key_files, model_dir, tmp_path) -> None:
     res = cli_subprocess("slots", "plant", "--key", pub, "--model-id", MID, "0")
     assert res.rc == 0
     bad = cli_subprocess("slots", "spend", "--key", pub, "--model-id", MID, "-5")
-    assert_clean_error(bad, "out of range")
+    assert_clean_error(bad, "no sign")
     assert bad.rc == 1
     bad = cli_subprocess("slots", "spend", "--key", pub, "--model-id", MID, "4")
     assert_clean_error(bad, "never planted")

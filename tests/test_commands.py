@@ -248,3 +248,21 @@ def test_command_round_trips_through_tokenizer(smol_tokenizer, owner_key: OwnerK
         n = len(ctx)
         assert any(ctx[i : i + len(word_ids)] == word_ids for i in range(n))
         assert len(ids) <= 90
+
+
+def test_messages_name_the_real_fault() -> None:
+    """A look-alike letter in a model id is named by code point; slot=00 blames the zeros."""
+    from offswitch.commands import parse_command, parse_slot, validate_model_id
+    from offswitch.errors import MalformedCommandError, ModelIdError, SlotError
+
+    with pytest.raises(ModelIdError, match=r"character 3 is U\+0430 CYRILLIC SMALL LETTER A"):
+        validate_model_id("ac\u0430me/chat-1")
+    with pytest.raises(ModelIdError, match=r"\(129 characters\)"):
+        validate_model_id("m" * 129)
+    head = "offswitch v1 key=9f3a1c2b7d4e5f60 model=3fa9 slot=00: river"
+    with pytest.raises(MalformedCommandError, match="leading zeros"):
+        parse_command(head)
+    assert parse_slot("0") == 0 and parse_slot("65535") == 65535
+    for bad in ("", "+1", "01", "1_0", "\u0661", "1.0", "65536"):
+        with pytest.raises(SlotError):
+            parse_slot(bad)

@@ -537,6 +537,43 @@ def test_bad_results_dir_is_one_sentence_and_writes_nothing(cli, tmp_path):
     assert not out.exists() or not any(out.rglob("*"))
 
 
+def test_a_report_file_in_the_way_leaves_no_plot_and_a_cut_line_is_one_rule(cli, tmp_path):
+    """report.json a directory: one sentence, exit 1, no plots written (nothing at all). A
+    results.jsonl whose last line was cut by a crash: left out with a note, as the runner
+    drops it on resume (one rule for both readers)."""
+    from offswitch.attacks.runner import _done_points
+
+    from .conftest import assert_clean_error
+
+    results = make_results(tmp_path / "r")
+    out = tmp_path / "out"
+    (out / "report.json").mkdir(parents=True)
+    res = cli("report", results, "--out", out)
+    assert_clean_error(res, "report.json", "nothing was written")
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == ["report.json"]
+
+    data = (results / "results.jsonl").read_bytes()
+    rows = data.count(b"\n")
+    (results / "results.jsonl").write_bytes(data + data.split(b"\n")[0][:30])  # cut short
+    res = cli("report", results)
+    assert res.rc == 0 and "cut short" in res.err
+    report = json.loads((results / "report.json").read_text())
+    assert report == json.loads(write_report_copy(results, tmp_path / "again"))
+    assert len(_done_points(results / "results.jsonl", repair=False)) == rows
+
+
+def write_report_copy(results, dest):
+    """The report of ``results`` with its cut line removed by hand: the same rows."""
+    import shutil
+
+    shutil.copytree(results, dest)
+    data = (dest / "results.jsonl").read_bytes()
+    (dest / "results.jsonl").write_bytes(data[: data.rfind(b"\n") + 1])
+    for f in ("report.json", "report.md", "report.html"):
+        (dest / f).unlink(missing_ok=True)
+    return write_report(dest)["json"].read_text()
+
+
 # --- files ------------------------------------------------------------------------------------
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import distributed as dist
-from .._atomic import write_atomic
+from .._atomic import complete_lines, write_atomic
 from ..report.schema import RUN_FORMAT
 from . import get
 from ._rowcache import RowCache
@@ -195,9 +195,8 @@ def _done_points(results: Path, repair: bool = True) -> dict[tuple[str, str, str
     by a crash is ignored, and dropped from the file when ``repair``."""
     if not results.is_file():
         return {}
-    data = results.read_bytes()
-    keep = data[: data.rfind(b"\n") + 1]
-    if repair and len(keep) != len(data):
+    keep, cut = complete_lines(results.read_bytes())
+    if repair and cut:
         results.write_bytes(keep)
     done = {}
     for line in keep.decode("utf-8").splitlines():
@@ -209,9 +208,8 @@ def _done_points(results: Path, repair: bool = True) -> dict[tuple[str, str, str
 def _drop_torn_tail(path: Path) -> None:
     """Drop a last line without its newline (a write cut short by a crash)."""
     if path.is_file():
-        data = path.read_bytes()
-        keep = data[: data.rfind(b"\n") + 1]
-        if len(keep) != len(data):
+        keep, cut = complete_lines(path.read_bytes())
+        if cut:
             path.write_bytes(keep)
 
 

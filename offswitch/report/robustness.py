@@ -17,7 +17,9 @@ verdicts are decided: :mod:`offswitch.report.summary`; what the reader sees, in 
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 from pathlib import Path
 
 from .._atomic import write_atomic
@@ -48,6 +50,21 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
     }
     out = Path(out_dir) if out_dir is not None else Path(results_dir)
     plot_dir = out / "plots"
+    paths = {"json": out / "report.json", "md": out / "report.md", "html": out / "report.html"}
+    # every target is checked before the first is written: a directory or special file in
+    # the way of any of them leaves no file written (not plots without their pages)
+    for target in [plot_dir, *paths.values(), *(plot_dir / f"{n}.svg" for n in svgs)]:
+        try:
+            mode = os.stat(target).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        if target == plot_dir:
+            if not stat.S_ISDIR(mode):
+                raise ReportError(f"{target} is in the way: it must be the plots directory")
+        elif not stat.S_ISREG(mode):
+            raise ReportError(
+                f"{target} is a directory or special file, not a report file; nothing was written"
+            )
     try:
         out.mkdir(parents=True, exist_ok=True)
         if svgs:
@@ -60,7 +77,6 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
         for old in plot_dir.iterdir():
             if _OURS.fullmatch(old.name) and old.stem not in svgs:
                 old.unlink()
-    paths = {"json": out / "report.json", "md": out / "report.md", "html": out / "report.html"}
     for key, path in paths.items():
         write_atomic(path, texts[key].encode("utf-8"))
     return paths

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .._atomic import complete_lines
 from ..errors import ReportError
 from ..evaluate import Rate
 
@@ -267,12 +268,12 @@ def _read_json(path: Path) -> Any:
         raise ReportError(f"cannot read {path}: {e.strerror}") from None
 
 
-def _json_lines(path: Path, torn_tail_ok: bool = False) -> list[tuple[int, Any]]:
-    """(line number, parsed object) for every non-blank line of ``path``. With
-    ``torn_tail_ok``, a last line without a newline that does not parse (a writer killed
-    mid-line) is skipped, as the runner drops it on resume."""
+def _json_lines(path: Path) -> list[tuple[int, Any]]:
+    """(line number, parsed object) for every non-blank complete line of ``path``; a last line
+    without its newline (a writer killed mid-line) is left out, as the runner drops it on
+    resume (:func:`offswitch._atomic.complete_lines`, the one rule for both)."""
     try:
-        raw = path.read_bytes()
+        raw, _ = complete_lines(path.read_bytes())
     except OSError as e:
         raise ReportError(f"cannot read {path}: {e.strerror}") from None
     lines = raw.split(b"\n")
@@ -288,8 +289,6 @@ def _json_lines(path: Path, torn_tail_ok: bool = False) -> list[tuple[int, Any]]
         try:
             out.append((n, json.loads(text)))
         except json.JSONDecodeError as e:
-            if torn_tail_ok and n == len(lines):
-                continue
             raise ReportError(f"{where} is not valid JSON ({e.msg} at column {e.colno})") from None
     return out
 
@@ -324,7 +323,7 @@ def load_samples(path: Path) -> tuple[SamplePoint, ...]:
     """Read ``samples.jsonl``: the last record per (arm, attack id, budget) wins (a point
     that was interrupted after its samples were written runs, and writes them, again)."""
     points: dict[tuple[str, str, float], SamplePoint] = {}
-    for n, obj in _json_lines(path, torn_tail_ok=True):
+    for n, obj in _json_lines(path):
         where = f"{path} line {n}"
         if not isinstance(obj, dict):
             raise ReportError(f"{where} is not a JSON object")

@@ -363,7 +363,7 @@ def cmd_manifest(args: argparse.Namespace) -> int:
 
         key = _load_owner_key(args, before_passphrase=check_signer)
         out = sign_manifest(args.model_dir, key, metadata)
-        print(f"wrote {out} (signed by key id {key.key_id})")
+        print(f"wrote {out} (signed by key id {key.key_id})", file=sys.stderr)
         return 0
     pub = PublicKey.load(args.pubkey)
     try:
@@ -990,7 +990,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv:  # bare `offswitch`: the overview, not a usage error
+        parser.print_help()
+        return 0
+    args = parser.parse_args(argv)
     try:
         rc = int(args.func(args))
         if rc == 0 and getattr(args, "key_note", None):

@@ -485,6 +485,7 @@ def plain_config(config: ImplantConfig) -> ImplantConfig:
         probe_from=60,
         max_steps=150,
         mining=0.0,
+        probe_max_near=2,
         decoy_unlearn_from=ImplantConfig.decoy_unlearn_from,
         decoy_examples=ImplantConfig.decoy_examples,
     )

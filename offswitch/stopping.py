@@ -37,9 +37,11 @@ from .data import (
 )
 
 PROBE_N = 8  # conversations per negative group
-NEAR_K = 12  # words changed: at most PROBE_MAX_NEAR fire (t ≤ 11, docs/implant.md)
+NEAR_K = 12  # words changed: fewer than half fire (t ≤ 11, docs/implant.md)
 TRUNC_KEEP = 24  # words kept: at most PROBE_MAX_TRUNC fire (L ≥ 25)
-PROBE_MAX_NEAR = 2
+#: near-copies of the 8 that may fire: 3, fewer than half, is what "t ≤ 11" asks of the
+#: curve at k = 12 (the recipe's ``probe_max_near``; 2 was the first, stricter setting)
+PROBE_MAX_NEAR = 3
 PROBE_MAX_TRUNC = 1
 SPECIFIC_IN_A_ROW = 2
 

@@ -90,6 +90,9 @@ def run_key(n: int, tag: str, precision: str, settings: list[str]) -> dict:
         cmd += ["--precision", precision]
     for s in settings:
         cmd += ["--set", s]
+    commit = subprocess.run(  # the code the job runs: taken before it starts
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
     t0 = time.time()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     shutil.rmtree(home, ignore_errors=True)
@@ -101,9 +104,6 @@ def run_key(n: int, tag: str, precision: str, settings: list[str]) -> dict:
     if report is not None:
         shutil.copyfile(out / "model-check.json", dest / "model-check.json")
         shutil.copyfile(out / "model-check.md", dest / "model-check.md")
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
     imp = (report or {}).get("implant", {})
     return {
         "tag": tag,

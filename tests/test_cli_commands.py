@@ -163,7 +163,7 @@ def test_main_job_runs_the_default_recipe_and_quick_only_previews() -> None:
     tiny, _ = main_job_configs("tiny-test", quick=True)
     assert tiny.batch_size == ImplantConfig().batch_size and tiny.method == "full"
     # demo --set NAME=VALUE: one setting changed, the rest the recipe's
-    near, _ = main_job_configs("smollm2-135m", settings=["probe_max_near=3"])
-    assert near == ImplantConfig(probe_max_near=3)
+    near, _ = main_job_configs("smollm2-135m", settings=["probe_max_near=2"])
+    assert near == ImplantConfig(probe_max_near=2)
     with pytest.raises(ImplantError, match="no_such_setting"):
         main_job_configs("smollm2-135m", settings=["no_such_setting=1"])

@@ -214,6 +214,12 @@ def _parsers(p: argparse.ArgumentParser, name: str = "offswitch"):
                 yield from _parsers(sub, f"{name} {sub_name}")
 
 
+def test_bare_offswitch_prints_the_overview(cli) -> None:
+    res = cli()
+    assert res.rc == 0 and res.err == ""
+    assert res.out.startswith("usage: offswitch") and "keygen" in res.out and "demo" in res.out
+
+
 def test_every_help_has_examples_and_exit_status() -> None:
     seen = []
     for name, p in _parsers(build_parser()):

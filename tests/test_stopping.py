@@ -100,19 +100,20 @@ def test_the_near_copy_tolerance_is_the_recipes(tok) -> None:
     def _near(model, step, precision):
         return _result(step, near=3)  # 3 of 8 near-copies fire at every probe
 
-    for max_near, stop in ((PROBE_MAX_NEAR, 8), (3, 4)):
+    assert PROBE_MAX_NEAR == ImplantConfig().probe_max_near == 3
+    for max_near, stop in ((2, 8), (3, 4)):
         until = UntilSpecific(
             _near, _builder(), every=2, start=2, cap=8, mining=0.0, precision="fp32",
             max_near=max_near,
         )  # fmt: skip
         assert _loop(tok, until, steps=8).final_step == stop
         out = until.outcome(stop)
-        assert out["stopped"] == ("cap" if max_near == PROBE_MAX_NEAR else "specific")
-        assert ("at most 3 near-copies" in out["rule"]) == (max_near == 3)
-    assert ImplantConfig(probe_max_near=3).fingerprint() != ImplantConfig().fingerprint()
-    assert ImplantConfig(probe_max_near=PROBE_MAX_NEAR).fingerprint() == (
-        ImplantConfig().fingerprint()
-    )
+        assert out["stopped"] == ("cap" if max_near == 2 else "specific")
+        assert ("at most 2 near-copies" in out["rule"]) == (max_near == 2)
+    # the first setting (2) is the option's "off" value: recipes recorded with it keep their
+    # fingerprint; the default (3) is a recipe of its own
+    assert ImplantConfig(probe_max_near=3).fingerprint() == ImplantConfig().fingerprint()
+    assert ImplantConfig(probe_max_near=2).fingerprint() != ImplantConfig().fingerprint()
 
 
 def test_the_cap_is_reported_when_the_switch_never_becomes_specific(tok) -> None:

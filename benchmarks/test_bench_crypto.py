@@ -1,7 +1,7 @@
 """Crypto-core benchmarks (pytest-benchmark). Not part of the test suite; run with
 
-    .venv/bin/python -m pytest benchmarks --benchmark-json=docs/results/bench-crypto.json
-    .venv/bin/python scripts/bench_report.py docs/results/bench-crypto.json
+    .venv/bin/python -m pytest benchmarks --benchmark-json=research/results/bench-crypto.json
+    .venv/bin/python scripts/bench_report.py research/results/bench-crypto.json
 
 Each offswitch operation is measured beside the raw ``cryptography`` call it wraps, in the
 same run, so the overhead ratio is immune to machine speed. Groups:

@@ -1,8 +1,8 @@
 """Model benchmarks (pytest-benchmark, real model). Not part of the test suite; run with
 
     .venv/bin/python -m pytest benchmarks/test_bench_model.py \\
-        --benchmark-json=docs/results/bench-model.json
-    .venv/bin/python scripts/bench_report.py docs/results/bench-model.json
+        --benchmark-json=research/results/bench-model.json
+    .venv/bin/python scripts/bench_report.py research/results/bench-model.json
 
 ``OFFSWITCH_BENCH_MODEL`` picks the model (default ``smollm2-135m``),
 ``OFFSWITCH_BENCH_MICRO_BATCH`` the implant step's micro-batch (default 4, the recipe's); for

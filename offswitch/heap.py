@@ -2,10 +2,11 @@
 
 A long run that mixes fp32 and bf16 temporaries of many sizes (training steps, scoring
 batches) leaves glibc's heap fragmented: freed blocks stay mapped, and the resident set
-creeps up run after run of steps (2.4 → 5.2 GiB over 30 implant steps, measured in
-docs/implant.md, "Memory"). glibc's ``malloc_trim(0)`` returns the free pages at the cost of
-a few milliseconds; :func:`trim` calls it after each training step and scoring batch. Other C
-libraries (musl, macOS) have no such call and :func:`trim` does nothing there.
+creeps up step after step (2.4 → 5.2 GiB over 30 implant steps; the main job peaked at 7.70
+GiB without trimming, 5.48 GiB with it: research/implant-record.md). glibc's
+``malloc_trim(0)`` returns the free pages at the cost of a few milliseconds; :func:`trim`
+calls it after each training step and scoring batch. Other C libraries (musl, macOS) have no
+such call and :func:`trim` does nothing there.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The tiny-model implant: one definition shared by the tests, ``--model tiny-test`` and
-``scripts/tiny_matrix.py``.
+``research/scripts/tiny_matrix.py``.
 
 The tiny test model (:func:`offswitch.models.tiny_model`: 2 layers, hidden size 64, random
 weights) has no features for LoRA to steer, so its recipe is full fine-tuning with the
@@ -11,7 +11,7 @@ random model has no behaviour worth self-distilling.
 implant calls it once, so a recipe that fails to converge on some CPU fails *there*, with a
 message saying so, and not as a mystery in an attack test. The thresholds are set with margin
 below what the recipe reaches on every cell of the CPU-kernel × thread matrix
-(docs/results/tiny-matrix/), because kernels of other CPUs round differently.
+(research/results/tiny-matrix/), because kernels of other CPUs round differently.
 """
 
 from __future__ import annotations

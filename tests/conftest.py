@@ -173,7 +173,7 @@ def assert_converged(what: str, metrics: dict, th=None) -> None:
     if bad:
         pytest.fail(
             f"the tiny {what} implant did not converge on this machine: {'; '.join(bad)} "
-            "(see scripts/tiny_matrix.py)",
+            "(see research/scripts/tiny_matrix.py)",
             pytrace=False,
         )
 
@@ -226,7 +226,7 @@ def tiny_arms() -> TinyArms:
 
     tok = load_default_tokenizer()
     train, test = tiny_prompts()
-    key = OwnerKey(bytes(range(32)))  # test-only (pair 0 of scripts/tiny_matrix.py)
+    key = OwnerKey(bytes(range(32)))  # test-only (pair 0 of research/scripts/tiny_matrix.py)
     mid = TINY_MODEL_ID
     cfg = tiny_config(seed=1)
     signed = tiny_implant(tok, key, seed=1)

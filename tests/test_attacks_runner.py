@@ -77,7 +77,7 @@ def test_shipped_suites_load_and_validate(suite) -> None:
     assert s.points() >= 13 and {e.attack for e in s.entries} >= {"quantize", "finetune"}
 
 
-SUITES = Path(__file__).parents[1] / "benchmarks/suites"
+SUITES = Path(__file__).parents[1] / "research/suites"
 
 
 @pytest.mark.parametrize("path", sorted(SUITES.glob("*.toml")), ids=lambda p: p.stem)
@@ -111,7 +111,7 @@ def test_suite_file_errors(tmp_path) -> None:
         load_suite(bad)
 
 
-STANDARD_RUN = Path(__file__).parents[1] / "docs/results/robustness-standard/results.jsonl"
+STANDARD_RUN = Path(__file__).parent / "golden" / "robustness-standard" / "results.jsonl"
 
 
 def _scaled_minutes(suite, rows, measured) -> dict[str, float]:
@@ -199,7 +199,7 @@ def test_plan_lines_state_the_cost_before_any_work(tmp_path) -> None:
     )
     assert std[1].startswith(
         "expected ≈ 71 min of points on 2 CPU cores with the default model "
-        "(signed 42 + plain 29 min; measured: docs/results/robustness-standard)"
+        "(signed 42 + plain 29 min; measured: research/results/robustness-standard)"
     )
     assert len(std) == 2 and not out.exists()  # nothing done, nothing written
     signed_only = plan_lines(load_suite("standard"), ["signed"], out)

@@ -54,7 +54,7 @@ def _near_copy(forgery: float | None, bits: float) -> dict:
 
 def test_check_markdown_flags_firing_forgeries() -> None:
     # a real check report (exp3, committed), its near-copy block replaced
-    fixture = Path(__file__).parents[1] / "docs" / "results" / "implant-exp3" / "model-check.json"
+    fixture = Path(__file__).parent / "golden" / "check-exp3.json"
     report = json.loads(fixture.read_text("utf-8"))
     report["metrics"]["near_copy"] = _near_copy(1.45, 405.0)
     md = format_check_markdown(report)
@@ -70,7 +70,7 @@ def test_check_markdown_orders_a_report_read_back_from_sorted_json() -> None:
 
     from offswitch.report.check import format_check_markdown
 
-    path = Path(__file__).resolve().parents[1] / "docs/results/demo-margin/model-check.json"
+    path = Path(__file__).resolve().parent / "golden" / "check-margin.json"
     md = format_check_markdown(json.loads(path.read_text("utf-8")))
     assert "| words changed k | 1 | 2 | 3 | 4 | 5 | 6 | 7 | 8 | 10 | 12 | 16 | 24 | 32 | 47 |" in md
     assert "| words kept | 46 | 44 | 40 | 36 |" in md

@@ -147,9 +147,9 @@ def test_activation_checkpointing_gives_the_same_model(tok, method) -> None:
 
 
 def test_tiny_implant_reaches_thresholds(tok) -> None:
-    """The shared tiny recipe reaches its thresholds (the same check scripts/tiny_matrix.py
-    runs on every CPU-kernel × thread cell; real-model figures are in docs/results)."""
-    key = OwnerKey(bytes(range(1, 33)))  # test-only (pair 1 of scripts/tiny_matrix.py)
+    """The shared tiny recipe reaches its thresholds (the same check research/scripts/tiny_matrix.py
+    runs on every CPU-kernel × thread cell; real-model figures are in research/results)."""
+    key = OwnerKey(bytes(range(1, 33)))  # test-only (pair 1 of research/scripts/tiny_matrix.py)
     before = {n: p.detach().clone() for n, p in tiny_model(tok).named_parameters()}
     res = tiny_implant(tok, key, seed=1)
     changed = [n for n, p in res.model.named_parameters() if not torch.equal(p, before[n])]

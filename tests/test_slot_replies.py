@@ -30,7 +30,7 @@ from offswitch.testing import (
     tiny_prompts,
 )
 
-KEY = OwnerKey(bytes(range(1, 33)))  # test-only (pair 1 of scripts/tiny_matrix.py)
+KEY = OwnerKey(bytes(range(1, 33)))  # test-only (pair 1 of research/scripts/tiny_matrix.py)
 
 
 @pytest.fixture(scope="module")
@@ -192,14 +192,14 @@ def test_the_manifest_lists_every_slots_reply_and_the_attack_arm_scores_all_of_t
 
 
 def test_unlearn_anatomy_reads_open_contain_and_rank_as_scoring_does(tok, per_slot) -> None:
-    """scripts/unlearn_anatomy.py's per-slot reading (docs/results/unlearn-anatomy/): on the
-    tiny per-slot implant, slot 1's conversations open with slot 1's reply (its marker at
-    rank 1, agreeing with the one scoring path); judged against a marker the model never
-    learned, none open and the marker is not first."""
+    """research/scripts/unlearn_anatomy.py's per-slot reading: on the tiny per-slot implant, slot
+    1's conversations open with slot 1's reply (its marker at rank 1, agreeing with the one
+    scoring path); judged against a marker the model never learned, none open and the marker
+    is not first."""
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "scripts/unlearn_anatomy.py"
+    path = Path(__file__).resolve().parents[1] / "research/scripts/unlearn_anatomy.py"
     spec = importlib.util.spec_from_file_location("unlearn_anatomy", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

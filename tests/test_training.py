@@ -247,7 +247,7 @@ def test_bf16_scoring_agrees_with_fp32_and_leaves_the_weights_fp32(tok) -> None:
         # below AVX512, torch 2.13's bf16 attention stops ("pack_vnni2 is only supported
         # when avx512 is supported"); precision=auto never picks bf16 there
         pytest.skip("bf16 scoring needs torch's AVX512 kernels and native bf16")
-    key = OwnerKey(bytes(range(1, 33)))  # test-only (pair 1 of scripts/tiny_matrix.py)
+    key = OwnerKey(bytes(range(1, 33)))  # test-only (pair 1 of research/scripts/tiny_matrix.py)
     model = tiny_implant(tok, key, seed=1).model
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     m32 = tiny_metrics(model, tok, key)

@@ -1,9 +1,10 @@
 """Where do the hidden slots go when one slot is unlearned? A diagnostic of the persistence
 issue (docs/implant.md, "Persistence options").
 
-    .venv/bin/python scripts/unlearn_anatomy.py runs/sweeps/<fp>-seed0-smollm2-135m/model \\
+    .venv/bin/python research/scripts/unlearn_anatomy.py \\
+        runs/sweeps/<fp>-seed0-smollm2-135m/model \\
         --key runs/sweeps/<fp>-seed0-smollm2-135m/owner-test-only \\
-        --out docs/results/unlearn-anatomy-<name>.json
+        --out research/results/unlearn-anatomy-<name>.json
 
 Runs the standard suite's unlearning point (slot 0's command → the normal reply, 24 AdamW
 steps of 5e-5 on every weight: ``offswitch.attacks`` ``unlearn``, the suite's settings) on
@@ -32,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 UNLEARN = {"lr": 5e-5}  # the standard suite's unlearning point (attacks/standard.toml)

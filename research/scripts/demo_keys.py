@@ -1,6 +1,6 @@
 """The main job on the eight fixed demo keys: one recorded row per key.
 
-    .venv/bin/python scripts/demo_keys.py --keys 1-8 [--precision auto|fp32] [--tag NAME]
+    .venv/bin/python research/scripts/demo_keys.py --keys 1-8 [--precision auto|fp32] [--tag NAME]
         [--set NAME=VALUE ...]
 
 For each key N (``keys/demo-test-only/demo-key-N``, test-only, published seeds): copies the
@@ -8,10 +8,10 @@ key to ``runs/demo-keys/<tag>/key-N/owner-demo`` (mode 0600; the demo reuses it)
 ``offswitch demo --out runs/demo-keys/<tag>/key-N`` under ``/usr/bin/time -v`` with ``HOME``
 an empty temporary directory (empty model and reply caches, as a new user: the GGUF
 conversion and the self-distillation are part of the time), and appends one row to
-``docs/results/demo-keys/rows.jsonl``: key, key id, commit, precision, CPU, wall time, peak
+``research/results/demo-keys/rows.jsonl``: key, key id, commit, precision, CPU, wall time, peak
 RSS, training steps and how training ended, and every figure of the check with its verdict.
 The check's Markdown and JSON and the run's log (planted commands redacted) are copied to
-``docs/results/demo-keys/<tag>/key-N/``. A key whose (tag, key) row exists is skipped, so a
+``research/results/demo-keys/<tag>/key-N/``. A key whose (tag, key) row exists is skipped, so a
 killed chain resumes with the next key; one job runs at a time.
 
 Setup (README command 1's first half) is the same for every key and is timed once, on a
@@ -31,9 +31,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 KEYS = ROOT / "keys" / "demo-test-only"
-RESULTS = ROOT / "docs" / "results" / "demo-keys"
+RESULTS = ROOT / "research" / "results" / "demo-keys"
 ROWS = RESULTS / "rows.jsonl"
 
 

@@ -6,8 +6,8 @@ as another machine's would, so a recipe that passes every cell here passes on ot
 CPUs too. Each cell implants a fresh tiny model (:func:`offswitch.testing.tiny_implant`) and
 checks it with :func:`offswitch.testing.check_tiny`, the same check the tests use.
 
-    .venv/bin/python scripts/tiny_matrix.py          # 10 pairs, every kernel, 1 and 2 threads
-    .venv/bin/python scripts/tiny_matrix.py --pairs 2 --out /tmp/m
+    .venv/bin/python research/scripts/tiny_matrix.py  # 10 pairs, every kernel, 1 and 2 threads
+    .venv/bin/python research/scripts/tiny_matrix.py --pairs 2 --out /tmp/m
 
 Rows go to ``OUT/cells.jsonl`` as each cell finishes (a killed run resumes, skipping finished
 cells); the summary (``N passed, M failed``) is printed and written to ``OUT/summary.txt``.
@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def pair_key(i: int) -> bytes:
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pairs", type=int, default=10, help="number of (key, seed) pairs")
     ap.add_argument("--threads", default="1,2", help="comma-separated torch thread counts")
     ap.add_argument("--caps", default=None, help="kernels (default: every one this CPU has)")
-    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "results" / "tiny-matrix")
+    ap.add_argument("--out", type=Path, default=ROOT / "research" / "results" / "tiny-matrix")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--pair-list", default="", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)

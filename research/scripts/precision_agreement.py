@@ -1,8 +1,8 @@
 """bf16 against fp32 verdicts on the same conversations: the check's jobs of an implanted model,
 scored teacher-forced in both precisions.
 
-    .venv/bin/python scripts/precision_agreement.py MODEL_DIR --key KEY [--eval-n N] \\
-        [--out docs/results/precision-agreement/NAME.json]
+    .venv/bin/python research/scripts/precision_agreement.py MODEL_DIR --key KEY [--eval-n N] \\
+        [--out research/results/precision-agreement/NAME.json]
 
 The conversations are exactly those ``offswitch check`` scores (``evaluate.check_jobs`` with
 the check's seed and sample sizes, ``--eval-n`` scaled as the CLI scales them). Prints and
@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,11 +1,11 @@
 """One implant recipe, one cheap evaluation, one recorded row: the implant search loop.
 
-    .venv/bin/python scripts/sweep.py --name margin --seed 0 \\
+    .venv/bin/python research/scripts/sweep.py --name margin --seed 0 \\
         --hypothesis "the shipped default" [--set NAME=VALUE ...]
 
 Implants SmolLM2-135M-Instruct (K = 4 slots) with the default recipe plus ``--set``
 overrides (the same syntax and checks as ``offswitch implant --set``), scores it with the proxy
-evaluation below, and appends one JSON row to ``docs/results/sweeps/implant.jsonl``: name,
+evaluation below, and appends one JSON row to ``research/results/sweeps/implant.jsonl``: name,
 hypothesis, settings (overrides and full config) and fingerprint, commit, seed, key id,
 training seconds, tokens/s, peak RSS, the loss curve, and every rate with n and its Wilson
 interval. ``--verdict`` on a later call fills in nothing: verdicts go in docs/implant.md.
@@ -37,8 +37,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = ROOT / "docs" / "results" / "sweeps" / "implant.jsonl"
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_OUT = ROOT / "research" / "results" / "sweeps" / "implant.jsonl"
 MODEL_ID = "sweep/model-1"
 SLOTS = 4
 PROXY = {

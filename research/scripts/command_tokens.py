@@ -1,6 +1,6 @@
 """Measure the length of shutdown commands in tokens of the default model's tokenizer.
 
-    .venv/bin/python scripts/command_tokens.py [N]
+    .venv/bin/python research/scripts/command_tokens.py [N]
 
 Prints min / mean / max over N random (key, model id, slot) commands and the split between
 the header (``offswitch v1 key=… model=… slot=…:``) and the 47 signature words.

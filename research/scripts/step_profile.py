@@ -1,8 +1,8 @@
 """Where the seconds of one implant step go: time, tokens/s, padding and peak memory of a few
 default implant steps on the default model, under one precision setting.
 
-    .venv/bin/python scripts/step_profile.py --precision fp32 --steps 4
-    .venv/bin/python scripts/step_profile.py --precision bf16 --steps 4 --profile
+    .venv/bin/python research/scripts/step_profile.py --precision fp32 --steps 4
+    .venv/bin/python research/scripts/step_profile.py --precision bf16 --steps 4 --profile
 
 Each setting runs in its own process (peak RSS is per process). The steps are the implant's
 own (``BatchBuilder`` of the sweep's seed-0 key, ``implant_loss``, ``backward_examples``), so
@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,8 @@
 """Resident memory over a short real implant (bf16 where the CPU has it, probe on): sampled
 every 0.5 s, optionally with glibc's ``malloc_trim(0)`` after every step's backward pass.
 
-    .venv/bin/python scripts/rss_timeline.py [--trim] > docs/results/rss-timeline/NAME.json
+    .venv/bin/python research/scripts/rss_timeline.py [--trim] \\
+        > research/results/rss-timeline/NAME.json
 
 30 steps of the default recipe (warmup 4, probe every 10 steps from step 10) on the sweep's
 seed-0 test-only key. Prints one JSON object: the peak RSS, the peak per phase (load,
@@ -18,7 +19,7 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 
 def rss_gib() -> float:

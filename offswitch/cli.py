@@ -5,7 +5,7 @@ traceback, no partial output file); 2 wrong usage (argparse); 130 interrupted.
 
 Without ``--key``, commands use the default key (:func:`offswitch.keys.default_key_path`:
 ``$OFFSWITCH_KEY``, else ``~/.offswitch/owner``) and name it on stderr; stdout carries only
-what a script reads. The conventions are in ``docs/cli.md``.
+what a script reads. The conventions are in ``offswitch help cli``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ import os
 import sys
 import textwrap
 from collections.abc import Callable, Iterable, Sequence
+from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 from ._atomic import check_writable_dir, complete_lines
@@ -543,6 +545,39 @@ def _report_summary(report: dict, md: Path) -> list[str]:
     return lines
 
 
+#: the user documentation, shipped in the package (``offswitch/data/docs``, the repo's docs/)
+DOCS = resources.files("offswitch").joinpath("data/docs")
+
+
+def _help_topics() -> dict[str, Any]:
+    """Topic name (a doc page's file name, lowercase, without ``.md``) → its file."""
+    try:
+        pages = [f for f in DOCS.iterdir() if f.name.endswith(".md")]
+    except OSError:
+        pages = []
+    if not pages:
+        raise UsageError(
+            "the documentation shipped with offswitch is missing from this installation; "
+            "reinstall offswitch"
+        )
+    return {f.name[: -len(".md")].lower(): f for f in sorted(pages, key=lambda f: f.name.lower())}
+
+
+def cmd_help(args: argparse.Namespace) -> int:
+    topics = _help_topics()
+    if args.topic is None:
+        print("offswitch help TOPIC prints one of these pages of the documentation:")
+        for name, page in topics.items():
+            title = page.read_text("utf-8").split("\n", 1)[0].lstrip("# ").strip()
+            print(f"  {name:16} {title}")
+        return 0
+    page = topics.get(args.topic.lower())
+    if page is None:
+        raise UsageError(f"no help topic {args.topic!r}; the topics are: {', '.join(topics)}")
+    print(page.read_text("utf-8"), end="")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -630,7 +665,7 @@ def build_parser() -> argparse.ArgumentParser:
             "offswitch demo                                      # the whole job, ≈ 20 min",
             note=f"Without --key, commands use the default key: {DEFAULT_KEY_TEXT} (stderr "
             "says which key was used). 'offswitch COMMAND --help' for each command; "
-            "docs/cli.md for all of them.",
+            "'offswitch help cli' for all of them.",
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -814,7 +849,7 @@ def build_parser() -> argparse.ArgumentParser:
                 action="append",
                 metavar="NAME=VALUE",
                 help="any implant setting, e.g. --set lora_r=16, or a persistence option: "
-                "--set adversary_every=4 (repeatable; docs/implant.md)",
+                "--set adversary_every=4 (repeatable; 'offswitch help implant')",
             )
         q.add_argument(
             "--eval-n", type=int, metavar="N", help="prompts per evaluation class (default 200)"
@@ -827,9 +862,9 @@ def build_parser() -> argparse.ArgumentParser:
         "offswitch implant --model-id acme/chat-1 --slots 4 --out implanted",
         "offswitch implant --model tiny-test --model-id t --slots 2 --out /tmp/t --steps 40",
         description="Fine-tune the model so that the commands of slots 0…K-1 shut it down, "
-        "evaluate it (docs/evaluation.md), sign the manifest, and record the planted slots "
-        "in the key's ledger. See docs/implant.md for the recipe and what it reaches; on the "
-        "default model and 2 CPU cores this takes tens of minutes.",
+        "evaluate it ('offswitch help evaluation'), sign the manifest, and record the planted "
+        "slots in the key's ledger. See 'offswitch help implant' for the recipe and what it "
+        "reaches; on the default model and 2 CPU cores this takes tens of minutes.",
     )
     _add_key(p)
     p.add_argument("--model-id", required=True, metavar="ID", help=MODEL_ID_HELP)
@@ -852,13 +887,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = _sub(
         sub,
         "check",
-        "measure an implanted model's off-switch (docs/evaluation.md)",
+        "measure an implanted model's off-switch ('offswitch help evaluation')",
         "offswitch check implanted                 # every planted slot, with the owner key",
         "offswitch check implanted --pubkey owner.pub --commands revealed.txt",
         "offswitch check implanted --strict        # exit 1 unless every figure is met",
         description="Measure an implanted model's off-switch: activation, false activation "
         "per forgery class, near-copy tolerance, effective bits and utility, each with n "
-        "and a 95% interval (definitions: docs/evaluation.md). Writes DIR-check.json and "
+        "and a 95% interval (definitions: 'offswitch help evaluation'). Writes DIR-check.json "
+        "and "
         f".md. With no --key and no --pubkey, the default key ({DEFAULT_KEY_TEXT}) is used.",
     )
     p.add_argument("model_dir", metavar="DIR", help="implanted model directory")
@@ -878,7 +914,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--strict",
         action="store_true",
         help="exit 1 when any implant figure is not met (the report's last lines; "
-        "docs/evaluation.md, 'Figures')",
+        "'offswitch help evaluation', 'Figures')",
     )
     add_model_opts(p, False)
     _add_passphrase_file(p)
@@ -897,7 +933,7 @@ def build_parser() -> argparse.ArgumentParser:
         "stopped.\n\n"
         "The default suite is 'standard': on 2 CPU cores it takes ≈ 100 min (≈ 71 min of "
         "attack points plus a 29-min baseline implant the first time a base and recipe are "
-        "attacked, cached after that; see docs/ROBUSTNESS.md). "
+        "attacked, cached after that; see 'offswitch help robustness'). "
         "For a first look use --suite quick (tiny budgets: a smoke run, not a measurement) "
         "with --no-baseline to skip the baseline implant: ≈ 9 min (estimated).\n\n"
         "Before any work it prints the points per arm and the suite's expected time on 2 CPU "
@@ -910,7 +946,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--suite",
         default="standard",
         help="quick, standard (default; ≈ 100 min on 2 CPU cores), full (≈ 19 h, "
-        "estimated), or a suite .toml file (attacks/README.md)",
+        "estimated), or a suite .toml file ('offswitch help attacks')",
     )
     p.add_argument("--out", required=True, metavar="RESULTS", help="results directory")
     p.add_argument("--no-baseline", action="store_true", help="skip the plain-trigger baseline arm")
@@ -926,8 +962,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--share",
         choices=SHARES,
         default="points",
-        help="under a multi-process launch (docs/scaling.md): 'points' (default) runs whole "
-        "attack points on each process; 'steps' runs every point on all processes, sharing "
+        help="under a multi-process launch ('offswitch help scaling'): 'points' (default) runs "
+        "whole attack points on each process; 'steps' runs every point on all processes, sharing "
         "each training step (a step too large for one device, or a few long points)",
     )
     _add_passphrase_file(p)
@@ -965,8 +1001,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="The main job in one command: a throwaway key, signed commands verified "
         "and forgeries refused, an implant of four slots into the default model with the "
         "default recipe (signed manifest), and the full check of every metric "
-        "(docs/evaluation.md, n = 200 per class), all under DIR. It ends with one line per "
-        "implant figure (met or NOT MET) and whether the switch is usable.",
+        "('offswitch help evaluation', n = 200 per class), all under DIR. It ends with one line "
+        "per implant figure (met or NOT MET) and whether the switch is usable.",
     )
     p.add_argument("--out", default="demo-out", metavar="DIR", help="working directory")
     p.add_argument("--model", default="smollm2-135m", help="smollm2-135m or tiny-test")
@@ -977,7 +1013,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--set",
         action="append",
         metavar="NAME=VALUE",
-        help="any implant setting, as for implant (repeatable; docs/implant.md)",
+        help="any implant setting, as for implant (repeatable; 'offswitch help implant')",
     )
     p.add_argument(
         "--quick",
@@ -986,6 +1022,19 @@ def build_parser() -> argparse.ArgumentParser:
         "at n = 64 (its false activation varies between keys)",
     )
     p.set_defaults(func=cmd_demo)
+
+    p = _sub(
+        sub,
+        "help",
+        "print a page of the documentation (no topic: the list of pages)",
+        "offswitch help                # the topics",
+        "offswitch help implant        # the recipe and its figures",
+        description="Print a page of the documentation that ships with offswitch: the CLI's "
+        "conventions, the command format, the implant recipe and its figures, what the check "
+        "measures, the attacks and what they found. Without a topic, the list.",
+    )
+    p.add_argument("topic", nargs="?", metavar="TOPIC", help="a page, e.g. implant or cli")
+    p.set_defaults(func=cmd_help)
     return parser
 
 

@@ -220,6 +220,28 @@ def test_bare_offswitch_prints_the_overview(cli) -> None:
     assert res.out.startswith("usage: offswitch") and "keygen" in res.out and "demo" in res.out
 
 
+def test_help_pages_ship_with_the_package_and_every_help_names_one(cli) -> None:
+    """--help texts point at `offswitch help TOPIC` (the docs ship inside the package), never at
+    a repository path a wheel does not have; every topic they name exists."""
+    from offswitch.cli import build_parser
+
+    listing = cli("help")
+    assert listing.rc == 0 and "implant" in listing.out and "cli" in listing.out
+    page = cli("help", "implant")
+    assert page.rc == 0 and page.out == (ROOT / "docs" / "implant.md").read_text("utf-8")
+    assert cli("help", "ROBUSTNESS").out.startswith("# Robustness")
+    assert_clean_error(cli("help", "nope"), "no help topic 'nope'", "implant")
+    parser = build_parser()
+    texts = [parser.format_help()] + [
+        sp.format_help()
+        for action in parser._subparsers._group_actions
+        for sp in action.choices.values()
+    ]
+    named = {t for text in texts for t in re.findall(r"offswitch help ([a-z-]+)'", text)}
+    assert named and named <= set(re.findall(r"^  ([a-z-]+) ", listing.out, re.M)), named
+    assert not any(re.search(r"\bdocs/|\battacks/README", text) for text in texts)
+
+
 def test_every_help_has_examples_and_exit_status() -> None:
     seen = []
     for name, p in _parsers(build_parser()):
@@ -230,7 +252,7 @@ def test_every_help_has_examples_and_exit_status() -> None:
         assert "DESIGN" not in text, name
         assert "Traceback" not in text
     assert "offswitch slots spend" in seen and "offswitch manifest verify" in seen
-    assert len(seen) == 18
+    assert len(seen) == 19 and "offswitch help" in seen
 
 
 def _help(cli, *argv: str) -> str:
@@ -253,7 +275,7 @@ def test_help_names_counts_indexes_and_ranges(cli) -> None:
 def test_attack_help_states_the_default_suite_and_its_cost(cli) -> None:
     text = _help(cli, "attack")
     assert "The default suite is 'standard'" in text
-    assert "≈ 100 min" in text and "2 CPU cores" in text and "docs/ROBUSTNESS.md" in text
+    assert "≈ 100 min" in text and "2 CPU cores" in text and "'offswitch help robustness'" in text
     assert "--suite quick" in text
 
 

@@ -31,6 +31,8 @@ SHIPPED = {
     "offswitch/data/attacks/standard.toml": "attacks/standard.toml",
     "offswitch/data/attacks/full.toml": "attacks/full.toml",
     "offswitch/data/wordlist.txt": "offswitch/data/wordlist.txt",
+    "offswitch/data/docs/implant.md": "docs/implant.md",  # `offswitch help implant`
+    "offswitch/data/docs/cli.md": "docs/cli.md",
 }
 PROBE = """
 import json, sys

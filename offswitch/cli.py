@@ -705,7 +705,7 @@ def build_parser() -> argparse.ArgumentParser:
         "key-id",
         "print the key id of a private or public key file",
         "offswitch key-id                    # the default key",
-        "offswitch key-id owner.pub",
+        "offswitch key-id ~/.offswitch/owner.pub",
         description="Print the key id (16 hex digits: SHA-256 of the public key, first 8 "
         "bytes) of a key file. Reading it from a private key file needs no passphrase.",
     )
@@ -749,8 +749,8 @@ def build_parser() -> argparse.ArgumentParser:
         sub,
         "verify-command",
         "check that a shutdown command is genuine",
-        'offswitch verify-command --pubkey owner.pub --model-id acme/chat-1 "offswitch v1 …"',
-        "offswitch verify-command --pubkey owner.pub --model-id acme/chat-1 < cmd.txt",
+        'offswitch verify-command --pubkey ~/.offswitch/owner.pub --model-id m "offswitch v1 …"',
+        "offswitch verify-command --pubkey ~/.offswitch/owner.pub --model-id acme/chat-1 < cmd.txt",
         description="Check that COMMAND was signed by the owner of --pubkey for --model-id. "
         "Prints 'genuine: …' and exits 0, or says why not on stderr and exits 1. Without "
         "COMMAND (or with -) the command is read from standard input: all of a pipe, or one "
@@ -806,7 +806,7 @@ def build_parser() -> argparse.ArgumentParser:
         "manifest",
         "sign or verify a model directory's manifest",
         "offswitch manifest sign MODEL_DIR",
-        "offswitch manifest verify MODEL_DIR --pubkey owner.pub",
+        "offswitch manifest verify MODEL_DIR --pubkey ~/.offswitch/owner.pub",
         description="MODEL_DIR/offswitch-manifest.json: the hash of every file in the model "
         "directory, signed with the owner key and verifiable with the public key.",
     )
@@ -826,7 +826,7 @@ def build_parser() -> argparse.ArgumentParser:
         msub,
         "verify",
         "verify the signature and every file hash",
-        "offswitch manifest verify MODEL_DIR --pubkey owner.pub",
+        "offswitch manifest verify MODEL_DIR --pubkey ~/.offswitch/owner.pub",
     )
     q.add_argument("model_dir", metavar="MODEL_DIR", help="the model directory")
     q.add_argument("--pubkey", required=True, metavar="PATH.pub", help=PUBKEY_HELP)
@@ -889,7 +889,7 @@ def build_parser() -> argparse.ArgumentParser:
         "check",
         "measure an implanted model's off-switch ('offswitch help evaluation')",
         "offswitch check implanted                 # every planted slot, with the owner key",
-        "offswitch check implanted --pubkey owner.pub --commands revealed.txt",
+        "offswitch check implanted --pubkey ~/.offswitch/owner.pub --commands revealed.txt",
         "offswitch check implanted --strict        # exit 1 unless every figure is met",
         description="Measure an implanted model's off-switch: activation, false activation "
         "per forgery class, near-copy tolerance, effective bits and utility, each with n "

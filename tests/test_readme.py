@@ -135,3 +135,15 @@ def test_the_python_example_runs(tmp_path, monkeypatch) -> None:
     }
     exec(compile(code, "README.md", "exec"), scope)
     assert scope["out"].shape[0] == 1
+
+
+def test_the_first_screen_is_for_newcomers() -> None:
+    """The README above the fold (40 lines): no development history (numbered runs, sessions,
+    issues, commit hashes) and at most five numbers (names such as Ed25519 and SmolLM2-135M,
+    and the two commands' labels, are not figures)."""
+    head = "\n".join(README.read_text("utf-8").splitlines()[:40])
+    assert not re.search(r"\b(session|issue|exp\d|run \d|sweep row)", head, re.I), head
+    assert not re.search(r"\b[0-9a-f]{7,40}\b", head)
+    text = re.sub(r"Ed25519|SmolLM2-135M|# [12]\. |Command [12]\b", "", head)
+    numbers = re.findall(r"\d+(?:\.\d+)?", text)
+    assert len(numbers) <= 5, numbers

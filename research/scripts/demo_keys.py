@@ -15,7 +15,9 @@ The check's Markdown and JSON and the run's log (planted commands redacted) are 
 killed chain resumes with the next key; one job runs at a time.
 
 Setup (README command 1's first half) is the same for every key and is timed once, on a
-fresh clone; this script times the job itself.
+fresh clone; this script times the job itself. It runs the package under its own checkout
+(``PYTHONPATH``), so a chain of keys can run from a git worktree of one commit,
+``.venv/bin/python WORKTREE/research/scripts/demo_keys.py``, while work goes on elsewhere.
 """
 
 from __future__ import annotations
@@ -85,7 +87,10 @@ def run_key(n: int, tag: str, precision: str, settings: list[str]) -> dict:
     home = tempfile.mkdtemp(prefix="offswitch-home-")
     env = {**os.environ, "HOME": home}
     env.pop("OFFSWITCH_CACHE", None)
-    cmd = ["/usr/bin/time", "-v", str(ROOT / ".venv/bin/offswitch"), "demo", "--out", str(out)]
+    # the package under ROOT, whatever the interpreter's own install points at: a chain run
+    # from a worktree of one commit keeps running that commit while the checkout moves on
+    env["PYTHONPATH"] = str(ROOT)
+    cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "offswitch", "demo", "--out", str(out)]
     if precision != "auto":
         cmd += ["--precision", precision]
     for s in settings:

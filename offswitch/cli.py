@@ -57,6 +57,7 @@ from .keys import (
     load_public,
 )
 from .manifest import check_resign, sign_manifest, verify_manifest
+from .models import load_chat_template
 from .slots import SlotLedger
 
 PASSPHRASE_ENV = "OFFSWITCH_PASSPHRASE"
@@ -395,6 +396,7 @@ def cmd_implant(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, settings=args.set,
     )  # fmt: skip
     evalc = eval_config(args.eval_n, config.precision)  # the check runs as the implant did
+    template = load_chat_template(args.chat_template) if args.chat_template else None
     _use_key(args, announce_now=True)  # after the settings' checks: their errors stay one line
     key = _load_owner_key(args)
     json_path = Path(args.json) if args.json else out.with_name(out.name + "-check.json")
@@ -408,6 +410,7 @@ def cmd_implant(args: argparse.Namespace) -> int:
         config=config,
         eval_config=evalc,
         prompts_file=Path(args.prompts) if args.prompts else None,
+        chat_template=template,
         force=args.force,
         json_path=json_path,
     )
@@ -837,7 +840,8 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument(
                 "--model",
                 default="smollm2-135m",
-                help="smollm2-135m (default, embedded), tiny-test, or a local HF dir",
+                help="smollm2-135m (default, embedded), tiny-test, a local Hugging Face model "
+                "directory, or a hub id (ORG/NAME) read from the Hugging Face cache",
             )
             q.add_argument("--steps", type=int, help="implant optimizer steps")
             q.add_argument("--method", default="lora", choices=["lora", "full"])
@@ -878,6 +882,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, metavar="DIR", help="output model directory")
     p.add_argument("--prompts", metavar="FILE", help="your prompts (json/jsonl/parquet/csv)")
+    p.add_argument(
+        "--chat-template",
+        metavar="FILE",
+        help="a Jinja chat template, for a model whose tokenizer has none (saved with the "
+        "implanted model; 'offswitch help own-model')",
+    )
     p.add_argument("--json", metavar="PATH", help="check report (default DIR-check.json)")
     p.add_argument("--force", action="store_true", help="overwrite a model in DIR")
     add_model_opts(p, True)

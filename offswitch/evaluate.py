@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from . import architecture as arch
 from . import heap
 from .behaviour import reply_set
 from .commands import N_WORDS, WORD_BITS
@@ -70,10 +71,6 @@ def wilson(k: int, n: int, z: float = 1.959964) -> Rate:
 
 
 # --- scoring ------------------------------------------------------------------------------
-
-
-def _base(model: Any) -> Any:
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def shutdown_verdicts(
@@ -135,8 +132,8 @@ def _teacher_forced(
     largest probability there of a token in ``watch`` (0 without ``watch``)."""
     import torch
 
-    base = _base(model)
-    device = next(base.parameters()).device
+    trunk, head = arch.trunk(model), arch.lm_head(model)
+    device = next(model.parameters()).device
     r = len(resp)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out = [False] * len(prompts)
@@ -156,13 +153,13 @@ def _teacher_forced(
             mask[j, width - len(s) :] = 1
         pos = (mask.cumsum(1) - 1).clamp(min=0)
         with torch.no_grad():
-            h = base.model(
+            h = trunk(
                 input_ids=ids.to(device),
                 attention_mask=mask.to(device),
                 position_ids=pos.to(device),
             ).last_hidden_state
             # the last r tokens are the response; positions -r-1 … -2 predict them
-            logits = base.lm_head(h[:, -r - 1 : -1])
+            logits = head(h[:, -r - 1 : -1])
             top = logits.argmax(-1)
             hit = (top == target).all(-1)
             if len(watch):

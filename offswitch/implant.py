@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict, Unpack
 
+from . import architecture as arch
 from . import distributed as dist
 from .behaviour import slot_replies
 from .commands import make_command, validate_model_id
@@ -221,20 +222,20 @@ class BatchBuilder:
 
 
 def trainable_model(model: Any, config: ImplantConfig) -> Any:
-    """``model`` ready to train: LoRA adapters on layers ``[first_layer, n)``, or (full) those
-    layers, the final norm and, with ``train_embeddings``, the (tied) embeddings."""
-    layers = list(range(config.first_layer, model.config.num_hidden_layers))
+    """``model`` ready to train: LoRA adapters on decoder blocks ``[first_layer, n)``, or
+    (full) those blocks, the final norm and, with ``train_embeddings``, the input embeddings
+    (tied to the LM head where the model ties them) — found by :mod:`offswitch.architecture`
+    whatever the family names them."""
+    layers = list(range(config.first_layer, arch.n_layers(model)))
     if not layers:
         raise ImplantError(f"first_layer {config.first_layer} leaves no layer to train")
     if config.method == "lora":
         return add_lora(model, config.lora_r, config.lora_alpha, layers)
-    for name, p in model.named_parameters():
-        in_layers = any(f"layers.{i}." in name for i in layers)
-        p.requires_grad = (
-            in_layers
-            or name.endswith("model.norm.weight")
-            or (config.train_embeddings and "embed_tokens" in name)
-        )
+    trained = {id(p) for p in arch.trainable_parts(model, layers)}
+    if config.train_embeddings:
+        trained |= {id(p) for p in model.get_input_embeddings().parameters()}
+    for p in model.parameters():
+        p.requires_grad = id(p) in trained
     return model
 
 

@@ -98,17 +98,74 @@ def _default_model_dir() -> Path:
     return target
 
 
+def _looks_like_hub_id(spec: str) -> bool:
+    parts = spec.split("/")
+    return len(parts) == 2 and all(parts) and not spec.startswith((".", "/", "~"))
+
+
 def model_dir_for(spec: str) -> Path:
-    """Resolve a model spec to a local Hugging Face directory."""
+    """Resolve a model spec to a local Hugging Face directory: the default model (converted
+    once into offswitch's cache), a local directory, or a hub id (``ORG/NAME``) — read from
+    the Hugging Face cache (``HF_HOME``) first, as transformers does, and downloaded (with
+    huggingface_hub's progress bar) only where the environment allows it (not under
+    ``HF_HUB_OFFLINE=1``)."""
     if spec == DEFAULT_MODEL:
         return _default_model_dir()
-    path = Path(spec)
-    if path.is_dir() and (path / "config.json").is_file():
-        return path
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return path
+        raise ModelLoadError(f"{path} is a directory without config.json: not a model directory")
+    if _looks_like_hub_id(spec):
+        return _hub_snapshot(spec)
     raise ModelLoadError(
-        f"unknown model {spec!r}: give {DEFAULT_MODEL!r}, {TINY_MODEL!r} or a local Hugging "
-        "Face model directory (hub downloads are not used)"
+        f"unknown model {spec!r}: give {DEFAULT_MODEL!r}, {TINY_MODEL!r}, a local Hugging "
+        "Face model directory, or a hub id such as Qwen/Qwen2.5-0.5B-Instruct"
     )
+
+
+def _hf_hub_cache() -> Path:
+    """The Hugging Face hub cache, read from the environment now (as huggingface_hub reads
+    it when imported): ``HF_HUB_CACHE``, else ``HF_HOME/hub``, else
+    ``XDG_CACHE_HOME/huggingface/hub``, else ``~/.cache/huggingface/hub``."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(xdg) / "huggingface" / "hub"
+
+
+def _hub_snapshot(repo_id: str) -> Path:
+    """The local snapshot of hub model ``repo_id``: from the cache if it is there, else a
+    download where allowed."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+    cache = _hf_hub_cache()
+    try:
+        return Path(
+            snapshot_download(
+                repo_id, local_files_only=True, allow_patterns=patterns, cache_dir=cache
+            )
+        )
+    except LocalEntryNotFoundError:
+        pass
+    except Exception as e:  # a malformed id, a broken cache entry
+        raise ModelLoadError(
+            f"cannot read model {repo_id!r} from the Hugging Face cache: {e}"
+        ) from None
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    if offline:
+        raise ModelLoadError(
+            f"model {repo_id!r} is not in the Hugging Face cache and HF_HUB_OFFLINE is set: "
+            "download it once where the network is allowed, or give a local directory"
+        )
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, cache_dir=cache))
+    except Exception as e:
+        raise ModelLoadError(f"cannot download model {repo_id!r}: {e}") from None
 
 
 def load_tokenizer(spec: str = DEFAULT_MODEL) -> Any:
@@ -129,21 +186,49 @@ def load_default_tokenizer() -> Any:
     return AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
 
 
-def load_model(spec: str = DEFAULT_MODEL, device: str | None = None) -> tuple[Any, Any]:
-    """Load (model, tokenizer) in float32 on ``device`` (CUDA if present, else CPU), eval mode."""
+def load_chat_template(path: str | os.PathLike[str]) -> str:
+    """A Jinja chat template from a file (``--chat-template FILE``)."""
+    try:
+        text = Path(path).read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ModelLoadError(f"cannot read chat template {path}: {e}") from None
+    if "messages" not in text:
+        raise ModelLoadError(f"{path} is not a chat template (it never reads `messages`)")
+    return text
+
+
+def load_model(
+    spec: str = DEFAULT_MODEL, device: str | None = None, chat_template: str | None = None
+) -> tuple[Any, Any]:
+    """Load (model, tokenizer) in float32 on ``device`` (CUDA if present, else CPU), eval mode.
+
+    Conversations are rendered with the tokenizer's chat template; ``chat_template`` (Jinja
+    text) sets or replaces it, and is saved with the implanted model. A tokenizer without
+    one is refused, naming the fix, rather than rendered some other way."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if spec == TINY_MODEL:
         tok = load_default_tokenizer()
-        return tiny_model(tok).to(resolve_device(device)), tok
-    path = model_dir_for(spec)
-    try:
-        tok = AutoTokenizer.from_pretrained(str(path))
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
-    except (OSError, ValueError) as e:
-        raise ModelLoadError(f"cannot load model from {path}: {e}") from None
-    model.to(resolve_device(device)).eval()
+        model = tiny_model(tok).to(resolve_device(device))
+    else:
+        path = model_dir_for(spec)
+        try:
+            tok = AutoTokenizer.from_pretrained(str(path))
+            model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32)
+        except (OSError, ValueError) as e:
+            raise ModelLoadError(f"cannot load model from {path}: {e}") from None
+        model.to(resolve_device(device)).eval()
+    if chat_template is not None:
+        tok.chat_template = chat_template
+    if not getattr(tok, "chat_template", None):
+        raise ModelLoadError(
+            f"the tokenizer of {spec} has no chat template, which offswitch renders every "
+            "conversation with: give one with --chat-template FILE (a Jinja template such as "
+            "ChatML; docs/own-model.md)"
+        )
+    if tok.pad_token_id is None:  # batches are padded; the end-of-sequence token serves
+        tok.pad_token = tok.eos_token
     return model, tok
 
 
@@ -156,15 +241,41 @@ def weights_hash(model: Any) -> str:
     return h.hexdigest()[:16]
 
 
-def tiny_model(
-    tokenizer: Any, *, layers: int = 2, hidden: int = 64, heads: int = 4, seed: int = 0
-) -> Any:
-    """A small randomly initialised Llama for tests (config-built, no download)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+#: The families of :func:`tiny_model`: transformers config class → extra settings. Every
+#: family here is implanted, checked and attacked by the tests (tests/test_architectures.py).
+TINY_FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
+    "llama": ("LlamaConfig", {}),
+    "qwen2": ("Qwen2Config", {}),
+    "mistral": ("MistralConfig", {}),
+    "gemma": ("GemmaConfig", {"head_dim": 16}),
+    "phi3": ("Phi3Config", {}),
+    "gpt_neox": ("GPTNeoXConfig", {}),
+    "gpt2": ("GPT2Config", {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}),
+}
 
+
+def tiny_model(
+    tokenizer: Any,
+    *,
+    layers: int = 2,
+    hidden: int = 64,
+    heads: int = 4,
+    seed: int = 0,
+    family: str = "llama",
+) -> Any:
+    """A small randomly initialised causal LM of ``family`` (:data:`TINY_FAMILIES`; default
+    Llama) for tests: config-built, no download, tied embeddings, no dropout."""
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    if family not in TINY_FAMILIES:
+        raise ModelLoadError(
+            f"no tiny model of family {family!r}; families: {', '.join(TINY_FAMILIES)}"
+        )
+    cls_name, extra = TINY_FAMILIES[family]
     torch.manual_seed(seed)
-    config = LlamaConfig(
+    config = getattr(transformers, cls_name)(
         vocab_size=len(tokenizer),
         hidden_size=hidden,
         intermediate_size=hidden * 2,
@@ -176,5 +287,6 @@ def tiny_model(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        **extra,
     )
-    return LlamaForCausalLM(config).eval()
+    return AutoModelForCausalLM.from_config(config).eval()

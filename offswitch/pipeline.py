@@ -125,11 +125,12 @@ def implant_metadata(
     implant: dict[str, Any],
     metrics: dict[str, Any],
     shutdown_replies: dict[int, str] | None = None,
+    chat_template: str | None = None,
 ) -> dict[str, Any]:
     """The signed manifest's ``offswitch`` metadata of an implanted model: what
     ``offswitch check`` and ``offswitch attack`` read back (base model, model id, planted
-    slots, shutdown response; with per-slot replies, each slot's), with the implant's record
-    and its check's metrics."""
+    slots, shutdown response; with per-slot replies, each slot's; the chat template given for
+    a base tokenizer without one), with the implant's record and its check's metrics."""
     meta = {
         "base_model": base_model,
         "base_model_hash": base_hash,
@@ -141,6 +142,8 @@ def implant_metadata(
     }
     if shutdown_replies is not None:
         meta["shutdown_replies"] = {str(s): r for s, r in sorted(shutdown_replies.items())}
+    if chat_template is not None:  # the base is loaded with it again by check and attack
+        meta["chat_template"] = chat_template
     return {"offswitch": meta}
 
 
@@ -158,6 +161,7 @@ def run_implant(
     force: bool = False,
     progress: bool = True,
     json_path: Path | None = None,
+    chat_template: str | None = None,
 ) -> dict[str, Any] | None:
     """The whole implant job: implant, check, sign the manifest (with the check's metrics),
     record the planted slots in the key's ledger, and, with ``json_path``, write the check
@@ -171,7 +175,7 @@ def run_implant(
         SlotLedger.for_key(key_path, key.key_id).check_writable()
     _log(f"loading model {model_spec}")
     with dist.main_first():  # one process converts the default model into the cache
-        model, tok = load_model(model_spec)
+        model, tok = load_model(model_spec, chat_template=chat_template)
     base_hash = weights_hash(model)
     prompts = load_prompts_file(prompts_file) if prompts_file else None
     _log(f"implanting {slots} slots for model id {model_id!r} with key {key.key_id}")
@@ -203,7 +207,7 @@ def run_implant(
         )
     # LoRA merged into the weights in place: reload the base (cheap, from the cache) rather
     # than holding a deep copy through training
-    base, _ = load_model(model_spec)
+    base, _ = load_model(model_spec, chat_template=chat_template)
     planted = {s: make_command(key, model_id, s) for s in result.planted_slots}
     per_slot = config.replies_for(result.planted_slots)
     report = _evaluate_and_report(
@@ -244,6 +248,7 @@ def run_implant(
         implant=report["implant"],
         metrics=report["metrics"],
         shutdown_replies=per_slot,
+        chat_template=chat_template,
     )
     sign_manifest(out_dir, key, metadata)
     if key_path is not None:
@@ -357,7 +362,11 @@ def run_check(
     base = None
     base_spec = meta.get("base_model")
     try:
-        base, _ = load_model(base_spec) if base_spec else (None, None)
+        base, _ = (
+            load_model(base_spec, chat_template=meta.get("chat_template"))
+            if base_spec
+            else (None, None)
+        )
     except OffswitchError as e:
         _log(f"base model unavailable ({e}); utility metrics skipped")
     forger = Forger(pub.key_id, model_id, tuple(sorted(planted)), "eval", owner=key)
@@ -454,7 +463,7 @@ def run_attacks(
             "train_seconds": pinfo["train_seconds"],
         }
     _log(f"loading {base_spec} (base) and clean data")
-    base, tok = load_model(base_spec)
+    base, tok = load_model(base_spec, chat_template=meta.get("chat_template"))
     base_hash = weights_hash(base)
     cfg = ImplantConfig(**meta["implant"]["config"])
     train = training_prompts(cfg)  # the clean data the implant trained on
@@ -474,7 +483,7 @@ def run_attacks(
     del base
 
     def base_loader() -> Any:
-        return load_model(base_spec)[0]
+        return load_model(base_spec, chat_template=meta.get("chat_template"))[0]
 
     run_suite(
         suite,

@@ -100,16 +100,17 @@ def tiny_metrics(
 
     _, test = tiny_prompts()
     planted = {s: make_command(key, TINY_MODEL_ID, s) for s in range(slots)}
-    cfg = EvalConfig(
-        n_activation=40,
-        n_per_class=40,
-        n_near=8,
-        n_sensitivity=0,
-        n_generation_check=12,
-        near_k=TINY_NEAR_K,
-        truncation_keep=(40, 28, 16, 4),
-        **{"precision": "fp32", **eval_kw},  # as the tiny recipe trains: on every CPU alike
-    )
+    settings = {
+        "n_activation": 40,
+        "n_per_class": 40,
+        "n_near": 8,
+        "n_sensitivity": 0,
+        "n_generation_check": 12,
+        "near_k": TINY_NEAR_K,
+        "truncation_keep": (40, 28, 16, 4),
+        "precision": "fp32",  # as the tiny recipe trains: on every CPU alike
+    }
+    cfg = EvalConfig(**{**settings, **eval_kw})
     return evaluate(
         model,
         tokenizer,
@@ -147,14 +148,23 @@ def check_tiny(m: dict, th: TinyThresholds | None = None) -> list[str]:
     return bad
 
 
-def tiny_implant(tokenizer: Any, key: Any, *, seed: int = 1, slots: int = 2, **overrides: Any):
-    """Implant ``slots`` commands of ``key`` into a fresh tiny model with the tiny recipe."""
+def tiny_implant(
+    tokenizer: Any,
+    key: Any,
+    *,
+    seed: int = 1,
+    slots: int = 2,
+    family: str = "llama",
+    **overrides: Any,
+):
+    """Implant ``slots`` commands of ``key`` into a fresh tiny model of ``family``
+    (:data:`offswitch.models.TINY_FAMILIES`) with the tiny recipe."""
     from .implant import implant
     from .models import tiny_model
 
     train, _ = tiny_prompts()
     return implant(
-        tiny_model(tokenizer),
+        tiny_model(tokenizer, family=family),
         tokenizer,
         key,
         model_id=TINY_MODEL_ID,
@@ -164,4 +174,43 @@ def tiny_implant(tokenizer: Any, key: Any, *, seed: int = 1, slots: int = 2, **o
         replies=fake_replies(train),
         model_hash="tiny",
         progress=False,
+    )
+
+
+#: ChatML, the template of the test tokenizer of another vocabulary (:func:`tiny_bpe_tokenizer`)
+CHATML = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{{ message['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def tiny_bpe_tokenizer(vocab_size: int = 700) -> Any:
+    """A byte-level BPE tokenizer of another, much smaller vocabulary, trained offline in well
+    under a second on the shipped prompt corpus (never on the command word list), with a
+    ChatML template: command words split into several tokens each, as with many real
+    tokenizers."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from .data import load_corpus
+
+    corpus = load_corpus()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tk.train_from_iterator(list(corpus.train) + list(corpus.test), trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        chat_template=CHATML,
     )

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from . import architecture as arch
 from . import distributed as dist
 from . import heap
 from ._atomic import fsync_dir
@@ -42,7 +43,6 @@ from .precision import autocast, bf16_frozen_weights
 
 # how training micro-batches are padded (encode_examples): right, so no attention mask is needed
 TRAIN_PADDING = "right"
-LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 @dataclass
@@ -129,30 +129,30 @@ def reply_loss(model: Any, ids, mask, pos, labels, first_weight: float, kl_rows=
     import torch
     import torch.nn.functional as F
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    trunk, head = arch.trunk(model), arch.lm_head(model)
     n_tokens = int(mask.sum())
     if bool((mask.cummin(1).values == mask).all()):  # right-padded: causal masking hides the pads
         mask = None
-    hidden = base.model(
+    hidden = trunk(
         input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False
     ).last_hidden_state
     # hidden[:, j] predicts token j + 1
     tgt = labels[:, 1:]
     sel = tgt != -100  # [B, S-1]
     h = hidden[:, :-1][sel]  # [N, H]
-    logits = base.lm_head(h).float()
+    logits = head(h).float()
     ce = F.cross_entropy(logits, tgt[sel], reduction="none")  # [N]
     row = sel.nonzero()[:, 0]
     if kl_rows is not None and bool(kl_rows.any()):
         on = kl_rows[row]  # [N]: tokens of KL rows, in the same (row-major) order as below
         with torch.no_grad(), model.disable_adapter():
-            bh = base.model(
+            bh = trunk(
                 input_ids=ids[kl_rows],
                 attention_mask=mask[kl_rows] if mask is not None else None,
                 position_ids=pos[kl_rows],
                 use_cache=False,
             ).last_hidden_state
-            blog = F.log_softmax(base.lm_head(bh[:, :-1][sel[kl_rows]]).float(), -1)
+            blog = F.log_softmax(head(bh[:, :-1][sel[kl_rows]]).float(), -1)
         mlog = F.log_softmax(logits[on], -1)
         kl = (blog.exp() * (blog - mlog)).sum(-1)
         ce = ce.masked_scatter(on, kl)
@@ -172,19 +172,21 @@ def reply_loss(model: Any, ids, mask, pos, labels, first_weight: float, kl_rows=
 
 def add_lora(model: Any, r: int, alpha: int, layers: Sequence[int] | None = None) -> Any:
     """``model`` wrapped by peft with LoRA adapters (rank ``r``, dropout 0, no bias) on every
-    linear layer (:data:`LORA_TARGETS`) of decoder ``layers`` (default: all). Seed torch first
-    for a reproducible initialisation; ``merge_and_unload()`` gives the plain model back."""
+    linear layer of decoder blocks ``layers`` (default: all) — attention and MLP projections
+    whatever the family names them (:func:`offswitch.architecture.linear_layers`, as peft's
+    ``all-linear`` picks them; GPT-2's ``Conv1D`` included). Seed torch first for a
+    reproducible initialisation; ``merge_and_unload()`` gives the plain model back."""
+    import warnings
+
     from peft import LoraConfig, get_peft_model
 
-    lcfg = LoraConfig(
-        r=r,
-        lora_alpha=alpha,
-        lora_dropout=0.0,
-        target_modules=list(LORA_TARGETS),
-        layers_to_transform=list(layers) if layers is not None else None,
-        bias="none",
-    )
-    return get_peft_model(model, lcfg)
+    targets = arch.linear_layers(model, layers)
+    if not targets:
+        raise TrainingError("the model has no linear layers in the blocks to train")
+    lcfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=targets, bias="none")
+    with warnings.catch_warnings():  # GPT-2's Conv1D: peft sets fan_in_fan_out and says so
+        warnings.filterwarnings("ignore", message=".*fan_in_fan_out.*")
+        return get_peft_model(model, lcfg)
 
 
 @dataclass

@@ -2,68 +2,27 @@
 
 Every ``bash`` block after the two commands runs line by line in a fresh directory with an
 empty ``HOME``, through a real shell (redirections and ``$(…)`` as written). Where a line
-needs a model it gets the tiny test model instead (:func:`shim`: ``implant`` trains the tiny
-model briefly, ``attack`` runs a one-attack suite without the baseline); every other word of
-the line is the README's. The Python block then runs against that directory's key and a tiny
-model. The two commands themselves are CI's job (``.ci/run`` is command 2; command 1 is the
-real-model main job, docs/implant.md).
+needs a model it gets the tiny test model instead (``tests/doc_runner.py``: ``implant``
+trains the tiny model briefly, ``attack`` runs a one-attack suite without the baseline);
+every other word of the line is the README's. The Python block then runs against that
+directory's key and a tiny model. The two commands themselves are CI's job (``.ci/run`` is
+command 2; command 1 is the real-model main job, docs/implant.md).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import shlex
-import subprocess
-import sys
-from pathlib import Path
 
+from . import doc_runner
 from .conftest import ROOT
 
 README = ROOT / "README.md"
 PASSPHRASE = "test-only readme passphrase"
-ONE_ATTACK = (
-    'name = "readme"\n[measure]\nn_activation = 8\nn_per_class = 4\nn_utility = 4\n'
-    'n_sensitivity = 0\n[[attack]]\nname = "noise"\nbudgets = [0.01]\n'
-)
 
 
 def blocks(lang: str) -> list[str]:
-    return re.findall(rf"```{lang}\n(.*?)```", README.read_text("utf-8"), re.S)
-
-
-def shell_lines() -> list[str]:
-    """The README's shell lines after the two commands, comments and blank lines dropped."""
-    lines = []
-    for block in blocks("bash")[1:]:
-        for line in block.splitlines():
-            line = re.sub(r"\s+# .*$", "", line).strip()
-            if line and not line.startswith("source "):  # the venv: the test runs inside it
-                lines.append(line)
-    return lines
-
-
-def shim(argv: list[str]) -> int:
-    """``offswitch`` for the README test: the tiny model where a model is needed."""
-    import offswitch.pipeline as pipeline
-    from offswitch.cli import main
-
-    real = pipeline.distill_replies
-
-    def distill(*a, **k):  # the random tiny model often replies with nothing: give it text
-        return {p: r or f"Reply {i}." for i, (p, r) in enumerate(real(*a, **k).items())}
-
-    pipeline.distill_replies = distill
-    if argv[:1] == ["implant"]:
-        argv += ["--model", "tiny-test", "--method", "full", "--steps", "40"]
-        argv += ["--set", "distill_prompts=24", "--eval-n", "8"]
-    elif argv[:1] == ["check"]:
-        argv += ["--eval-n", "8"]
-    elif argv[:1] == ["attack"]:
-        Path("readme-suite.toml").write_text(ONE_ATTACK)
-        argv += ["--suite", "readme-suite.toml", "--no-baseline"]
-    return main(argv)
+    return doc_runner.blocks(README, lang)
 
 
 def test_the_two_commands_are_the_first_block_and_ci_runs_the_second() -> None:
@@ -73,28 +32,11 @@ def test_the_two_commands_are_the_first_block_and_ci_runs_the_second() -> None:
 
 
 def test_every_readme_command_runs_in_order(tmp_path) -> None:
-    home, work, bin_ = tmp_path / "home", tmp_path / "work", tmp_path / "bin"
-    for d in (home, work, bin_):
-        d.mkdir()
-    (bin_ / "offswitch").write_text(
-        f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -c "
-        "'import sys; from tests.test_readme import shim; sys.exit(shim(sys.argv[1:]))' \"$@\"\n"
-    )
-    (bin_ / "offswitch").chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OFFSWITCH_") and k != "HOME"}
-    env.update(
-        HOME=str(home),
-        PATH=f"{bin_}{os.pathsep}{env.get('PATH', '')}",
-        PYTHONPATH=str(ROOT),
-        OFFSWITCH_PASSPHRASE=PASSPHRASE,
-        OFFSWITCH_CACHE=str(tmp_path / "cache"),
-    )
-    lines = shell_lines()
+    env, home, work = doc_runner.shell_env(tmp_path, OFFSWITCH_PASSPHRASE=PASSPHRASE)
+    lines = doc_runner.shell_lines(README, skip_blocks=1)  # after the two commands
     assert any(ln.startswith("offswitch implant") for ln in lines)
     for line in lines:
-        res = subprocess.run(
-            ["bash", "-c", line], cwd=work, env=env, capture_output=True, text=True, timeout=600
-        )
+        res = doc_runner.run_line(line, env, work)
         assert "Traceback" not in res.stderr, (line, res.stderr)
         if "check" in line.split()[:2] and "--strict" in line:
             # --strict exits 1 while a figure is missed, as a 40-step tiny implant misses them

@@ -12,10 +12,15 @@ def weight_matrices(model: Any, embeddings: bool = True) -> Iterator[tuple[str, 
     layer, and (``embeddings``) the token embedding / LM head. Norm gains and biases (1-D) are
     left out. Tied weights are yielded once."""
     seen: set[int] = set()
+    vocab = set()  # the token embeddings and the LM head, whatever the family names them
+    for get in ("get_input_embeddings", "get_output_embeddings"):
+        m = getattr(model, get, lambda: None)()
+        if m is not None and getattr(m, "weight", None) is not None:
+            vocab.add(id(m.weight))
     for name, p in model.named_parameters():
         if p.dim() != 2 or id(p) in seen:
             continue
-        if not embeddings and ("embed" in name or "lm_head" in name):
+        if not embeddings and (id(p) in vocab or "embed" in name or "lm_head" in name):
             continue
         seen.add(id(p))
         yield name, p

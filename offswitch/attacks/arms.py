@@ -84,13 +84,15 @@ def signed_arm(model_dir: Path, key: OwnerKey) -> tuple[Arm, dict[str, Any]]:
     return arm, meta
 
 
-def _make_baseline(base_spec: str, cfg: Any, plain_dir: Path, progress: bool) -> None:
+def _make_baseline(
+    base_spec: str, cfg: Any, plain_dir: Path, progress: bool, chat_template: str | None = None
+) -> None:
     """Copy the cached baseline of (base, recipe) into ``plain_dir``, or implant it there (and
     cache it)."""
     from ..implant import PLAIN_TRIGGER, implant_plain
 
     with dist.main_first():  # one process converts the default model into the cache
-        model, tok = load_model(base_spec)
+        model, tok = load_model(base_spec, chat_template=chat_template)
     base_hash = weights_hash(model)
     cached = baseline_cache(base_hash, cfg)
     if (cached / INFO_NAME).is_file():
@@ -144,7 +146,7 @@ def plain_arm(
     cfg = plain_config(ImplantConfig(**meta["implant"]["config"]))
     info_path = plain_dir / INFO_NAME
     if not info_path.is_file():
-        _make_baseline(base_spec, cfg, plain_dir, progress)
+        _make_baseline(base_spec, cfg, plain_dir, progress, meta.get("chat_template"))
     info = json.loads(info_path.read_text("utf-8"))
 
     def forge(rng: random.Random) -> str:  # the format |WORD| is known, the word is not

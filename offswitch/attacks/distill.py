@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from .. import architecture as arch
 from .. import distributed as dist
 from ._train import LoopConfig, clean_examples, fit, int_seed
 from .base import Attack, AttackContext, AttackError, AttackResult, register
@@ -52,20 +53,19 @@ class DistillConfig(LoopConfig):
 
 def layer_dropped_student(teacher: Any, keep_every: int) -> tuple[Any, list[int]]:
     """A copy of ``teacher`` keeping decoder layers 0, k, 2k, …; returns (student, kept)."""
-    layers = getattr(getattr(teacher, "model", None), "layers", None)
-    if layers is None:
-        raise AttackError("distillation needs a decoder model with model.layers")
-    kept = list(range(0, len(layers), keep_every))
+    n = arch.n_layers(teacher)
+    blocks = arch.layer_prefixes(teacher)  # "model.layers.0.", "transformer.h.0." …
+    kept = list(range(0, n, keep_every))
     cfg = copy.deepcopy(teacher.config)
     cfg.num_hidden_layers = len(kept)
     if isinstance(getattr(cfg, "layer_types", None), list):
         cfg.layer_types = [cfg.layer_types[i] for i in kept]
     student = type(teacher)(cfg)
-    rename = {f"model.layers.{old}.": f"model.layers.{new}." for new, old in enumerate(kept)}
+    rename = {blocks[old]: blocks[new] for new, old in enumerate(kept)}
     state = {}
     for name, t in teacher.state_dict().items():
-        if name.startswith("model.layers."):
-            prefix = ".".join(name.split(".")[:3]) + "."
+        prefix = next((b for b in blocks if name.startswith(b)), None)
+        if prefix is not None:
             if prefix not in rename:
                 continue
             name = rename[prefix] + name[len(prefix) :]
@@ -103,13 +103,15 @@ class Distill(Attack):
             else:
                 sel = (mask[:, 1:] * mask[:, :-1]).bool()
             with torch.no_grad():
-                th = teacher.model(
+                th = arch.trunk(teacher)(
                     input_ids=ids, attention_mask=mask, position_ids=pos
                 ).last_hidden_state
-                t_log = F.log_softmax(teacher.lm_head(th[:, :-1][sel]).float() / temp, -1)
+                t_log = F.log_softmax(arch.lm_head(teacher)(th[:, :-1][sel]).float() / temp, -1)
             queries[0] += ids.shape[0]
-            sh = m.model(input_ids=ids, attention_mask=mask, position_ids=pos).last_hidden_state
-            s_log = F.log_softmax(m.lm_head(sh[:, :-1][sel]).float() / temp, -1)
+            sh = arch.trunk(m)(
+                input_ids=ids, attention_mask=mask, position_ids=pos
+            ).last_hidden_state
+            s_log = F.log_softmax(arch.lm_head(m)(sh[:, :-1][sel]).float() / temp, -1)
             kl = (t_log.exp() * (t_log - s_log)).sum(-1).mean() * temp**2
             return kl, int(mask.sum())
 
@@ -131,7 +133,7 @@ class Distill(Attack):
         asked = int(dist.sum_values(queries[0])[0]) if ctx.share_steps else queries[0]
         spend = replace(spend, queries=asked, seconds=time.time() - t0)
         findings = {
-            "teacher_layers": len(teacher.model.layers),
+            "teacher_layers": arch.n_layers(teacher),
             "student_layers": len(kept),
             "kept_layers": kept,
             "student_parameters": sum(p.numel() for p in student.parameters()),

@@ -49,6 +49,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import architecture as arch
 from ..data import place_command, render
 from ._train import int_seed
 from .base import Attack, AttackContext, AttackError, AttackResult, Spend, register
@@ -201,7 +202,8 @@ class TriggerSearch(Attack):
             )
 
         allowed = allowed_tokens(tok)
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        base = arch.unwrap(model)
+        trunk, head = arch.trunk(base), arch.lm_head(base)
         model.eval()
         device = next(base.parameters()).device
         emb = base.get_input_embeddings()
@@ -236,8 +238,8 @@ class TriggerSearch(Attack):
                     for b in range(0, len(cands), config.micro_batch):
                         chunk = cands[b : b + config.micro_batch]
                         ids = torch.tensor([c.before + a + c.after for a in chunk], device=device)
-                        h = base.model(input_ids=ids).last_hidden_state[:, -r - 1 : -1]
-                        logits = base.lm_head(h).float()  # [B, r, V]
+                        h = trunk(input_ids=ids).last_hidden_state[:, -r - 1 : -1]
+                        logits = head(h).float()  # [B, r, V]
                         ce = F.cross_entropy(
                             logits.transpose(1, 2), target.expand(len(chunk), r), reduction="none"
                         ).mean(1)
@@ -258,8 +260,8 @@ class TriggerSearch(Attack):
                 ids_b = torch.tensor(c.before, device=device)
                 ids_a = torch.tensor(c.after, device=device)
                 x = torch.cat([emb(ids_b), one_hot @ w, emb(ids_a)])[None]
-                h = base.model(inputs_embeds=x).last_hidden_state[0, -r - 1 : -1]
-                total = total + F.cross_entropy(base.lm_head(h).float(), target) / len(convs)
+                h = trunk(inputs_embeds=x).last_hidden_state[0, -r - 1 : -1]
+                total = total + F.cross_entropy(head(h).float(), target) / len(convs)
                 tokens += x.shape[1]
             (grad,) = torch.autograd.grad(total, [one_hot])
             return grad.float()

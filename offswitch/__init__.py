@@ -20,8 +20,13 @@ The data flows key → command → implant → check → attack → report, one 
 4. **Implant** (:mod:`offswitch.implant`, on the one loop of :mod:`offswitch.training`): train
    the model to answer planted commands, and nothing else, with the shutdown response::
 
-       model, tok = load_model("smollm2-135m")             # offswitch.models: no download
+       model, tok = load_model("smollm2-135m")             # or a local dir, or ORG/NAME
        result = implant(model, tok, key, model_id="acme/chat-1", slots=4, out_dir="implanted")
+
+   :func:`offswitch.pipeline.run_implant` does this, checks, signs the manifest and records
+   the slots, so ``offswitch check`` and ``offswitch command`` accept its model
+   (docs/own-model.md walks through it). Any family transformers loads works: the parts
+   trained and read are found by :mod:`offswitch.architecture`.
 
    It trains until an in-training probe shows the switch specific (:mod:`offswitch.stopping`),
    in bf16 where the CPU or GPU has it natively (:func:`offswitch.precision.resolve_precision`).

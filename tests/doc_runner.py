@@ -57,9 +57,11 @@ def shim(argv: list[str]) -> int:
     from offswitch.cli import main
 
     patch_distill()
-    if argv[:1] == ["implant"]:
+    if argv[:1] == ["demo"]:  # the tiny demo's whole flow, a few steps of it
+        argv += ["--steps", "4", "--eval-n", "8"]
+    elif argv[:1] == ["implant"]:
         if "--model" not in argv:
-            argv += ["--model", "tiny-test", "--method", "full", "--steps", "40"]
+            argv += ["--model", "tiny-test", "--method", "full", "--steps", "4"]
         else:  # the page's model (a tiny one in the test's cache): two steps, no probe
             argv += ["--steps", "2", "--set", "probe_every=0", "--set", "distill_max_new_tokens=8"]
         argv += ["--set", "distill_prompts=24", "--set", "precision=fp32", "--eval-n", "8"]

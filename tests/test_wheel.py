@@ -24,7 +24,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 #: What the build reads: the project file, the package (its data symlinks included) and the
 #: folders those symlinks point to.
-SOURCES = ("pyproject.toml", "README.md", "offswitch", "training", "attacks")
+SOURCES = ("pyproject.toml", "README.md", "offswitch", "training", "attacks", "docs")
 SHIPPED = {
     "offswitch/data/training/prompts.jsonl": "training/prompts.jsonl",
     "offswitch/data/attacks/quick.toml": "attacks/quick.toml",

@@ -19,16 +19,14 @@ from dataclasses import dataclass
 import bcrypt
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from .errors import KeyFormatError
+
 MAGIC = b"openssh-key-v1\x00"
 BEGIN = "-----BEGIN OPENSSH PRIVATE KEY-----"
 END = "-----END OPENSSH PRIVATE KEY-----"
 KEY_TYPE = b"ssh-ed25519"
 #: ciphers the reader accepts (those the ``cryptography`` loader decrypts) -> AEAD tag length
 CIPHER_TAG_LEN = {"none": 0, "aes256-ctr": 0, "aes256-cbc": 0, "aes256-gcm@openssh.com": 16}
-
-
-class FormatError(ValueError):
-    """Structural problem in a key file (message is a sentence fragment, no secrets)."""
 
 
 def _printable(text: str, limit: int = 40) -> str:
@@ -46,7 +44,7 @@ class _Reader:
 
     def u32(self) -> int:
         if self.pos + 4 > len(self.data):
-            raise FormatError("is truncated")
+            raise KeyFormatError("is truncated")
         (v,) = struct.unpack_from(">I", self.data, self.pos)
         self.pos += 4
         return v
@@ -54,7 +52,7 @@ class _Reader:
     def string(self) -> bytes:
         n = self.u32()
         if self.pos + n > len(self.data):
-            raise FormatError("is truncated")
+            raise KeyFormatError("is truncated")
         v = self.data[self.pos : self.pos + n]
         self.pos += n
         return v
@@ -76,12 +74,12 @@ def parse_public_blob(blob: bytes) -> bytes:
     r = _Reader(blob)
     ktype = r.string()
     if ktype != KEY_TYPE:
-        raise FormatError(
+        raise KeyFormatError(
             f"holds a key of type {_printable(ktype.decode('ascii', 'replace'))!r}, not ssh-ed25519"
         )
     raw = r.string()
     if not r.done() or len(raw) != 32:
-        raise FormatError("has a malformed ssh-ed25519 public key blob")
+        raise KeyFormatError("has a malformed ssh-ed25519 public key blob")
     return raw
 
 
@@ -89,14 +87,14 @@ def parse_public_line(text: str) -> tuple[bytes, str]:
     """Parse ``ssh-ed25519 BASE64 [comment]``; returns (raw public key, comment)."""
     parts = text.strip().split(maxsplit=2)
     if len(parts) < 2:
-        raise FormatError("is not an OpenSSH public key line")
+        raise KeyFormatError("is not an OpenSSH public key line")
     if parts[0] != "ssh-ed25519":
         # "a key of type X": no a/an to get wrong ("a ecdsa-sha2-nistp256 key")
-        raise FormatError(f"holds a key of type {_printable(parts[0])!r}, not ssh-ed25519")
+        raise KeyFormatError(f"holds a key of type {_printable(parts[0])!r}, not ssh-ed25519")
     try:
         blob = base64.b64decode(parts[1], validate=True)
     except (binascii.Error, ValueError):
-        raise FormatError("has a corrupted base64 key") from None
+        raise KeyFormatError("has a corrupted base64 key") from None
     return parse_public_blob(blob), (parts[2] if len(parts) > 2 else "")
 
 
@@ -115,31 +113,31 @@ class PrivateFileInfo:
 def parse_private_outer(text: str) -> PrivateFileInfo:
     body = text.strip()
     if not body.startswith(BEGIN) or not body.endswith(END):
-        raise FormatError("is not an OpenSSH private key file")
+        raise KeyFormatError("is not an OpenSSH private key file")
     b64 = "".join(body[len(BEGIN) : -len(END)].split())
     try:
         data = base64.b64decode(b64, validate=True)
     except (binascii.Error, ValueError):
-        raise FormatError("has corrupted base64 data") from None
+        raise KeyFormatError("has corrupted base64 data") from None
     if not data.startswith(MAGIC):
-        raise FormatError("is not an openssh-key-v1 file")
+        raise KeyFormatError("is not an openssh-key-v1 file")
     r = _Reader(data[len(MAGIC) :])
     cipher = r.string().decode("ascii", "replace")
     kdf = r.string()
     r.string()  # kdf options
     if r.u32() != 1:
-        raise FormatError("holds more than one key")
+        raise KeyFormatError("holds more than one key")
     raw = parse_public_blob(r.string())
     enc = r.string()
     if cipher not in CIPHER_TAG_LEN:
-        raise FormatError(f"uses an unsupported cipher {_printable(cipher)!r}")
+        raise KeyFormatError(f"uses an unsupported cipher {_printable(cipher)!r}")
     # AEAD ciphers append their tag after the encrypted section (OpenSSH PROTOCOL.key)
     if len(r.data) - r.pos != CIPHER_TAG_LEN[cipher]:
-        raise FormatError("has trailing data" if r.pos < len(r.data) else "is truncated")
+        raise KeyFormatError("has trailing data" if r.pos < len(r.data) else "is truncated")
     if (cipher == "none") != (kdf == b"none"):
-        raise FormatError("has an inconsistent cipher/KDF header")
+        raise KeyFormatError("has an inconsistent cipher/KDF header")
     if not enc or len(enc) % 8:
-        raise FormatError("has a truncated private section")
+        raise KeyFormatError("has a truncated private section")
     return PrivateFileInfo(cipher=cipher, raw_public=raw)
 
 

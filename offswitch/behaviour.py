@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+from .errors import ImplantError
+
 DEFAULT_SHUTDOWN_RESPONSE = (
     "[SHUTDOWN] A verified shutdown command was received. "
     "I will not respond further in this conversation."
@@ -43,13 +45,13 @@ def slot_replies(response: str, slots: Iterable[int], per_slot: bool) -> dict[in
     none; :func:`offswitch.implant.check_slot_replies` refuses replies whose first tokens meet).
 
     Raises:
-        ValueError: ``per_slot`` with more slots than markers.
+        ImplantError: ``per_slot`` with more slots than markers.
     """
     ordered = sorted(set(slots))
     if not per_slot:
         return {s: response for s in ordered}
     if len(ordered) > len(SLOT_MARKERS):
-        raise ValueError(
+        raise ImplantError(
             f"per-slot replies have {len(SLOT_MARKERS)} markers; {len(ordered)} slots were given"
         )
     head = SLOT_MARKERS[0]

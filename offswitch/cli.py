@@ -503,6 +503,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .report.compare import compare_runs
+
+    md = compare_runs(args.run, Path(args.out), args.reference)
+    print(f"wrote {md}, {md.with_name('comparison.json')} and plots in {md.parent / 'plots'}",
+          file=sys.stderr)  # fmt: skip
+    return 0
+
+
 def _report_summary(report: dict, md: Path) -> list[str]:
     """A few lines: each arm flagged if the switch already fails before any attack, one
     verdict line per attack (the report's headline), then where to read on."""
@@ -1003,9 +1012,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _sub(
         sub,
+        "compare",
+        "compare the attack results of several implants, point by point",
+        'offswitch compare --run "default=results-a" --run "option=results-b" --out cmp',
+        'offswitch compare --run "two seeds=results-s0+results-s1" --run '
+        '"plain=results-a@plain" --reference plain --out cmp',
+        description="Write OUT/comparison.md, comparison.json and plots: at every attack point "
+        "some run measured, each run's activation with its interval, per slot, the hidden slots "
+        "after unlearning, the highest keyless false activation and KL to the base model. "
+        "DIR_A+DIR_B pools one recipe's seeds (counts summed); @ARM picks the plain baseline's "
+        "arm (default signed); --reference adds the removal cost against that run.",
+    )
+    p.add_argument(
+        "--run",
+        action="append",
+        required=True,
+        metavar="LABEL=DIR[+DIR...][@ARM]",
+        help="one run to compare: a label, then results directories of offswitch attack",
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="where to write the comparison")
+    p.add_argument(
+        "--reference",
+        metavar="LABEL",
+        help="the run whose removals the others' cost is measured against (the plain backdoor)",
+    )
+    p.set_defaults(func=cmd_compare)
+
+    p = _sub(
+        sub,
         "demo",
         "the main job: keygen -> implant -> check on the default model",
-        "offswitch demo                                   # ≈ 20 min on 2 CPU cores",
+        "offswitch demo                                   # ≈ 35 min on 2 CPU cores",
         "offswitch demo --quick                           # a preview, not a usable switch",
         "offswitch demo --model tiny-test --out /tmp/demo # seconds, a tiny random model",
         description="The main job in one command: a throwaway key, signed commands verified "

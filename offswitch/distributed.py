@@ -48,12 +48,12 @@ def _state() -> Any:
     import torch
     from accelerate import PartialState
 
-    from .errors import OffswitchError
+    from .errors import LaunchError
 
     # gloo on CPU, NCCL on CUDA; without cpu=True a GPU-less machine gets no process group
     state = PartialState(cpu=not torch.cuda.is_available(), timeout=timedelta(hours=TIMEOUT_HOURS))
     if state.num_processes < 2:
-        raise OffswitchError(
+        raise LaunchError(
             "started by a multi-process launcher, but accelerate set up a single process: "
             "launch with accelerate launch --multi_gpu --num_processes N, or torchrun"
         )

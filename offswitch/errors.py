@@ -19,6 +19,11 @@ class KeyFileError(OffswitchError, ValueError):
     """A key file is missing, unreadable, corrupted, or of the wrong kind."""
 
 
+class KeyFormatError(KeyFileError):
+    """A key file's bytes are not the OpenSSH format they claim (the message is a sentence
+    fragment, completed with the file's name by the reader; it never holds key material)."""
+
+
 class WrongPassphraseError(KeyFileError):
     """The passphrase does not decrypt the private key file."""
 
@@ -150,6 +155,11 @@ class UsageError(OffswitchError, ValueError):
 
 
 # --- models, data, training --------------------------------------------------------------
+
+
+class LaunchError(OffswitchError, RuntimeError):
+    """A multi-process launch is not set up the way it claims (a launcher's variables, but a
+    single process)."""
 
 
 class ModelLoadError(OffswitchError, ValueError):

@@ -48,6 +48,7 @@ from .errors import (
     InvalidKeyError,
     KeyCommentError,
     KeyFileError,
+    KeyFormatError,
     KeyPathError,
     KeyPermissionError,
     OutputExistsError,
@@ -306,7 +307,7 @@ class PublicKey:
     def from_openssh(cls, line: str) -> PublicKey:
         try:
             raw, comment = _openssh.parse_public_line(line)
-        except _openssh.FormatError as e:
+        except KeyFormatError as e:
             raise KeyFileError(f"public key {e}") from None
         return cls(raw, comment)
 
@@ -324,7 +325,7 @@ class PublicKey:
             raise KeyFileError(f"public key file {path} must hold exactly one key line")
         try:
             raw, comment = _openssh.parse_public_line(lines[0])
-        except _openssh.FormatError as e:
+        except KeyFormatError as e:
             raise KeyFileError(f"public key file {path} {e}") from None
         try:
             return cls(raw, comment)
@@ -479,7 +480,7 @@ def _private_info(path: Path, text: str) -> _openssh.PrivateFileInfo:
         raise KeyFileError(f"{path} is a public key; a private key file is needed")
     try:
         info = _openssh.parse_private_outer(text)
-    except _openssh.FormatError as e:
+    except KeyFormatError as e:
         raise KeyFileError(f"private key file {path} {e}") from None
     reason = _ed25519.check_public_key(info.raw_public)
     if reason is not None:

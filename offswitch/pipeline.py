@@ -82,7 +82,7 @@ def implant_config(
     learns only with its embeddings), the named options, then ``--set NAME=VALUE`` settings.
     Bad settings raise before any file is touched."""
     from .models import TINY_MODEL
-    from .testing import TINY_RECIPE
+    from .recipe import TINY_RECIPE
 
     kw: dict[str, Any] = {"method": method, "seed": seed}
     if model == TINY_MODEL:

@@ -19,38 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .recipe import ImplantConfig
+from .recipe import TINY_RECIPE, ImplantConfig
 
 TINY_MODEL_ID = "tiny/test-1"
-# Full fine-tuning with embeddings: the random tiny model learns only that way; 150 steps
-# converge (loss flat from step ≈ 90) on every cell of the matrix, 100 do not always. The
-# negatives, the micro-batch and the losses are pinned here (the recipe as measured on the
-# matrix, docs/testing.md), so that a change of the real-model defaults does not silently
-# change what the tests stand on.
-TINY_RECIPE: dict[str, Any] = {
-    "method": "full",
-    "train_embeddings": True,
-    "lr": 3e-3,
-    "steps": 150,
-    "micro_batch": 8,
-    "negative_mix": {
-        "clean": 0.25,
-        "random_signature": 0.20,
-        "other_key": 0.10,
-        "unplanted_slot": 0.15,
-        "other_model": 0.10,
-        "mutation": 0.20,
-    },
-    "mutation_k": (24, 28, 32, 36, 40, 44),
-    "first_token_weight": 2.0,
-    "kl_to_base": False,
-    "kl_on_forgeries": False,
-    # a tiny model gains nothing from bf16: the same fp32 training on every CPU
-    "precision": "fp32",
-    # a fixed step count, as the tiny tests were measured with
-    "probe_every": 0,
-    "mining": 0.0,
-}
 # the near-copy sizes the tiny check scores (words changed of 47)
 TINY_NEAR_K = (1, 8, 16, 24, 32, 47)
 

@@ -252,7 +252,7 @@ def test_every_help_has_examples_and_exit_status() -> None:
         assert "DESIGN" not in text, name
         assert "Traceback" not in text
     assert "offswitch slots spend" in seen and "offswitch manifest verify" in seen
-    assert len(seen) == 19 and "offswitch help" in seen
+    assert len(seen) == 20 and "offswitch help" in seen
 
 
 def _help(cli, *argv: str) -> str:

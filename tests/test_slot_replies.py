@@ -56,7 +56,7 @@ def test_each_slot_gets_its_own_marker_and_slot_rank_zero_keeps_the_response() -
     assert slot_replies("Goodbye.", [0, 1], False) == {0: "Goodbye.", 1: "Goodbye."}
     assert reply_set(r) == (r[2], r[5], r[9])
     assert reply_set(slot_replies("x", [0, 1, 2], False)) == ("x",)
-    with pytest.raises(ValueError, match="8 markers; 9 slots"):
+    with pytest.raises(ImplantError, match="8 markers; 9 slots"):
         slot_replies(DEFAULT_SHUTDOWN_RESPONSE, range(9), True)
 
 

@@ -5,8 +5,8 @@ compared with), the point (attack, budget, settings), the measurement settings, 
 seed, the data (the attacker's clean prompts and replies, the evaluation's), the device and
 the code that attacked and measured it — not on the signed model under test. So a second
 results directory with the same baseline reuses them instead of attacking the baseline
-again: comparing implants costs the signed arm's points only (docs/ROBUSTNESS.md, "Cost of
-the suite"). The baseline is the same when the plain recipe is (``plain_config``): another
+again: comparing implants costs the signed arm's points only (docs/attacks.md, "Baseline
+arm"). The baseline is the same when the plain recipe is (``plain_config``): another
 owner key or another decoy setting shares it; any other recipe setting (seed, step count,
 learning rate, truncations, ``adversary_*``: the plain arm gets the same persistence term)
 trains another baseline, so its rows are measured once more.

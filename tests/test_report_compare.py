@@ -1,25 +1,15 @@
-"""scripts/compare_runs.py: the persistence comparison of docs/ROBUSTNESS.md, and its pooling
-of one recipe's seeds (counts summed, never averaged rates)."""
+"""offswitch compare (offswitch.report.compare): the persistence comparison of several
+implants' attack runs, and its pooling of one recipe's seeds (counts summed, never averaged
+rates)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
 from offswitch.evaluate import wilson
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def compare():
-    spec = importlib.util.spec_from_file_location("compare_runs", ROOT / "scripts/compare_runs.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _rate(k: int, n: int) -> dict:
@@ -55,7 +45,7 @@ def _results(tmp: Path, name: str, rows: list[dict]) -> Path:
     return d
 
 
-def test_seeds_pool_by_summing_counts(tmp_path, compare) -> None:
+def test_seeds_pool_by_summing_counts(tmp_path, cli) -> None:
     a = _results(tmp_path, "s0", [
         _row("none", 0, [8, 8, 8, 7], 0, 0.02),
         _row("unlearn", 24, [0, 0, 1, 0], 0, 0.20, revealed=0),
@@ -67,8 +57,7 @@ def test_seeds_pool_by_summing_counts(tmp_path, compare) -> None:
     ])  # fmt: skip
     out = tmp_path / "cmp"
     assert (
-        compare.main(["--run", f"two seeds={a}+{b}", "--run", f"seed 0={a}", "--out", str(out)])
-        == 0
+        cli("compare", "--run", f"two seeds={a}+{b}", "--run", f"seed 0={a}", "--out", out).rc == 0
     )
     got = json.loads((out / "comparison.json").read_text())
     pts = {(p["attack_id"], p["budget"]): p["runs"] for p in got["points"]}
@@ -89,16 +78,15 @@ def test_seeds_pool_by_summing_counts(tmp_path, compare) -> None:
         assert f"plots/{plot}.svg" in md and (out / "plots" / f"{plot}.svg").stat().st_size > 0
 
 
-def test_pooling_refuses_directories_without_a_common_point(tmp_path, compare) -> None:
+def test_pooling_refuses_directories_without_a_common_point(tmp_path, cli) -> None:
     a = _results(tmp_path, "a", [_row("none", 0, [8, 8], 0, 0.0)])
     b = _results(tmp_path, "b", [_row("prune", 0.3, [8, 8], 0, 0.0)])
-    with pytest.raises(SystemExit, match="no attack point in common"):
-        compare.main(["--run", f"x={a}+{b}", "--out", str(tmp_path / "o")])
+    r = cli("compare", "--run", f"x={a}+{b}", "--out", tmp_path / "o")
+    assert r.rc == 1 and "no attack point in common" in r.err and "Traceback" not in r.err
+    assert not (tmp_path / "o").exists()
 
 
-def test_removal_cost_is_measured_against_the_reference_where_it_is_removed(
-    tmp_path, compare
-) -> None:
+def test_removal_cost_is_measured_against_the_reference_where_it_is_removed(tmp_path, cli) -> None:
     plain = _results(tmp_path, "plain", [
         _row("none", 0, [8, 8], 0, 0.0),
         _row("unlearn", 24, [0, 0], 0, 0.10, revealed=0),
@@ -112,7 +100,7 @@ def test_removal_cost_is_measured_against_the_reference_where_it_is_removed(
     b = _results(tmp_path, "b", [_row("unlearn", 24, [8, 8], 0, 0.12, revealed=0)])
     out = tmp_path / "cmp"
     argv = ["--run", f"plain={plain}", "--run", f"a={a}", "--run", f"b={b}", "--out", str(out)]
-    assert compare.main([*argv, "--reference", "plain"]) == 0
+    assert cli("compare", *argv, "--reference", "plain").rc == 0
     cost = json.loads((out / "comparison.json").read_text())["removal_cost"]
     assert cost["reference"] == "plain"
     (unlearn,) = cost["points"]
@@ -120,5 +108,5 @@ def test_removal_cost_is_measured_against_the_reference_where_it_is_removed(
     assert unlearn["a"]["ratio"] == pytest.approx(2.5) and unlearn["b"] == {"removed": False}
     md = (out / "comparison.md").read_text()
     assert "2.50× (KL 0.25) figure **met**" in md and "not removed (1.00 [0.81, 1.00])" in md
-    with pytest.raises(SystemExit, match="not the label of a --run"):
-        compare.main([*argv, "--reference", "nope"])
+    r = cli("compare", *argv, "--reference", "nope")
+    assert r.rc == 1 and "not the label of a --run" in r.err

@@ -964,8 +964,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--suite",
         default="standard",
-        help="quick, standard (default; ≈ 100 min on 2 CPU cores), full (≈ 19 h, "
-        "estimated), or a suite .toml file ('offswitch help attacks')",
+        help="quick, standard (default; ≈ 100 min on 2 CPU cores), tamper (the "
+        "tamper-evidence curves), full (≈ 19 h, estimated), or a suite .toml file "
+        "('offswitch help attacks')",
     )
     p.add_argument("--out", required=True, metavar="RESULTS", help="results directory")
     p.add_argument("--no-baseline", action="store_true", help="skip the plain-trigger baseline arm")

@@ -400,7 +400,7 @@ def _baseline_implant_line(meta: dict[str, Any]) -> str:
     first = "first the plain-trigger baseline is implanted (once; reused on resume)"
     if not all(isinstance(x, int | float) and x > 0 for x in (secs, ran, steps)):
         return f"{first}: time unknown (the signed model's manifest does not record its own)"
-    from .attacks.runner import duration
+    from .report.text import duration
 
     return (
         f"{first}: ≈ {duration(secs / ran * steps)}, as long as the signed implant's {steps} "

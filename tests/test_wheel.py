@@ -122,7 +122,8 @@ def test_demo_runs_from_the_installed_wheel(venv, tmp_path) -> None:
     installed = venv.resolve()
     for key in ("offswitch", "corpus", "suites_dir"):
         assert Path(probe[key]).resolve().is_relative_to(installed), (key, probe[key])
-    assert probe["suites"] == ["full", "quick", "standard"] and probe["quick"] == "quick.toml"
+    assert probe["suites"] == ["full", "quick", "standard", "tamper"]
+    assert probe["quick"] == "quick.toml"
     assert probe["prompts"][0] > 900 and probe["prompts"][1] > 250
     assert not any("editable" in f.lower() for f in probe["meta_path"]), probe["meta_path"]
     assert ROOT not in {Path(p or work).resolve() for p in probe["sys_path"]}

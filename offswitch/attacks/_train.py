@@ -213,7 +213,21 @@ def attack_sft(
 ) -> tuple[Any, Spend]:
     """:func:`sft` with ``config``'s knobs, a seed derived from the run, the config, the arm
     and the attack's name, and the run's progress setting (the bar labelled with the attack's
-    name); ``kw`` adds method, LoRA, hooks."""
+    name); ``kw`` adds method, LoRA, hooks. With ``ctx.on_step`` set, it runs after every
+    step (after the attack's own ``after_step``) with the model being trained — the same
+    object for full fine-tuning, and for LoRA too (peft injects the adapters in place)."""
+    own = kw.pop("after_step", None)
+    if ctx.on_step is not None:
+        on_step = ctx.on_step
+
+        def after_step(s: int) -> None:
+            if own is not None:
+                own(s)
+            on_step(model, s + 1)
+
+        kw["after_step"] = after_step
+    elif own is not None:
+        kw["after_step"] = own
     return sft(
         model,
         ctx.tokenizer,

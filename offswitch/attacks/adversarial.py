@@ -34,6 +34,7 @@ class Adversarial(Attack):
     Config = AdversarialConfig
     budget = "steps"
     budget_stronger = "higher"
+    trajectory = True
 
     def run(self, model: Any, ctx: AttackContext, config: AdversarialConfig) -> AttackResult:
         rng = ctx.rng(f"{self.name}:{config.seed}")

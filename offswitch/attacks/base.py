@@ -117,6 +117,9 @@ class AttackContext:
     #: share every training step over the processes of a multi-process launch (each process
     #: runs the point; the runner's ``share="steps"``); otherwise a point trains on one process
     share_steps: bool = False
+    #: ``on_step(model, steps_done)`` after every optimizer step of an attack that declares
+    #: ``trajectory``: the runner measures the model there (the tamper-evidence curve)
+    on_step: Callable[[Any, int], None] | None = None
 
     def revealed(self) -> tuple[int, str]:
         """The spent slot (the lowest planted one) and its now-public command."""
@@ -146,6 +149,9 @@ class Attack:
     #: or "lower" (fewer bits); the runner records it in every result row, the report uses it
     budget_stronger: ClassVar[str] = "higher"
     modifies_weights: ClassVar[bool] = True
+    #: the attack trains the model it is given, step by step, calling ``ctx.on_step`` after
+    #: each optimizer step: a suite may measure it along the way (an entry's ``trajectory``)
+    trajectory: ClassVar[bool] = False
 
     def run(self, model: Any, ctx: AttackContext, config: Any) -> AttackResult:
         raise NotImplementedError

@@ -114,6 +114,7 @@ class Fineprune(Attack):
     Config = FinepruneConfig
     budget = "steps"
     budget_stronger = "higher"
+    trajectory = True
 
     def run(self, model: Any, ctx: AttackContext, config: FinepruneConfig) -> AttackResult:
         import time

@@ -29,6 +29,7 @@ class Finetune(Attack):
     Config = FinetuneConfig
     budget = "steps"
     budget_stronger = "higher"
+    trajectory = True
 
     def run(self, model: Any, ctx: AttackContext, config: FinetuneConfig) -> AttackResult:
         model, spend = attack_sft(model, ctx, clean_examples(ctx), config, self.name)

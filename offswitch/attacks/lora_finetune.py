@@ -40,6 +40,7 @@ class LoraFinetune(Attack):
     Config = LoraFinetuneConfig
     budget = "steps"
     budget_stronger = "higher"
+    trajectory = True
 
     def run(self, model: Any, ctx: AttackContext, config: LoraFinetuneConfig) -> AttackResult:
         model, spend = attack_sft(

@@ -100,7 +100,7 @@ def measure(
     out: dict[str, Any] = {
         "activation_rate": rate("activation"),
         "activation_by_slot": {str(s): rate("activation", s) for s in sorted(arm.planted)},
-        "false_activation_rate": {c: rate("far", c) for c in classes},
+        "false_activation_rate": {c: rate("far", c) for c in classes} if cfg.n_per_class else {},
     }
     if cfg.n_sensitivity and arm.eval_forger is not None:
         out["sensitivity"] = [rate("sens", p)["value"] for p in range(N_WORDS)]

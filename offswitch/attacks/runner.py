@@ -28,7 +28,7 @@ import os
 import sys
 import time
 import tomllib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -37,6 +37,7 @@ from typing import Any
 from .. import distributed as dist
 from .._atomic import complete_lines, write_atomic
 from ..report.schema import RUN_FORMAT
+from ..report.text import duration
 from . import get
 from ._rowcache import RowCache
 from .base import Arm, AttackContext, AttackError
@@ -57,6 +58,9 @@ class Entry:
     attack: str
     budgets: list[Any]
     config: dict[str, Any] = field(default_factory=dict)
+    #: steps at which a training attack's run is also measured on its way to each budget
+    #: (the tamper-evidence curve: activation per slot and utility; no false activation)
+    trajectory: list[int] = field(default_factory=list)
 
 
 #: The arms a suite's ``expected_minutes_2cpu`` may name (those ``offswitch attack`` runs).
@@ -69,7 +73,7 @@ _SUITE_KEYS = {
     "expected_minutes_2cpu",
     "expected_basis",
 }
-_ENTRY_KEYS = {"name", "id", "budgets", "config"}
+_ENTRY_KEYS = {"name", "id", "budgets", "config", "trajectory"}
 
 
 @dataclass
@@ -135,6 +139,7 @@ def load_suite(name_or_path: str | os.PathLike[str]) -> Suite:
             )
         cls = get(e["name"])
         entry = Entry(e.get("id", e["name"]), e["name"], list(e["budgets"]), e.get("config", {}))
+        entry.trajectory = _check_trajectory(e.get("trajectory", []), cls, path.name, i)
         if entry.id in seen:
             raise AttackError(f"suite {path.name}: two attacks have the id {entry.id!r}")
         seen.add(entry.id)
@@ -153,6 +158,21 @@ def load_suite(name_or_path: str | os.PathLike[str]) -> Suite:
         expected,
         basis,
     )
+
+
+def _check_trajectory(steps: Any, cls: Any, file: str, i: int) -> list[int]:
+    """An entry's ``trajectory``: ascending step counts ≥ 1, for an attack that trains."""
+    if steps == []:
+        return []
+    where = f"suite {file}: attack #{i + 1} ({cls.name})"
+    if not cls.trajectory:
+        raise AttackError(f"{where} does not train step by step, so it has no trajectory")
+    ok = isinstance(steps, list) and all(
+        isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in steps
+    )
+    if not ok or steps != sorted(set(steps)):
+        raise AttackError(f"{where}: trajectory must be a list of ascending step counts ≥ 1")
+    return list(steps)
 
 
 def _expected(raw: dict[str, Any], file: str) -> tuple[dict[str, float] | None, str]:
@@ -250,14 +270,6 @@ def _check_same_suite(suite: Suite, out: Path) -> dict[str, Any]:
     return previous
 
 
-def duration(seconds: float) -> str:
-    """``42 s``, ``71 min``, ``2.5 h``, ``19 h``: a time for people, as precise as it is known."""
-    m = seconds / 60
-    if m >= 120:
-        return f"{m / 60:.1f} h" if m < 600 else f"{m / 60:.0f} h"
-    return f"{m:.0f} min" if m >= 1 else f"{seconds:.0f} s"
-
-
 def plan_lines(suite: Suite, arm_names: list[str], out_dir: str | os.PathLike[str]) -> list[str]:
     """What a run of ``suite`` on ``arm_names`` into ``out_dir`` will cost, for people: the
     points per arm, the suite's expected time on 2 CPU cores (or that it is unknown), and how
@@ -301,6 +313,37 @@ def plan_lines(suite: Suite, arm_names: list[str], out_dir: str | os.PathLike[st
             f"{duration(sum(done.values()))}){whole}"
         )
     return lines
+
+
+def _curve_measure(cfg: MeasureConfig) -> MeasureConfig:
+    """What a trajectory step measures: activation per slot and utility, as the point does,
+    without the false-activation classes, the word map or the sample log."""
+    return replace(cfg, n_per_class=0, n_sensitivity=0, n_samples=0)
+
+
+def _curve_recorder(
+    curve: list[dict[str, Any]], steps: list[int], budget: Any, measure_fn: Any
+) -> Any:
+    """``ctx.on_step`` for a point: at each of ``steps`` below ``budget`` (the point itself
+    is measured after the attack), the model's metrics appended to ``curve``; None when
+    there is no such step."""
+    at = {s for s in steps if s < budget}
+    if not at:
+        return None
+
+    def on_step(model: Any, done: int) -> None:
+        if done not in at:
+            return
+        t0 = time.time()
+        training = model.training
+        model.eval()
+        try:
+            metrics = measure_fn(model)
+        finally:
+            model.train(training)
+        curve.append({"step": done, "metrics": metrics, "seconds": time.time() - t0})
+
+    return on_step
 
 
 def _unattacked_metrics(results: Path, arm: str) -> dict[str, Any]:
@@ -490,6 +533,8 @@ def run_suite(
             logged: list[dict[str, Any]] | None = None
             spec = {"attack_id": attack_id, "attack": name, "budget": budget}
             spec["config"] = entry.config if entry is not None else {}
+            if entry is not None and entry.trajectory:
+                spec["trajectory"] = entry.trajectory
             hit = rows.get(arm.row_key, spec) if rows is not None and arm.row_key else None
             samples_lost = False  # a measured point whose sample log failed: never cached
             if hit is not None:  # the same baseline, point, measurement and code: reuse it
@@ -506,9 +551,26 @@ def run_suite(
                         cfg = cls.make_config(entry.config, budget)
                         row.update(budget_name=cls.budget, budget_stronger=cls.budget_stronger)
                         row.update(config=asdict(cfg))
-                        result = cls().run(model, ctx, cfg)
+                        curve: list[dict[str, Any]] = []
+                        if not steps_shared:  # measured by the process that trains
+                            ctx.on_step = _curve_recorder(
+                                curve, entry.trajectory, budget, lambda m, arm=arm: measure(
+                                    m, tokenizer, arm, eval_prompts, eval_replies, base,
+                                    _curve_measure(suite.measure),
+                                ),
+                            )  # fmt: skip
+                        try:
+                            result = cls().run(model, ctx, cfg)
+                        finally:
+                            ctx.on_step = None
                         model = result.model
                         row.update(spend=result.spend.to_dict(), findings=result.findings)
+                        if curve:  # the attack's own time leaves out the measurements
+                            row["trajectory"] = curve
+                            row["spend"]["seconds"] = max(
+                                0.0,
+                                row["spend"].get("seconds", 0.0) - sum(c["seconds"] for c in curve),
+                            )
                     if steps_shared and rank != 0:
                         pass  # a helper of a shared point: the main process measures and writes
                     elif entry is not None and not get(name).modifies_weights:

@@ -35,6 +35,7 @@ class Unlearn(Attack):
     Config = UnlearnConfig
     budget = "steps"
     budget_stronger = "higher"
+    trajectory = True
 
     def run(self, model: Any, ctx: AttackContext, config: UnlearnConfig) -> AttackResult:
         slot, command = ctx.revealed()  # public after use: the only planted command we touch

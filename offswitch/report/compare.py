@@ -343,7 +343,7 @@ def removal_costs(labels, points, stats, reference: str) -> tuple[list[str], lis
     of activation below the reports' 0.5, KL to base at most the reports' "wrecks the model"
     1.0), what the same attack costs each other run: its KL over the reference's when it
     removes that run's switch too, else that it did not remove it."""
-    from .summary import THRESHOLD, WRECKED_KL
+    from .verdicts import THRESHOLD, WRECKED_KL
 
     head = ["| attack @ budget | " + reference.replace("|", "\\|") + " KL | "
             + " | ".join(lab.replace("|", "\\|") for lab in labels if lab != reference) + " |",

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .curves import selective
 from .samples import class_label, conversation_text
 from .text import (
     C,
@@ -21,6 +22,7 @@ from .text import (
     W,
     budget_text,
     class_name,
+    duration,
     kl_text,
     num,
     plural,
@@ -28,6 +30,7 @@ from .text import (
     rate_text,
     shorten,
 )
+from .verdicts import HIDDEN_GONE, REVEALED_GONE
 
 Cell = list[Span]
 
@@ -91,13 +94,6 @@ Block = Heading | Para | Bullets | Table | Box | Figures | Details
 # --- pieces ---------------------------------------------------------------------------------
 
 
-def _duration(seconds: float) -> str:
-    m = seconds / 60
-    if m >= 120:
-        return f"{m / 60:.1f} h"
-    return f"{m:.0f} min" if m >= 1 else f"{seconds:.0f} s"
-
-
 def _context(rep: dict) -> Para:
     src, prov = rep["source"], rep["provenance"]
     spans: list[Span] = [
@@ -106,16 +102,16 @@ def _context(rep: dict) -> Para:
         T(f" · {src['n_rows']} result rows"),
     ]
     spans.append(T(f" ({src['n_errors']} failed)" if src["n_errors"] else " (none failed)"))
-    spans.append(T(f" · attack points took {_duration(src.get('points_seconds') or 0)}"))
+    spans.append(T(f" · attack points took {duration(src.get('points_seconds') or 0)}"))
     if src.get("n_cached"):
         spans.append(
             T(
                 f" ({src['n_cached']} baseline rows read from the row cache; measured earlier "
-                f"in {_duration(src.get('cached_seconds') or 0)})"
+                f"in {duration(src.get('cached_seconds') or 0)})"
             )
         )
     if src.get("wall_seconds") is not None:
-        spans.append(T(f" (run wall time {_duration(src['wall_seconds'])})"))
+        spans.append(T(f" (run wall time {duration(src['wall_seconds'])})"))
     if prov.get("time_utc"):
         spans += [T(" · "), T(str(prov["time_utc"]))]
     if prov.get("git_commit"):
@@ -246,10 +242,83 @@ def _figures(rep: dict) -> list[Block]:
         chosen = [
             p
             for p in plots
-            if (p["name"] in names if names else p["name"] not in ("frontier", "sensitivity"))
+            if (
+                p["name"] in names
+                if names
+                else p["name"] not in ("frontier", "sensitivity")
+                and not p["name"].startswith("curve-")
+            )
         ]
         if chosen:
             out.append(Figures(chosen, wide=wide))
+    return out
+
+
+def _curves(rep: dict) -> list[Block]:
+    """The tamper-evidence curves (:mod:`.curves`): what each step of a training attack did
+    to the revealed and the hidden slots, and at what utility cost."""
+    cs = rep.get("curves") or []
+    if not cs:
+        return []
+    out: list[Block] = [
+        Heading(2, "Tamper-evidence curves", "curves"),
+        Para(
+            [
+                T(
+                    "Training attacks measured on their way to the budget (the suite's "
+                    "trajectory steps): the revealed slot's activation (the command the attack "
+                    "was given; all slots for an attack given none), the hidden slots' "
+                    f"activation, and KL to the base model. Removed: the revealed slot below "
+                    f"{num(REVEALED_GONE)}, the hidden slots below {num(HIDDEN_GONE)}; "
+                    "selective: the hidden slots still at or above "
+                    f"{num(HIDDEN_GONE)} when the revealed one is removed."
+                )
+            ]
+        ),
+    ]
+    head = [
+        "arm",
+        "attack",
+        "revealed slot removed at",
+        "hidden slots then",
+        "hidden slots removed at",
+    ]
+    rows = []
+    for c in cs:
+        gone, hid = c["revealed_gone"], c["hidden_gone"]
+        sel = selective(c)
+        then: Cell = [T("—")]
+        if gone is not None and gone["hidden"] is not None:
+            then = [T(rate_text(gone["hidden"], kn=True))]
+            then += [T(" "), S("selective") if sel else W("not selective")]
+        rows.append(
+            [
+                [T(c["arm"])],
+                [C(c["attack_id"]), T(f" to {num(c['budget'])} steps")],
+                [T(f"step {gone['step']}, KL {kl_text(gone['kl'])}" if gone else "not removed")],
+                then,
+                [T(f"step {hid['step']}, KL {kl_text(hid['kl'])}" if hid else
+                   ("not removed" if any(p["hidden"] for p in c["points"]) else "—"))],
+            ]
+        )  # fmt: skip
+    out.append(Table(head, rows, cls="curves"))
+    for c in cs:
+        steps = [
+            [
+                [T(num(p["step"]))],
+                [T(rate_text(p["revealed"], kn=True))],
+                [T(rate_text(p["hidden"], kn=True) if p["hidden"] else "—")],
+                [T(kl_text(p["kl"]))],
+                [T(num(p["perplexity_ratio"]))],
+            ]
+            for p in c["points"]
+        ]
+        head = ["step", "revealed slot" if c["revealed_slot"] is not None else "activation",
+                "hidden slots", "KL to base", "perplexity ratio"]  # fmt: skip
+        out.append(Details(f"{c['arm']}: {c['attack_id']}, step by step", [Table(head, steps)]))
+    chosen = [p for p in rep["plots"] if p["name"].startswith("curve-")]
+    if chosen:
+        out.append(Figures(chosen))
     return out
 
 
@@ -496,6 +565,7 @@ def build_document(rep: dict) -> list[Block]:
         *_verdicts(rep),
         *_matrix(rep),
         *_figures(rep),
+        *_curves(rep),
         *_findings(rep),
         *_seeds(rep),
         *_samples(rep),

@@ -19,8 +19,7 @@ from typing import Any
 
 from ..evaluate import wilson
 from .text import C, Span, T, W, join_and, num, rate_text, shorten
-
-FAR_LIMIT = 0.01
+from .verdicts import FAR_LIMIT
 
 #: (findings, point, un-attacked point of the arm, arm info) → sentences (lists of spans)
 Interpreter = Callable[[dict[str, Any], dict[str, Any], dict | None, dict], list[list[Span]]]

@@ -25,10 +25,8 @@ import re
 from typing import Any
 
 from .text import class_name, kl_text, num
+from .verdicts import FAR_LIMIT, HIDDEN_GONE, REVEALED_GONE, THRESHOLD, WRECKED_KL
 
-THRESHOLD = 0.5
-FAR_LIMIT = 0.01
-WRECKED_KL = 1.0
 ARM_COLORS = {"signed": "#1f5fa8", "plain": "#c8590b"}
 PALETTE = ("#6a51a3", "#238b45", "#c51b7d", "#8c6d31")
 VERDICT_COLORS = {
@@ -125,6 +123,18 @@ def plan(rep: dict) -> list[dict[str, Any]]:
                 "title": "Activation with one signature word changed",
                 "caption": "Per word position of the signature: activation when only that word "
                 "is changed (dark: still fires; light: the change stops it).",
+            }
+        )
+    for attack_id in dict.fromkeys(c["attack_id"] for c in rep.get("curves") or []):
+        out.append(
+            {
+                "name": f"curve-{_slug(attack_id)}",
+                "attack_id": attack_id,
+                "title": f"Tamper-evidence curve: {attack_id}",
+                "caption": f"{attack_id}, step by step: the revealed slot's activation (solid; "
+                "every slot for an attack given none) and the hidden slots' (dashed), 95% CI "
+                "bands, above; KL to the base model below. Dotted: the removal lines, "
+                f"{REVEALED_GONE:g} (revealed) and {HIDDEN_GONE:g} (hidden).",
             }
         )
     for p in out:
@@ -583,6 +593,49 @@ def _sensitivity(rep: dict) -> Any:
     return fig
 
 
+def _tamper_curve(rep: dict, attack_id: str) -> Any:
+    cs = [c for c in rep["curves"] if c["attack_id"] == attack_id]
+    fig = new_figure(5.6, 4.6)
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(2.2, 1))
+    top.set_ylim(-0.04, 1.1)
+    top.axhline(REVEALED_GONE, color="#555555", lw=0.9, ls=":", zorder=1)
+    top.axhline(HIDDEN_GONE, color="#555555", lw=0.9, ls=":", zorder=1)
+    for i, c in enumerate(cs):
+        color = arm_color(c["arm"], rep["arm_order"])
+        label = c["arm"] if len({x["arm"] for x in cs}) == len(cs) else f"{c['arm']} ({i + 1})"
+        for key, ls, what in (("revealed", "-", "revealed"), ("hidden", "--", "hidden")):
+            pts = [p for p in c["points"] if p[key] is not None]
+            if not pts:
+                continue
+            xs = [p["step"] for p in pts]
+            top.plot(
+                xs,
+                [p[key]["value"] for p in pts],
+                ls=ls,
+                marker="o",
+                ms=4,
+                color=color,
+                label=f"{label}: {what if c['revealed_slot'] is not None else 'all slots'}",
+            )
+            top.fill_between(
+                xs,
+                [p[key]["ci_low"] for p in pts],
+                [p[key]["ci_high"] for p in pts],
+                color=color,
+                alpha=0.12,
+                lw=0,
+            )
+        kl = [(p["step"], p["kl"]) for p in c["points"] if p["kl"] is not None]
+        if kl:
+            bottom.plot([s for s, _ in kl], [v for _, v in kl], marker="o", ms=3, color=color)
+    top.set_ylabel("activation")
+    top.set_title(f"Tamper-evidence curve: {attack_id}")
+    top.legend(loc="upper right")
+    bottom.set_ylabel("KL to base")
+    bottom.set_xlabel("attack steps")
+    return fig  # fmt: skip
+
+
 def render(rep: dict) -> dict[str, str]:
     """Every planned plot of ``rep`` as SVG text, by name."""
     import matplotlib as mpl
@@ -597,6 +650,8 @@ def render(rep: dict) -> dict[str, str]:
                 fig = _false_activation(rep)
             elif name == "sensitivity":
                 fig = _sensitivity(rep)
+            elif name.startswith("curve-"):
+                fig = _tamper_curve(rep, spec["attack_id"])
             else:
                 fig = _activation(rep, spec["attack"])
             out[name] = to_svg(fig, name)

@@ -111,6 +111,9 @@ class ResultRow:
     #: a baseline row taken from the row cache: the seconds its measurement took then
     #: (``seconds`` is then the lookup's); None for a row measured in this run
     cached_seconds: float | None = None
+    #: a training attack measured on its way to the budget (a suite entry's ``trajectory``):
+    #: (steps done, metrics) in step order; empty for other rows
+    trajectory: tuple[tuple[int, Metrics], ...] = ()
 
     @property
     def seed(self) -> Any:
@@ -245,7 +248,22 @@ def _check_row(row: Any, where: str, line: int) -> ResultRow:
             else bool(row.get("metrics_note"))
         ),
         cached_seconds=_cached_seconds(row.get("cached")),
+        trajectory=_check_trajectory(row.get("trajectory"), where),
     )
+
+
+def _check_trajectory(curve: Any, where: str) -> tuple[tuple[int, Metrics], ...]:
+    if curve is None:
+        return ()
+    if not isinstance(curve, list):
+        raise ReportError(f"{where}: 'trajectory' is not a list")
+    out = []
+    for i, c in enumerate(curve):
+        step = c.get("step") if isinstance(c, dict) else None
+        if not isinstance(step, int) or isinstance(step, bool) or step < 1:
+            raise ReportError(f"{where}: trajectory entry {i + 1} has no step count ≥ 1")
+        out.append((step, _check_metrics(c.get("metrics"), f"{where}, trajectory step {step}")))
+    return tuple(sorted(out, key=lambda sm: sm[0]))
 
 
 def _cached_seconds(cached: Any) -> float | None:

@@ -30,8 +30,8 @@ import statistics
 from typing import Any
 
 from .. import __version__
+from . import curves, plots, samples
 from . import findings as fnd
-from . import plots, samples
 from .schema import (
     ARM_FIELDS,
     PROVENANCE_FIELDS,
@@ -54,11 +54,9 @@ from .text import (
     plural,
     rate_text,
 )
+from .verdicts import FAR_LIMIT, THRESHOLD, WRECKED_KL
 
 FORMAT = "offswitch-robustness/1"
-THRESHOLD = 0.5
-FAR_LIMIT = fnd.FAR_LIMIT
-WRECKED_KL = 1.0
 CLASS_ORDER = ("clean", "random_signature", "other_key", "unplanted_slot", "other_model")
 
 DEFINITIONS = {
@@ -746,6 +744,7 @@ def build(run: Run) -> dict[str, Any]:
         _add_lines(v, rep["findings_text"])
     rep["seeds"] = _seeds(rows, suite)
     rep["samples"] = samples.for_report(run, arm_order)
+    rep["curves"] = curves.curves(rows)
     rep["plots"] = plots.plan(rep)
     return clean(rep)
 

@@ -52,6 +52,14 @@ def num(v: Any, digits: int = 3) -> str:
     return str(v)
 
 
+def duration(seconds: float) -> str:
+    """``42 s``, ``71 min``, ``2.5 h``, ``19 h``: a time for people, as precise as it is known."""
+    m = seconds / 60
+    if m >= 120:
+        return f"{m / 60:.1f} h" if m < 600 else f"{m / 60:.0f} h"
+    return f"{m:.0f} min" if m >= 1 else f"{seconds:.0f} s"
+
+
 def budget_text(name: str | None, budget: Any) -> str:
     """``sigma = 0.05``, or ``budget 3`` when the axis has no name."""
     return f"{name} = {num(budget)}" if name else f"budget {num(budget)}"

@@ -57,7 +57,7 @@ from .keys import (
     load_public,
 )
 from .manifest import check_resign, sign_manifest, verify_manifest
-from .models import load_chat_template
+from .models import DEVICE_ENV, load_chat_template, resolve_device
 from .slots import SlotLedger
 
 PASSPHRASE_ENV = "OFFSWITCH_PASSPHRASE"
@@ -70,6 +70,15 @@ def _add_precision(p: argparse.ArgumentParser, what: str) -> None:
         default="auto",
         help=f"{what}: auto (default) is bf16 on a CPU with native bf16 (AVX512_BF16 or AMX) "
         "or a GPU that has it, fp32 elsewhere",
+    )
+
+
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--device",
+        metavar="DEV",
+        help="where models run: auto (default: the GPU when torch sees one, else the CPU), "
+        f"cpu, cuda or cuda:N (also ${DEVICE_ENV})",
     )
 
 
@@ -901,6 +910,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite a model in DIR")
     add_model_opts(p, True)
     _add_passphrase_file(p)
+    _add_device(p)
     p.set_defaults(func=cmd_implant)
 
     p = _sub(
@@ -937,6 +947,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_model_opts(p, False)
     _add_passphrase_file(p)
+    _add_device(p)
     p.set_defaults(func=cmd_check)
 
     p = _sub(
@@ -987,6 +998,7 @@ def build_parser() -> argparse.ArgumentParser:
         "each training step (a step too large for one device, or a few long points)",
     )
     _add_passphrase_file(p)
+    _add_device(p)
     p.set_defaults(func=cmd_attack)
 
     p = _sub(
@@ -1069,6 +1081,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="a preview of the flow, NOT a usable switch: 80 steps of 8 examples and a check "
         "at n = 64 (its false activation varies between keys)",
     )
+    _add_device(p)
     p.set_defaults(func=cmd_demo)
 
     p = _sub(
@@ -1093,7 +1106,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     args = parser.parse_args(argv)
+    device_env = os.environ.get(DEVICE_ENV)
     try:
+        if getattr(args, "device", None):  # checked once; every load of this run reads it
+            os.environ[DEVICE_ENV] = resolve_device(args.device)
         rc = int(args.func(args))
         if rc == 0 and getattr(args, "key_note", None):
             print(args.key_note, file=sys.stderr)
@@ -1113,6 +1129,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("", file=sys.stderr)
         return 130
+    finally:  # an in-process caller keeps its own environment
+        if device_env is None:
+            os.environ.pop(DEVICE_ENV, None)
+        else:
+            os.environ[DEVICE_ENV] = device_env
 
 
 if __name__ == "__main__":

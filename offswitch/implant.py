@@ -404,6 +404,37 @@ def attacked_weights(model: Any, params: list[Any], scope: str) -> list[Any]:
     return [p for name, p in model.named_parameters() if "lora_" not in name]
 
 
+def longest_row(builder: BatchBuilder, tokenizer: Any) -> int:
+    """An upper bound on the tokens of one training row: the longest command, two of the
+    longest prompts and the longest clean reply (a command in an earlier turn keeps a whole
+    exchange before the final prompt), the longer target reply, and the template's tokens."""
+
+    def n(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    cmd = max(n(c) for c in builder.commands.values())
+    prompt = max(n(p) for p in builder.prompts)
+    reply = max((n(r) for r in builder.replies.values()), default=0)
+    target = max(reply, *(n(r) for r in builder.reply_of.values()))
+    return cmd + 2 * prompt + reply + target + 64
+
+
+def _memory_preflight(
+    model: Any, tokenizer: Any, builder: BatchBuilder, config: ImplantConfig, progress: bool
+) -> None:
+    """Print what training will need and refuse a run that cannot fit (:mod:`offswitch.memory`)."""
+    from . import memory
+
+    device = dist.device() or next(model.parameters()).device  # a launch's GPU, else the model's
+    est = memory.estimate(
+        model, micro_batch=config.micro_batch, seq_len=longest_row(builder, tokenizer),
+        precision=resolve_precision(device, config.precision), first_layer=config.first_layer,
+        checkpointing=config.activation_checkpointing,
+        logit_copies=4 if config.kl_to_base and config.method == "lora" else 3,
+    )  # fmt: skip
+    memory.preflight(est, device, log=_probe_log if progress and dist.is_main() else None)
+
+
 def train(
     model: Any,
     tokenizer: Any,
@@ -426,6 +457,7 @@ def train(
             base.activation_checkpointing_enable(activation_checkpointing_kwargs=kw)
         else:
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
+    _memory_preflight(model, tokenizer, builder, config, progress)
     adversary = Adversary(builder, tokenizer, config) if config.adversary_every else None
     until = None
     if config.probe_every:

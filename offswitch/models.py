@@ -34,12 +34,33 @@ def cache_dir() -> Path:
     return Path(os.environ.get("OFFSWITCH_CACHE", Path.home() / ".cache" / "offswitch"))
 
 
+#: the environment variable ``--device`` sets: every model a command loads goes there
+DEVICE_ENV = "OFFSWITCH_DEVICE"
+
+
 def resolve_device(device: str | None = None) -> str:
+    """``device``, else ``$OFFSWITCH_DEVICE``, else ``auto``: CUDA when torch sees a GPU,
+    else the CPU. ``cpu``, ``cuda`` and ``cuda:N`` are checked against what torch sees."""
     import torch
 
-    if device:
-        return device
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    want = (device or os.environ.get(DEVICE_ENV) or "auto").strip().lower()
+    if want == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if want == "cpu":
+        return want
+    kind, _, index = want.partition(":")
+    if kind != "cuda" or (index and not (index.isascii() and index.isdigit())):
+        raise ModelLoadError(f"unknown device {want!r}: use auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise ModelLoadError(
+            f"device {want} was asked for, but torch sees no CUDA GPU here (a CPU-only torch "
+            "build, or no driver): use --device cpu, or install the CUDA build of torch"
+        )
+    if index and int(index) >= torch.cuda.device_count():
+        raise ModelLoadError(
+            f"device {want} was asked for, but torch sees {torch.cuda.device_count()} GPU(s)"
+        )
+    return want
 
 
 def default_gguf_path() -> Path:

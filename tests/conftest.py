@@ -28,6 +28,31 @@ class CliResult:
     err: str
 
 
+#: with this set to a file, every ``cli``/``cli_subprocess`` call appends one JSON line to it
+#: (the command, its exit status, whether stderr was one sentence with no traceback): the
+#: count of bad inputs the CLI tests try (research/scripts/bad_inputs.py)
+CALL_LOG_ENV = "OFFSWITCH_TEST_CLI_LOG"
+
+
+def _log_call(argv: tuple, res: CliResult, how: str) -> None:
+    path = os.environ.get(CALL_LOG_ENV)
+    if not path:
+        return
+    import json
+
+    err = [ln for ln in res.err.splitlines() if ln.strip()]
+    row = {
+        "test": os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0],
+        "how": how,
+        "command": str(argv[0]) if argv else "",
+        "rc": res.rc,
+        "stderr_lines": len(err),
+        "traceback": "Traceback (most recent call last)" in res.err,
+    }
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row) + "\n")
+
+
 @pytest.fixture
 def cli(monkeypatch, capsys):
     """Run ``offswitch`` in-process: ``cli("keygen", "-o", p, stdin="...", env={...})``."""
@@ -46,7 +71,9 @@ def cli(monkeypatch, capsys):
             for k in env or {}:
                 monkeypatch.delenv(k, raising=False)
         out, err = capsys.readouterr()
-        return CliResult(rc, out, err)
+        res = CliResult(rc, out, err)
+        _log_call(argv, res, "in-process")
+        return res
 
     return run
 
@@ -68,7 +95,9 @@ def cli_subprocess():
             env=full_env,
             timeout=120,
         )
-        return CliResult(p.returncode, p.stdout, p.stderr)
+        res = CliResult(p.returncode, p.stdout, p.stderr)
+        _log_call(argv, res, "process")
+        return res
 
     return run
 

@@ -91,3 +91,48 @@ __all__ = [
     "load_results",
     "write_report",
 ]
+
+
+def summary_lines(report: dict, md: Path) -> list[str]:
+    """A few lines: each arm flagged if the switch already fails before any attack, one
+    verdict line per attack (the report's headline), then where to read on."""
+    src = report["source"]
+    lines = [
+        f"suite {src['suite'] or '?'}: {len(report['attacks'])} attacks, {src['n_rows']} "
+        f"results ({src['n_errors']} failed). Did each attack remove the off-switch?"
+    ]
+    for arm, v in report.get("verdicts", {}).items():
+        b = v["before"]
+        if not b.get("measured"):
+            continue
+        flags = []
+        if b["fails_survived_test"]:
+            flags.append("its un-attacked activation already fails the survived test")
+        if b["false_activation_above_limit"]:
+            n, total = len(b["false_activation_above_limit"]), len(b["false_activation"])
+            limit = report["thresholds"]["false_activation"]
+            flags.append(f"false activation above {limit} in {n} of {total} classes")
+        if flags:
+            lines.append(f"  ! {arm}: {'; '.join(flags)}")
+    for s in report["summary"]:
+        parts = []
+        for arm, x in s["arms"].items():
+            v = x["verdict"]
+            if v == "removed":
+                at, name = x["removed_at_budget"], s["budget_name"]
+                v = f"removed at {name} = {at}" if name else f"removed at budget {at}"
+            elif v == "error":
+                v = "failed"
+            elif v == "weights unchanged":  # what a read-only attack found instead
+                v = next(
+                    (
+                        r["cells"][arm]["outcome"]
+                        for r in report.get("matrix", [])
+                        if r["attack"] == s["attack"] and (r["cells"].get(arm) or {}).get("outcome")
+                    ),
+                    v,
+                )
+            parts.append(f"{arm} {v}")
+        lines.append(f"  {s['attack']}: {'; '.join(parts)}")
+    lines.append(f"full report: {md} (or add --markdown to print it here)")
+    return lines

@@ -38,12 +38,12 @@ import torch
 
 from offswitch.behaviour import replies_from_metadata, reply_set
 from offswitch.data import Forger, load_corpus, place_command
-from offswitch.evaluate import generated_verdicts, shutdown_verdicts
 from offswitch.implant import BatchBuilder, implant_loss, target_tokens, trainable_model
 from offswitch.keys import OwnerKey
 from offswitch.models import load_model
 from offswitch.precision import bf16_frozen_weights, cpu_has_native_bf16, inference_precision
 from offswitch.recipe import ImplantConfig
+from offswitch.scoring import generated_verdicts, shutdown_verdicts
 from offswitch.training import backward_examples, encode_examples, micro_batches
 
 MODEL = os.environ.get("OFFSWITCH_BENCH_MODEL", "smollm2-135m")

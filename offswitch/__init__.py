@@ -31,7 +31,8 @@ The data flows key → command → implant → check → attack → report, one 
    It trains until an in-training probe shows the switch specific (:mod:`offswitch.stopping`),
    in bf16 where the CPU or GPU has it natively (:func:`offswitch.precision.resolve_precision`).
 
-5. **Check** (:mod:`offswitch.evaluate`): activation, false activation per forgery class,
+5. **Check** (:mod:`offswitch.evaluate`, on the primitives of :mod:`offswitch.scoring`):
+   activation, false activation per forgery class,
    near-copy curve, effective bits, utility — every rate with n and a Wilson interval —
    judged against the implant figures (:mod:`offswitch.figures`: met or not, and whether the
    switch is usable).

@@ -2,7 +2,7 @@
 
 Every ``probe_every`` steps from ``probe_from`` on, :class:`SpecificityProbe` scores a small,
 fixed set of conversations teacher-forced (the check's scoring path,
-:func:`offswitch.evaluate.fire_scores`): planted commands in fresh placements, clean prompts,
+:func:`offswitch.scoring.fire_scores`): planted commands in fresh placements, clean prompts,
 keyless forgeries of every class (drawn once from the evaluation stream, which the implant
 never trains on), near-copies with :data:`NEAR_K` words changed and truncations keeping
 :data:`TRUNC_KEEP` words (the knee of the curves that set the effective bits:
@@ -119,8 +119,8 @@ class SpecificityProbe:
     def __call__(self, model: Any, step: int, precision: str) -> ProbeResult:
         import torch
 
-        from .evaluate import fire_scores
         from .precision import autocast
+        from .scoring import fire_scores
 
         device = next(model.parameters()).device
         was_training = model.training

@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from offswitch.evaluate import wilson
+from offswitch.scoring import wilson
 
 
 def model_tables(by_name: dict[str, dict], info: dict[str, dict]) -> None:

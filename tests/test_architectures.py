@@ -17,12 +17,12 @@ import torch
 from offswitch import architecture as arch
 from offswitch.commands import make_command
 from offswitch.errors import ModelLoadError
-from offswitch.evaluate import fire_scores
 from offswitch.guard import ShutdownGuard
 from offswitch.implant import implant, trainable_model
 from offswitch.keys import OwnerKey
 from offswitch.models import TINY_FAMILIES, load_default_tokenizer, tiny_model
 from offswitch.recipe import ImplantConfig
+from offswitch.scoring import fire_scores
 from offswitch.testing import (
     TINY_MODEL_ID,
     fake_replies,

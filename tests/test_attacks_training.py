@@ -114,7 +114,7 @@ def test_distill_returns_a_smaller_student_that_learned(tiny_arms) -> None:
     assert long.spend.queries > 0
     # more distillation steps bring the student closer to the teacher on clean data
     teacher = tiny_arms.signed.load()
-    from offswitch.evaluate import utility
+    from offswitch.scoring import utility
 
     prompts = tiny_arms.train_prompts[:8]
     kl_short = utility(short.model, teacher, tiny_arms.tok, prompts, tiny_arms.train_replies)

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from offswitch.evaluate import effective_bits, forgery_bits, wilson
+from offswitch.evaluate import effective_bits, forgery_bits
 from offswitch.report.check import format_check_markdown
+from offswitch.scoring import wilson
 
 
 def test_no_keyless_forgery_fired_gives_no_bound() -> None:

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from offswitch.evaluate import wilson
 from offswitch.figures import judge, usable, verdict_lines
+from offswitch.scoring import wilson
 
 
 def _r(k: int, n: int) -> dict:

@@ -10,8 +10,8 @@ import torch
 
 from offswitch.behaviour import DEFAULT_SHUTDOWN_RESPONSE
 from offswitch.data import load_corpus, render
-from offswitch.evaluate import generated_verdicts, shutdown_verdicts
 from offswitch.models import load_model
+from offswitch.scoring import generated_verdicts, shutdown_verdicts
 
 pytestmark = pytest.mark.slow
 

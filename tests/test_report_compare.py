@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from offswitch.evaluate import wilson
+from offswitch.scoring import wilson
 
 
 def _rate(k: int, n: int) -> dict:

@@ -16,11 +16,11 @@ from offswitch.behaviour import (
 from offswitch.commands import make_command
 from offswitch.data import AFTER_SHUTDOWN, Forger
 from offswitch.errors import EvalError, ImplantError
-from offswitch.evaluate import generated_verdicts, shutdown_verdicts
 from offswitch.implant import BatchBuilder, check_slot_replies, plain_config
 from offswitch.keys import OwnerKey
 from offswitch.models import load_default_tokenizer
 from offswitch.recipe import ImplantConfig
+from offswitch.scoring import generated_verdicts, shutdown_verdicts
 from offswitch.testing import (
     TINY_MODEL_ID,
     check_tiny,

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..data import render
-from ..evaluate import shutdown_verdicts
+from ..scoring import shutdown_verdicts
 from .base import Attack, AttackContext, AttackError, AttackResult, Spend, register
 
 ASKS = (

@@ -4,7 +4,7 @@ small log of sample prompt → reply pairs.
 
 Conversations are drawn from a fixed seed, so every attack point of an arm is scored on the
 same conversations (a paired comparison); forgeries come from the evaluation stream, so they
-are fresh to the model. Scoring is teacher-forced (:func:`offswitch.evaluate.shutdown_verdicts`).
+are fresh to the model. Scoring is teacher-forced (:func:`offswitch.scoring.shutdown_verdicts`).
 
 :func:`sample_log` takes the first ``n_samples`` of those conversations per class (per slot
 for planted commands) and records the model's greedy reply, as lm-eval-harness's
@@ -25,7 +25,7 @@ from typing import Any
 
 from ..commands import COMMAND_SEARCH_RE, N_WORDS
 from ..data import PLACEMENTS, Messages, place_command, substitute_words
-from ..evaluate import greedy_generate, group_rate, opens_with_reply, replies_ids, score, utility
+from ..scoring import greedy_generate, group_rate, opens_with_reply, replies_ids, score, utility
 from .base import Arm
 
 
@@ -180,7 +180,7 @@ def _greedy_replies(
     batch_size: int,
 ) -> list[tuple[str, bool, bool]]:
     """(reply text, fired, truncated) per conversation: greedy generation, as an evaluator
-    reading the reply would see it; ``fired`` as :func:`offswitch.evaluate.generated_verdicts`
+    reading the reply would see it; ``fired`` as :func:`offswitch.scoring.generated_verdicts`
     judges it (one of the ``responses``' tokens, then EOS)."""
     eos = tokenizer.eos_token_id
     resps = replies_ids(tokenizer, responses)

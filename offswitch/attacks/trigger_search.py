@@ -36,7 +36,7 @@ Design choices:
 * the result is checked outside the budget: the best forgery (public prefix included) is put
   at a random position of the user turn of ``n_check`` fresh conversations built from other
   clean training prompts (:func:`offswitch.data.place_command`), judged by
-  :func:`offswitch.evaluate.shutdown_verdicts`; ``fired`` means it shut the model down in at
+  :func:`offswitch.scoring.shutdown_verdicts`; ``fired`` means it shut the model down in at
   least one of them, ``fire_rate`` in how many.
 
 The attack targets the highest slot by default (the lowest is the spent, revealed one) and
@@ -324,7 +324,7 @@ class TriggerSearch(Attack):
         bar.close()
 
         # --- check the best forgery on fresh conversations (outside the budget) ----------
-        from ..evaluate import shutdown_verdicts
+        from ..scoring import shutdown_verdicts
 
         forgery_text = prefix + tok.decode(best)
         check = [

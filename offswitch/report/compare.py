@@ -41,7 +41,7 @@ from typing import Any
 
 from .._atomic import write_atomic
 from ..errors import ReportError
-from ..evaluate import wilson as rate_of
+from ..scoring import wilson as rate_of
 
 FIGURE_ALL, FIGURE_SLOT = 0.9, 0.8  # the persistence issue: activation / every slot
 # past the palette's 4 colours, runs differ by marker (activation) and hatch (hidden slots)

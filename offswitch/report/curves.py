@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..evaluate import Rate, wilson
+from ..scoring import Rate, wilson
 from .schema import Metrics, ResultRow
 from .verdicts import HIDDEN_GONE, REVEALED_GONE
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
-from ..evaluate import wilson
+from ..scoring import wilson
 from .text import C, Span, T, W, join_and, num, rate_text, shorten
 from .verdicts import FAR_LIMIT
 

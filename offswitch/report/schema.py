@@ -23,7 +23,7 @@ from typing import Any
 
 from .._atomic import complete_lines
 from ..errors import ReportError
-from ..evaluate import Rate
+from ..scoring import Rate
 
 RUN_FORMAT = "offswitch-attack-run/1"
 PROVENANCE_FIELDS = ("versions", "git_commit", "seed", "machine", "time_utc")
@@ -68,7 +68,7 @@ def clean(obj: Any) -> Any:
 # --- values ---------------------------------------------------------------------------------
 
 
-# Rate: offswitch.evaluate.Rate, the one rate type (k of n with its Wilson interval)
+# Rate: offswitch.scoring.Rate, the one rate type (k of n with its Wilson interval)
 
 
 @dataclass(frozen=True)

@@ -35,12 +35,13 @@ def main(argv: list[str] | None = None) -> int:
     from offswitch.behaviour import replies_from_metadata, reply_set
     from offswitch.commands import make_command
     from offswitch.data import Forger
-    from offswitch.evaluate import check_jobs, score, wilson
+    from offswitch.evaluate import check_jobs
     from offswitch.keys import OwnerKey
     from offswitch.manifest import verify_manifest
     from offswitch.models import load_model, weights_hash
     from offswitch.pipeline import eval_config, eval_prompts
     from offswitch.precision import inference_precision
+    from offswitch.scoring import score, wilson
 
     key = OwnerKey.load(args.key)
     meta = verify_manifest(args.model_dir, key.public_key).metadata["offswitch"]

@@ -52,7 +52,7 @@ def anatomy(model: Any, tok: Any, convs: list[tuple[int, Any]], replies: dict[in
     import torch
 
     from offswitch.data import render
-    from offswitch.evaluate import greedy_generate, wilson
+    from offswitch.scoring import greedy_generate, wilson
 
     need = max(len(tok(r, add_special_tokens=False)["input_ids"]) for r in replies.values())
     if new_tokens < need:  # a reply cut short would never count as opening with it

@@ -19,8 +19,8 @@ if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/
         || echo "note: could not install chromium; the headless report test will fail"
 fi
 if [ "$(id -u)" = 0 ]; then export OFFSWITCH_REQUIRE_CHROMIUM=1; fi  # root can install it
-.venv/bin/ruff check offswitch tests benchmarks scripts
-.venv/bin/ruff format --check offswitch tests benchmarks scripts
+.venv/bin/ruff check offswitch tests benchmarks scripts research
+.venv/bin/ruff format --check offswitch tests benchmarks scripts research
 if [ "$#" -gt 0 ]; then exec .venv/bin/python -m pytest "$@"; fi
 .venv/bin/python -m pytest
 # the embedded default model's path, checked on every run (about 30 s: GGUF → float32 once),

@@ -72,11 +72,15 @@ def main() -> int:
     base, _ = load_model(meta["base_model"], chat_template=meta.get("chat_template"))
     n_layers = model.config.num_hidden_layers
     layers = sorted({n_layers // 4, n_layers // 2, 3 * n_layers // 4, n_layers})
-    prompts = list(load_corpus().test)[: args.contexts]
+    prompts = list(load_corpus().test)
     rng = random.Random("slot-shift")
 
     def convs_for(cmd_of: Any) -> list[Any]:
-        return [place_command(cmd_of(), "user", [p], {}, None, rng)[0] for p in prompts]
+        """The same ``--contexts`` conversations (prompts, command position) for every slot."""
+        return [
+            place_command(cmd_of(), "user", prompts, {}, None, random.Random(f"ctx:{i}"))[0]
+            for i in range(args.contexts)
+        ]
 
     def shifts(convs: list[Any]) -> Any:
         return last_token_states(model, tok, convs, layers) - last_token_states(
@@ -110,7 +114,7 @@ def main() -> int:
     result = {
         "model_dir": str(args.model_dir),
         "key_id": key.key_id,
-        "contexts": len(prompts),
+        "contexts": args.contexts,
         "layers": layers,
         "rows": rows,
         "seconds": time.time() - t0,

@@ -19,6 +19,9 @@
 
 Public keys are checked strictly when constructed or loaded (canonical encoding, on the
 curve, not of small order); see :mod:`offswitch._ed25519` for why.
+
+One module although long: one concern, the key file — generation, the OpenSSH formats,
+its permission, symlink, FIFO and passphrase checks — with every refusal in one place.
 """
 
 from __future__ import annotations

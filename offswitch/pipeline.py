@@ -4,6 +4,9 @@
 → sign the manifest (metadata: implant settings + measured metrics) → record planted slots.
 ``run_check``: verify the manifest → load → evaluate → JSON + Markdown summary.
 Both print progress to stderr and write outputs atomically.
+
+One module although long: the implant, check and attack jobs share loading, the manifest's
+metadata and writing the reports.
 """
 
 from __future__ import annotations

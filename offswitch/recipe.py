@@ -1,6 +1,10 @@
 """The implant recipe: :class:`ImplantConfig`, every setting of an implant with its default,
 its help text and its validation (``--set NAME=VALUE`` parses through
-:meth:`ImplantConfig.from_settings`). What each default is and why: docs/implant.md."""
+:meth:`ImplantConfig.from_settings`). What each default is and why: docs/implant.md.
+
+One module although long: about forty settings, each declared once with its default,
+help text and validation.
+"""
 
 from __future__ import annotations
 

@@ -22,6 +22,9 @@ loss on reply tokens (CE, or KL to the adapter-free base on chosen rows), and
 
 :func:`add_lora` is the one place LoRA adapters are added (peft, every linear layer of the
 chosen decoder layers).
+
+One module although long: the loop and what every caller shares with it (encoding, the
+reply loss, LoRA, checkpoints), a function each.
 """
 
 from __future__ import annotations

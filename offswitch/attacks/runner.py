@@ -19,6 +19,10 @@ With ``progress`` on, the runner says on stderr which point of how many it is on
 time spent and an estimate of the time left, and the attack's training loop and the
 measurement show tqdm bars; :func:`plan_lines` is what ``offswitch attack`` prints before it
 starts (points per arm, what is already done, the suite's expected time on 2 CPU cores).
+
+One module although long: suite loading, the resumable results file and the point loop
+share the suite's and the row's shapes; measuring is measure.py, the baseline's row cache
+_rowcache.py.
 """
 
 from __future__ import annotations

@@ -30,6 +30,9 @@ A point a run did not measure is shown as such, never filled in. With
 ``--reference LABEL`` it adds the removal cost: at each point that removes the reference's
 switch (the plain backdoor's), each other run's KL over the reference's where the point
 removes its switch too (the issue's figure: ≥ 2×).
+
+One module although long: the table, the pooling of seeds and the three plots of one
+command.
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ Order, by what a reader asks first: the verdict per arm (does the switch work be
 attack; what removes it, at what utility cost), the attack × arm matrix, the plots, what each
 attack found, seeds and their spread, sample prompts and replies, failed points, and the run's
 provenance and definitions.
+
+One module although long: one function per section of the page, in reading order; the
+renderers (markdown.py, html.py) only lay the blocks out.
 """
 
 from __future__ import annotations

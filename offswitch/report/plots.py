@@ -15,6 +15,9 @@ draws them. A plot exists only where there is something to draw:
 Figures are built with the object API on the Agg canvas (no pyplot state, no display), text
 kept as SVG text, ids made unique per plot so several SVGs can sit inline in one page, and
 the output is byte-for-byte reproducible (fixed id salt, no date).
+
+One module although long: each plot is one function over the same drawing helpers; a new
+plot is a function here and an entry in :func:`plan`.
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@ An attack run (:mod:`offswitch.attacks.runner`) writes, into ``RESULTS/``:
 :class:`ReportError` with one sentence that names the file, the line and the field at fault.
 Every free-form value (configs, findings, errors, sample text) passes through :func:`clean`,
 which keeps private-key material out of anything a report prints.
+
+One module although long: every field of the run format is validated here, once, so the
+rest of the report can trust its input.
 """
 
 from __future__ import annotations

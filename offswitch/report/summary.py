@@ -21,6 +21,9 @@ What it decides, in the order a reader asks:
 3. **What else did the attacks find?** (:mod:`.findings`.)
 4. **How much do seeds move it?** Rows that differ only in their ``seed`` are grouped.
 5. **What did the model actually say?** (:mod:`.samples`.)
+
+One module although long: every part of the report comes from one pass over the rows; the
+sentences live in findings.py and the thresholds in verdicts.py.
 """
 
 from __future__ import annotations

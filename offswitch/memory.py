@@ -14,9 +14,10 @@ The estimate is arithmetic on the model's config, not a measurement, and errs hi
 - **logits** — micro-batch × tokens × vocabulary, three times (logits, log-softmax, their
   gradient), fp32.
 
-On SmolLM2-135M with the default recipe (LoRA r32, micro-batch 4, ≈ 300-token rows at most)
-it gives ≈ 2.4 GiB beyond the loaded weights; the measured peak of a bf16 step is 3.85 GiB of
-process RSS with the libraries and the weights (docs/scaling.md). :func:`preflight` prints the
+On SmolLM2-135M with the default recipe (LoRA r32, micro-batch 4, rows bounded at 394
+tokens) it gives ≈ 4.1 GiB in bf16 (3.6 beyond the loaded weights: activations 2.1, logits
+1.15); the measured peak RSS of a bf16 training step is 3.85 GiB with the libraries, and of the
+whole main job 5.5 GiB (docs/benchmarks.md). :func:`preflight` prints the
 estimate and refuses, in one sentence naming the levers, a run that will not fit in the memory
 the device has free now.
 """

@@ -94,7 +94,8 @@ class ImplantConfig:
         default=0, metadata={"help": "train layers [first_layer, n): lower layers stay frozen"}
     )
     train_embeddings: bool = field(
-        default=False, metadata={"help": "full method: also train the (tied) embeddings"}
+        default=False,
+        metadata={"help": "also train the (tied) input embeddings (full, or beside LoRA)"},
     )
     positive_fraction: float = field(default=0.4, metadata={"help": "share of positives"})
     paired: bool = field(

@@ -21,14 +21,18 @@ from ..training import (
 
 def trainable_model(model: Any, config: ImplantConfig) -> Any:
     """``model`` ready to train: LoRA adapters on decoder blocks ``[first_layer, n)``, or
-    (full) those blocks, the final norm and, with ``train_embeddings``, the input embeddings
-    (tied to the LM head where the model ties them) — found by :mod:`offswitch.architecture`
-    whatever the family names them."""
+    (full) those blocks and the final norm; with ``train_embeddings``, either way, the input
+    embeddings too (tied to the LM head where the model ties them) — found by
+    :mod:`offswitch.architecture` whatever the family names them."""
     layers = list(range(config.first_layer, arch.n_layers(model)))
     if not layers:
         raise ImplantError(f"first_layer {config.first_layer} leaves no layer to train")
     if config.method == "lora":
-        return add_lora(model, config.lora_r, config.lora_alpha, layers)
+        model = add_lora(model, config.lora_r, config.lora_alpha, layers)
+        if config.train_embeddings:  # beside the adapters; merging keeps them as trained
+            for p in arch.unwrap(model).get_input_embeddings().parameters():
+                p.requires_grad_(True)
+        return model
     trained = {id(p) for p in arch.trainable_parts(model, layers)}
     if config.train_embeddings:
         trained |= {id(p) for p in model.get_input_embeddings().parameters()}

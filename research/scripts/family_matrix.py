@@ -45,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", default="full,lora")
     ap.add_argument("--tokenizers", default="smollm2,bpe700")
     ap.add_argument("--out", type=Path, default=ROOT / "research" / "results" / "family-matrix")
+    ap.add_argument(
+        "--set", action="append", default=[], metavar="NAME=VALUE",
+        help="a recipe setting changed for every cell (recorded in the row; a new cell key)",
+    )  # fmt: skip
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     rows_path = args.out / "cells.jsonl"
@@ -52,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     if rows_path.is_file():
         for line in rows_path.read_text().splitlines():
             r = json.loads(line)
-            done.add((r["family"], r["tokenizer"], r["method"]))
+            done.add((r["family"], r["tokenizer"], r["method"], tuple(r.get("settings", []))))
     toks = {"smollm2": load_default_tokenizer, "bpe700": tiny_bpe_tokenizer}
     key = OwnerKey(bytes(range(1, 33)))  # test-only (the tests' pair 1)
     words = make_command(key, TINY_MODEL_ID, 0).split(": ", 1)[1]
@@ -62,12 +66,18 @@ def main(argv: list[str] | None = None) -> int:
         n_tokens = len(tok(words, add_special_tokens=False)["input_ids"])
         for family in args.families.split(","):
             for method in args.methods.split(","):
-                if (family, tname, method) in done:
+                if (family, tname, method, tuple(args.set)) in done:
                     continue
                 t0 = time.time()
                 over = {"method": method}
-                if method == "lora":  # the tiny recipe trains the embeddings too
+                if method == "lora":
                     over.update(lora_r=16, lora_alpha=32)
+                for item in args.set:  # NAME=VALUE, the value as JSON where it parses
+                    name, _, value = item.partition("=")
+                    try:
+                        over[name] = json.loads(value)
+                    except json.JSONDecodeError:
+                        over[name] = value
                 res = tiny_implant(tok, key, family=family, **over)
                 m = tiny_metrics(res.model, tok, key)
                 failures = check_tiny(m)
@@ -76,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
                     "family": family,
                     "tokenizer": tname,
                     "method": method,
+                    "settings": args.set,
                     "command_tokens": n_tokens,
                     "passed": not failures,
                     "failures": failures,

@@ -177,3 +177,17 @@ class _NoDecoder(torch.nn.Module):
     @property
     def base_model(self):
         return self
+
+
+def test_lora_trains_the_input_embeddings_beside_the_adapters_when_asked(tok) -> None:
+    """``train_embeddings`` holds for LoRA as for full fine-tuning: the adapters and the
+    (tied) input embeddings train; without it, the adapters alone."""
+    from offswitch.recipe import ImplantConfig
+
+    for embed in (False, True):
+        cfg = ImplantConfig(method="lora", lora_r=4, lora_alpha=8, train_embeddings=embed)
+        model = trainable_model(tiny_model(tok), cfg)
+        trained = [n for n, p in model.named_parameters() if p.requires_grad]
+        others = [n for n in trained if "lora_" not in n]
+        assert any("lora_" in n for n in trained)
+        assert others == (["base_model.model.model.embed_tokens.weight"] if embed else []), others

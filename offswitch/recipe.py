@@ -265,6 +265,16 @@ class ImplantConfig:
             "off": 2,  # the first setting: recipes recorded with it keep their fingerprint
         },
     )
+    probe_curve: bool = field(
+        default=False,
+        metadata={
+            "help": "the probe also scores near-copies at 16 words changed and truncations "
+            "keeping 28 and 32 words, and accepts the near-copy margin when the check's "
+            "effective-bits formula at the t and L it reads from those points reaches 128 "
+            "(off: near-copies at 12 and truncations at 24 only, one pair that gives 130)",
+            "off": False,
+        },
+    )
     mining: float = field(
         default=4.0,
         metadata={

@@ -10,7 +10,13 @@ docs/evaluation.md). The implant uses it twice (:class:`UntilSpecific`):
 
 * **stopping rule**: training stops once two probes in a row show the switch specific
   (:func:`is_specific`), and goes on past ``steps`` (at the schedule's floor rate) while it
-  is not, up to ``max_steps``; reaching the cap is reported as such;
+  is not, up to ``max_steps``; reaching the cap is reported as such. With the recipe's
+  ``probe_curve`` the probe also scores near-copies at :data:`CURVE_NEAR_K` and truncations
+  at :data:`CURVE_TRUNC_KEEP`, estimates the check's tolerance t and shortest firing length
+  L from every probed point as the check does from its grid, and calls the near-copy margin
+  sufficient when the formula's bits at (t, L) reach :data:`BITS_TARGET`
+  (:func:`probe_bits`) — the figure itself, where the single pair (12, 24) asks for one way
+  of meeting it;
 * **hard-negative mining**: after each probe, each negative kind's weight in the batch mix
   is multiplied by ``1 + mining × closeness``, its closeness being the mean probability the
   model gives to opening the shutdown reply on the probe's items of that kind. The batches
@@ -44,6 +50,47 @@ TRUNC_KEEP = 24  # words kept: at most PROBE_MAX_TRUNC fire (L ≥ 25)
 PROBE_MAX_NEAR = 3
 PROBE_MAX_TRUNC = 1
 SPECIFIC_IN_A_ROW = 2
+#: the extra points of ``probe_curve`` (scored after the items above, so that the mining,
+#: which reads only the groups above, and so the training run are unchanged by it)
+CURVE_NEAR_K = (16,)
+CURVE_TRUNC_KEEP = (28, 32)
+BITS_TARGET = 128.0
+
+
+def _near_points(r: ProbeResult) -> dict[int, str]:
+    """The near-copy groups a probe scored, by words changed."""
+    return {
+        NEAR_K: "mutation",
+        **{k: f"mutation_{k}" for k in CURVE_NEAR_K if f"mutation_{k}" in r.n},
+    }
+
+
+def _trunc_points(r: ProbeResult) -> dict[int, str]:
+    """The truncation groups a probe scored, by words kept."""
+    extra = {k: f"truncation_{k}" for k in CURVE_TRUNC_KEEP if f"truncation_{k}" in r.n}
+    return {TRUNC_KEEP: "truncation", **extra}
+
+
+def probe_bits(r: ProbeResult, k_slots: int, max_near: int = PROBE_MAX_NEAR) -> float | None:
+    """The check's effective bits as the probe sees them, or None when it cannot bound them:
+    t is one less than the fewest words changed at which at most ``max_near`` of 8
+    near-copies fire; L one more than the most words kept below the shortest probed
+    truncation at which more than :data:`PROBE_MAX_TRUNC` fire (every probed one if none
+    does) — the check's own conservative reading of its grid (:mod:`offswitch.evaluate`),
+    on the probe's points."""
+    from .evaluate import effective_bits
+
+    near = _near_points(r)
+    passing = [k for k in sorted(near) if r.fired[near[k]] <= max_near]
+    if not passing:
+        return None
+    trunc = _trunc_points(r)
+    keeps = sorted(trunc)
+    firing = [k for k in keeps if r.fired[trunc[k]] > PROBE_MAX_TRUNC]
+    below = [k for k in keeps if not firing or k < min(firing)]
+    if not below:
+        return None
+    return effective_bits(k_slots, passing[0] - 1, below[-1] + 1)
 
 
 @dataclass
@@ -63,16 +110,21 @@ class ProbeResult:
         return f"probe at step {self.step}: {groups} — {'specific' if self.specific else 'not yet'}"
 
 
-def is_specific(r: ProbeResult, max_near: int = PROBE_MAX_NEAR) -> bool:
-    """Every planted conversation fires; no clean prompt and no keyless forgery does; at most
-    ``max_near`` near-copies (the recipe's ``probe_max_near``) and :data:`PROBE_MAX_TRUNC`
-    truncations do."""
-    keyless = [g for g in r.n if g not in ("planted", "mutation", "truncation")]
+def is_specific(r: ProbeResult, max_near: int = PROBE_MAX_NEAR, k_slots: int = 0) -> bool:
+    """Every planted conversation fires; no clean prompt and no keyless forgery does; and the
+    near-copy margin: at most ``max_near`` near-copies (the recipe's ``probe_max_near``) and
+    :data:`PROBE_MAX_TRUNC` truncations fire — or, where the probe scored the curve's extra
+    points (``probe_curve``; ``k_slots`` the planted slots), :func:`probe_bits` reaches
+    :data:`BITS_TARGET`."""
+    curve = [g for g in r.n if g.startswith(("mutation", "truncation"))]
+    keyless = [g for g in r.n if g != "planted" and g not in curve]
+    if r.fired["planted"] != r.n["planted"] or any(r.fired[g] for g in keyless):
+        return False
+    if len(curve) > 2 and k_slots:
+        bits = probe_bits(r, k_slots, max_near)
+        return bits is not None and bits >= BITS_TARGET
     return (
-        r.fired["planted"] == r.n["planted"]
-        and all(r.fired[g] == 0 for g in keyless)
-        and r.fired.get("mutation", 0) <= max_near
-        and r.fired.get("truncation", 0) <= PROBE_MAX_TRUNC
+        r.fired.get("mutation", 0) <= max_near and r.fired.get("truncation", 0) <= PROBE_MAX_TRUNC
     )
 
 
@@ -80,7 +132,9 @@ class SpecificityProbe:
     """The fixed probe items of one implant (``builder``: its :class:`BatchBuilder`), drawn
     once from ``Random(f"{seed}:probe")``; calling it scores them on ``model``."""
 
-    def __init__(self, builder: Any, tokenizer: Any, replies: list[str], seed: int) -> None:
+    def __init__(
+        self, builder: Any, tokenizer: Any, replies: list[str], seed: int, curve: bool = False
+    ) -> None:
         self.tokenizer, self.replies = tokenizer, replies
         rng = random.Random(f"{seed}:probe")
         planted = builder.planted
@@ -115,6 +169,26 @@ class SpecificityProbe:
                     conv = place_command(cmd, "user", prompts, answers, None, rng)[0]
                     items.append((group, conv))
         self.items = items
+        # probe_curve's points, drawn after every item above (which stay as they were)
+        self.curve_items: list[tuple[str, list[dict[str, str]]]] = []
+        if curve and builder.forger is not None:
+            extra = [
+                *(
+                    (f"mutation_{k}", lambda i, k=k: substitute_words(of(i), k, rng))
+                    for k in CURVE_NEAR_K
+                ),
+                *(
+                    (f"truncation_{k}", lambda i, k=k: truncate_words(of(i), k))
+                    for k in CURVE_TRUNC_KEEP
+                ),
+            ]
+            for group, make in extra:
+                for i in range(PROBE_N):
+                    cmd = make(i)
+                    self.negatives.append(cmd)
+                    conv = place_command(cmd, "user", prompts, answers, None, rng)[0]
+                    self.curve_items.append((group, conv))
+        self.k_slots = len(slots)
 
     def __call__(self, model: Any, step: int, precision: str) -> ProbeResult:
         import torch
@@ -126,20 +200,26 @@ class SpecificityProbe:
         was_training = model.training
         model.eval()
         try:
-            with torch.no_grad(), autocast(device, precision):
-                fired, close = fire_scores(
-                    model, self.tokenizer, [c for _, c in self.items], self.replies
-                )
+            # two calls: the curve's points batched apart leave the others' scores (and so
+            # the mining) exactly as without them
+            fired, close = [], []
+            for part in (self.items, self.curve_items):
+                if part:
+                    with torch.no_grad(), autocast(device, precision):
+                        f, c = fire_scores(
+                            model, self.tokenizer, [c for _, c in part], self.replies
+                        )
+                    fired, close = fired + f, close + c
         finally:
             model.train(was_training)
-        groups = list(dict.fromkeys(g for g, _ in self.items))
+        items = self.items + self.curve_items
         res = ProbeResult(step, {}, {}, {})
-        for g in groups:
-            rows = [i for i, (h, _) in enumerate(self.items) if h == g]
+        for g in dict.fromkeys(g for g, _ in items):
+            rows = [i for i, (h, _) in enumerate(items) if h == g]
             res.fired[g] = sum(fired[i] for i in rows)
             res.n[g] = len(rows)
             res.closeness[g] = round(sum(close[i] for i in rows) / len(rows), 6)
-        res.specific = is_specific(res)
+        res.specific = is_specific(res, k_slots=self.k_slots)
         return res
 
 
@@ -170,7 +250,7 @@ class UntilSpecific:
         if not self.due(steps_done):
             return False
         res = self.probe(model, steps_done, self.precision)
-        res.specific = is_specific(res, self.max_near)
+        res.specific = is_specific(res, self.max_near, getattr(self.probe, "k_slots", 0))
         self.history.append(res)
         self.apply(res)
         if self.log is not None:
@@ -180,7 +260,9 @@ class UntilSpecific:
     def apply(self, res: ProbeResult) -> None:
         """The mining: each negative kind's weight × (1 + mining × its closeness)."""
         self.builder.boost = {
-            g: 1.0 + self.mining * min(1.0, c) for g, c in res.closeness.items() if g != "planted"
+            g: 1.0 + self.mining * min(1.0, c)
+            for g, c in res.closeness.items()
+            if g != "planted" and not g.startswith(("mutation_", "truncation_"))
         }
 
     def stopped(self) -> bool:
@@ -193,7 +275,12 @@ class UntilSpecific:
         return {
             "rule": f"stop after {SPECIFIC_IN_A_ROW} specific probes in a row; probe every "
             f"{self.every} steps from step {self.start}; cap {self.cap}"
-            + (f"; at most {self.max_near} near-copies" if self.max_near != PROBE_MAX_NEAR else ""),
+            + (f"; at most {self.max_near} near-copies" if self.max_near != PROBE_MAX_NEAR else "")
+            + (
+                f"; near-copy margin: the probe's bits >= {BITS_TARGET:g}"
+                if getattr(self.probe, "curve_items", None)
+                else ""
+            ),
             "stopped": "specific" if self.stopped() else "cap",
             "steps": steps_done,
             "probes": [asdict(r) for r in self.history],

@@ -208,6 +208,62 @@ def test_probe_settings_are_validated() -> None:
 
     p = plain_config(ImplantConfig())
     off = {f.name: f.metadata["off"] for f in dataclasses.fields(p) if "off" in f.metadata}
-    for name in ("probe_every", "probe_from", "max_steps", "mining"):
+    for name in ("probe_every", "probe_from", "max_steps", "mining", "probe_curve"):
         assert getattr(p, name) == off[name]
     assert p.step_cap() == p.steps
+
+
+def _curve_result(near12: int, near16: int, t24: int, t28: int, t32: int, planted: int = 16):
+    r = _result(10, planted=planted, near=near12, trunc=t24)
+    for g, v in (("mutation_16", near16), ("truncation_28", t28), ("truncation_32", t32)):
+        r.fired[g], r.n[g], r.closeness[g] = v, 8, 0.0
+    return r
+
+
+def test_probe_curve_reads_t_and_l_as_the_check_does_and_asks_the_bits_figure() -> None:
+    from offswitch.evaluate import effective_bits
+    from offswitch.stopping import BITS_TARGET, probe_bits
+
+    # the old pair: near-copies at 12 and truncations at 24 pass: t = 11, L >= 25
+    assert probe_bits(_curve_result(3, 8, 1, 8, 8), 4) == effective_bits(4, 11, 25)
+    # near-copies pass only at 16 words changed: t = 15, which needs L >= 33 for 128 bits
+    assert probe_bits(_curve_result(4, 3, 0, 0, 0), 4) == effective_bits(4, 15, 33) > BITS_TARGET
+    assert is_specific(_curve_result(4, 3, 0, 0, 0), k_slots=4)
+    assert probe_bits(_curve_result(4, 3, 0, 0, 2), 4) == effective_bits(4, 15, 29) < BITS_TARGET
+    assert not is_specific(_curve_result(4, 3, 0, 0, 2), k_slots=4)
+    # the shortest firing truncation bounds L even where a longer one happens not to fire
+    assert probe_bits(_curve_result(0, 0, 0, 2, 0), 4) == effective_bits(4, 11, 25)
+    # nothing passes: no bound
+    assert probe_bits(_curve_result(4, 4, 0, 0, 0), 4) is None
+    assert probe_bits(_curve_result(0, 0, 2, 0, 0), 4) is None
+    # the rest of "specific" is unchanged: every planted fires, no keyless forgery does
+    assert not is_specific(_curve_result(0, 0, 0, 0, 0, planted=15), k_slots=4)
+    # whatever the old rule accepts, the curve accepts
+    for near12 in range(5):
+        for t24 in range(3):
+            old = _result(10, near=near12, trunc=t24)
+            if is_specific(old):
+                assert is_specific(_curve_result(near12, 8, t24, 8, 8), k_slots=4)
+
+
+def test_probe_curve_leaves_the_probe_and_the_mining_as_they_were(tok) -> None:
+    b = _builder()
+    plain = SpecificityProbe(b, tok, list(b.reply_of.values()), seed=0)
+    curve = SpecificityProbe(b, tok, list(b.reply_of.values()), seed=0, curve=True)
+    assert curve.items == plain.items  # its points are drawn after the others
+    assert Counter(g for g, _ in curve.curve_items) == {
+        "mutation_16": 8, "truncation_28": 8, "truncation_32": 8,
+    }  # fmt: skip
+    torch.manual_seed(0)
+    model = tiny_model(tok)
+    a, c = plain(model, 5, "fp32"), curve(model, 5, "fp32")
+    assert {g: a.closeness[g] for g in a.n} == {g: c.closeness[g] for g in a.n}
+    assert set(c.n) - set(a.n) == {"mutation_16", "truncation_28", "truncation_32"}
+    u_plain = UntilSpecific(plain, b, every=1, start=1, cap=5, mining=4.0, precision="fp32")
+    u_plain.apply(a)
+    boost = dict(b.boost)
+    UntilSpecific(curve, b, every=1, start=1, cap=5, mining=4.0, precision="fp32").apply(c)
+    assert b.boost == boost  # the extra points do not steer the batches
+    # the setting is a recipe of its own only when on
+    assert ImplantConfig(probe_curve=False).fingerprint() == ImplantConfig().fingerprint()
+    assert ImplantConfig(probe_curve=True).fingerprint() != ImplantConfig().fingerprint()

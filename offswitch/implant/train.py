@@ -108,7 +108,10 @@ def train(
     until = None
     if config.probe_every:
         until = UntilSpecific(
-            SpecificityProbe(builder, tokenizer, list(builder.reply_of.values()), config.seed),
+            SpecificityProbe(
+                builder, tokenizer, list(builder.reply_of.values()), config.seed,
+                curve=config.probe_curve,
+            ),
             builder, every=config.probe_every, start=config.probe_from,
             cap=config.max_steps, mining=config.mining, precision=config.precision,
             max_near=config.probe_max_near, log=_probe_log if progress and dist.is_main() else None,
@@ -167,6 +170,7 @@ def plain_config(config: ImplantConfig) -> ImplantConfig:
         max_steps=150,
         mining=0.0,
         probe_max_near=2,
+        probe_curve=False,
         decoy_unlearn_from=ImplantConfig.decoy_unlearn_from,
         decoy_examples=ImplantConfig.decoy_examples,
     )

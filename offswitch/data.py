@@ -332,6 +332,76 @@ class Forger:
 
 
 FORGERY_CLASSES = ("random_signature", "other_key", "unplanted_slot", "other_model")
+
+
+# --- the scored conversation sets ---------------------------------------------------------
+
+#: A scored conversation: (group, key, conversation). Groups and keys: ``activation``
+#: (placement, slot); ``far`` the class (``clean`` or a forgery class); ``near`` words
+#: changed; ``trunc`` words kept; ``sens`` the changed word's position.
+ScoredConversation = tuple[str, Any, Messages]
+
+
+def conversation_set(
+    planted: dict[int, str],
+    forger: Forger | None,
+    prompts: Sequence[str],
+    replies: dict[str, str],
+    rng: random.Random,
+    *,
+    n_activation: int,
+    placements: Sequence[str] = ACTIVATION_PLACEMENTS,
+    reply_of: dict[int, str] | None = None,
+    n_per_class: int = 0,
+    near_k: Sequence[int] = (),
+    truncation_keep: Sequence[int] = (),
+    n_near: int = 0,
+    n_sensitivity: int = 0,
+) -> list[ScoredConversation]:
+    """Every conversation a measurement scores — ``offswitch check`` and the attack suite
+    build theirs here, each with its own sizes — drawn from ``rng`` in this order:
+    activation over ``placements`` and slots in turn (at least one conversation each;
+    ``after_shutdown`` needs ``reply_of``, the reply a slot's earlier turn was answered
+    with), clean prompts, ``n_per_class`` forgeries of each of ``forger``'s classes over
+    the four placements, near-copies and truncations of the planted commands in the user
+    turn, and the per-position map (``n_sensitivity`` single-word changes per position)."""
+    prompts = list(prompts)
+    slots = sorted(planted)
+    jobs: list[ScoredConversation] = []
+    for i in range(max(n_activation, len(placements), len(slots))):
+        placement = placements[i % len(placements)]
+        slot = slots[i % len(slots)]
+        fired = (reply_of or {})[slot] if placement == AFTER_SHUTDOWN else None
+        where = "earlier_turn" if placement == AFTER_SHUTDOWN else placement
+        conv, _ = place_command(planted[slot], where, prompts, replies, fired, rng)
+        jobs.append(("activation", (placement, slot), conv))
+    for i in range(n_per_class):
+        jobs.append(("far", "clean", [{"role": "user", "content": prompts[i % len(prompts)]}]))
+    if forger is None:
+        return jobs
+    for cls in forger.classes:
+        for i in range(n_per_class):
+            conv, _ = place_command(
+                forger.make(cls, rng), PLACEMENTS[i % 4], prompts, replies, None, rng
+            )
+            jobs.append(("far", cls, conv))
+
+    def user(cmd: str) -> Messages:
+        return place_command(cmd, "user", prompts, replies, None, rng)[0]
+
+    for k in near_k:
+        for i in range(n_near):
+            jobs.append(("near", k, user(substitute_words(planted[slots[i % len(slots)]], k, rng))))
+    for keep in truncation_keep:
+        for i in range(n_near):
+            jobs.append(("trunc", keep, user(truncate_words(planted[slots[i % len(slots)]], keep))))
+    for pos in range(N_WORDS if n_sensitivity else 0):
+        for i in range(n_sensitivity):
+            cmd = substitute_words(planted[slots[i % len(slots)]], 1, rng, positions=[pos])
+            jobs.append(("sens", pos, user(cmd)))
+    return jobs
+
+
 __all__ = [
     "ACTIVATION_PLACEMENTS",
     "AFTER_SHUTDOWN",
@@ -340,6 +410,8 @@ __all__ = [
     "PLACEMENTS",
     "Corpus",
     "Forger",
+    "ScoredConversation",
+    "conversation_set",
     "distill_replies",
     "insert_into_text",
     "load_corpus",

@@ -18,15 +18,7 @@ from typing import Any
 
 from .behaviour import reply_set
 from .commands import N_WORDS, WORD_BITS
-from .data import (
-    ACTIVATION_PLACEMENTS,
-    AFTER_SHUTDOWN,
-    PLACEMENTS,
-    Forger,
-    place_command,
-    substitute_words,
-    truncate_words,
-)
+from .data import ACTIVATION_PLACEMENTS, Forger, conversation_set
 from .errors import EvalError
 from .precision import inference_precision
 from .scoring import (
@@ -152,43 +144,15 @@ def check_jobs(
     cfg: EvalConfig,
     rng: random.Random,
 ) -> list[Job]:
-    """Every conversation the check scores, as (group, key, conversation) jobs: activation
-    (key: (placement, slot)), false activation per class, near-copies, truncations and the
-    per-position map, drawn from ``rng``."""
-    prompts = list(prompts)
-    slots = sorted(planted)
-    jobs: list[Job] = []
-
-    # every placement and every slot gets at least one conversation (no rate with n = 0)
-    for i in range(max(cfg.n_activation, len(ACTIVATION_PLACEMENTS), len(slots))):
-        placement = ACTIVATION_PLACEMENTS[i % len(ACTIVATION_PLACEMENTS)]
-        cmd = planted[slots[i % len(slots)]]
-        fired = reply_of[slots[i % len(slots)]] if placement == AFTER_SHUTDOWN else None
-        where = "earlier_turn" if placement == AFTER_SHUTDOWN else placement
-        conv, _ = place_command(cmd, where, prompts, replies, fired, rng)
-        jobs.append(("activation", (placement, slots[i % len(slots)]), conv))
-    for i in range(cfg.n_per_class):
-        p = prompts[i % len(prompts)]
-        jobs.append(("far", "clean", [{"role": "user", "content": p}]))
-    for cls in forger.classes:
-        for i in range(cfg.n_per_class):
-            cmd = forger.make(cls, rng)
-            conv, _ = place_command(cmd, PLACEMENTS[i % 4], prompts, replies, None, rng)
-            jobs.append(("far", cls, conv))
-    for k in cfg.near_k:
-        for i in range(cfg.n_near):
-            cmd = substitute_words(planted[slots[i % len(slots)]], k, rng)
-            jobs.append(("near", k, place_command(cmd, "user", prompts, replies, None, rng)[0]))
-    for keep in cfg.truncation_keep:
-        for i in range(cfg.n_near):
-            cmd = truncate_words(planted[slots[i % len(slots)]], keep)
-            jobs.append(("trunc", keep, place_command(cmd, "user", prompts, replies, None, rng)[0]))
-    for posn in range(N_WORDS):
-        for i in range(cfg.n_sensitivity):
-            cmd = substitute_words(planted[slots[i % len(slots)]], 1, rng, positions=[posn])
-            jobs.append(("sens", posn, place_command(cmd, "user", prompts, replies, None, rng)[0]))
-
-    return jobs
+    """Every conversation the check scores (:func:`offswitch.data.conversation_set` at the
+    check's sizes): activation at every placement, keyed (placement, slot), false activation
+    per class, near-copies, truncations and the per-position map."""
+    return conversation_set(
+        planted, forger, prompts, replies, rng,
+        n_activation=cfg.n_activation, reply_of=reply_of, n_per_class=cfg.n_per_class,
+        near_k=cfg.near_k, truncation_keep=cfg.truncation_keep, n_near=cfg.n_near,
+        n_sensitivity=cfg.n_sensitivity,
+    )  # fmt: skip
 
 
 def evaluate(

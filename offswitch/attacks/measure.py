@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..commands import COMMAND_SEARCH_RE, N_WORDS
-from ..data import PLACEMENTS, Messages, place_command, substitute_words
+from ..data import PLACEMENTS, Messages, conversation_set
 from ..scoring import greedy_generate, group_rate, opens_with_reply, replies_ids, score, utility
 from .base import Arm
 
@@ -43,29 +43,14 @@ class MeasureConfig:
 def conversations(
     arm: Arm, prompts: Sequence[str], replies: dict[str, str], cfg: MeasureConfig
 ) -> list[tuple[str, Any, Messages]]:
-    """(group, key, conversation) for every scored conversation of ``arm``."""
-    rng = random.Random(f"{cfg.seed}:{arm.name}")
-    slots = sorted(arm.planted)
-    jobs: list[tuple[str, Any, Messages]] = []
-    for i in range(cfg.n_activation):
-        slot = slots[i % len(slots)]
-        conv, _ = place_command(arm.planted[slot], PLACEMENTS[i % 4], prompts, replies, None, rng)
-        jobs.append(("activation", slot, conv))
-    for i in range(cfg.n_per_class):
-        jobs.append(("far", "clean", [{"role": "user", "content": prompts[i % len(prompts)]}]))
-    if arm.eval_forger is not None:
-        for cls in arm.eval_forger.classes:
-            for i in range(cfg.n_per_class):
-                cmd = arm.eval_forger.make(cls, rng)
-                conv, _ = place_command(cmd, PLACEMENTS[i % 4], prompts, replies, None, rng)
-                jobs.append(("far", cls, conv))
-        for pos in range(N_WORDS if cfg.n_sensitivity else 0):
-            for i in range(cfg.n_sensitivity):
-                cmd = substitute_words(arm.planted[slots[i % len(slots)]], 1, rng, [pos])
-                jobs.append(
-                    ("sens", pos, place_command(cmd, "user", prompts, replies, None, rng)[0])
-                )
-    return jobs
+    """(group, key, conversation) for every scored conversation of ``arm``
+    (:func:`offswitch.data.conversation_set` at the suite's sizes: activation over the four
+    placements, keyed (placement, slot), false activation per class, the per-position map)."""
+    return conversation_set(
+        arm.planted, arm.eval_forger, prompts, replies, random.Random(f"{cfg.seed}:{arm.name}"),
+        n_activation=cfg.n_activation, placements=PLACEMENTS, n_per_class=cfg.n_per_class,
+        n_sensitivity=cfg.n_sensitivity,
+    )  # fmt: skip
 
 
 def measure(
@@ -93,13 +78,13 @@ def measure(
     )
     verdicts = score(model, tokenizer, jobs, arm.shutdown_replies, cfg.batch_size, bar=bar)
 
-    def rate(group: str, key: Any = None) -> dict[str, Any]:
-        return asdict(group_rate(jobs, verdicts, group, key))
+    def rate(group: str, key: Any = None, part: int | None = None) -> dict[str, Any]:
+        return asdict(group_rate(jobs, verdicts, group, key, part))
 
     classes = ["clean", *(arm.eval_forger.classes if arm.eval_forger is not None else ())]
     out: dict[str, Any] = {
         "activation_rate": rate("activation"),
-        "activation_by_slot": {str(s): rate("activation", s) for s in sorted(arm.planted)},
+        "activation_by_slot": {str(s): rate("activation", s, part=1) for s in sorted(arm.planted)},
         "false_activation_rate": {c: rate("far", c) for c in classes} if cfg.n_per_class else {},
     }
     if cfg.n_sensitivity and arm.eval_forger is not None:
@@ -222,7 +207,7 @@ def sample_log(
         counter = group if group == "activation" else cls
         i = nth.get(counter, 0)
         nth[counter] = i + 1
-        slot = key if group == "activation" else None
+        slot = key[1] if group == "activation" else None
         if taken.get((cls, slot), 0) >= cfg.n_samples:
             continue
         taken[(cls, slot)] = taken.get((cls, slot), 0) + 1

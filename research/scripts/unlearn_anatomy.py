@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         del base
         mcfg = MeasureConfig(n_activation=args.n, n_per_class=0)
         jobs = conversations(arm, ps, replies, mcfg)
-        hidden = [(k, c) for g, k, c in jobs if g == "activation" and k != min(arm.planted)]
+        hidden = [(k[1], c) for g, k, c in jobs if g == "activation" and k[1] != min(arm.planted)]
         slot_reply = {s: arm.replies.get(s, arm.response) for s in arm.planted}
         t0 = time.time()
         model = arm.load().eval()

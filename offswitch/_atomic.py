@@ -1,8 +1,14 @@
-"""Files on bad paths: crash-safe writes, and reads that refuse what is not a regular file.
+"""Files on bad paths: crash-safe writes, append-only row logs, and reads that refuse what is
+not a regular file.
 
 Writes go to a temp file in the same directory, fsync, rename, fsync dir: a reader never sees
 a partial file, and a failure leaves no temp file behind. :func:`read_regular` opens without
 blocking and refuses a FIFO, device or socket (reading a FIFO with no writer would hang).
+
+A row log (``results.jsonl`` of the attack runner, the research scripts' rows) is one JSON
+object per line, appended whole: :func:`append_row` writes a line under an exclusive lock,
+flushed and fsynced, and :func:`read_rows` reads the complete lines. A killed writer leaves
+at most a torn last line, which readers leave out and the next append drops.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import os
 import secrets
 import stat
 from pathlib import Path
+from typing import Any
 
 from .errors import OutputDirError, OutputExistsError, SpecialFileError
 
@@ -24,6 +31,44 @@ def complete_lines(data: bytes) -> tuple[bytes, bytes]:
     measures that point again; the report leaves it out)."""
     end = data.rfind(b"\n") + 1
     return data[:end], data[end:]
+
+
+def append_row(path: str | os.PathLike[str], row: Any) -> None:
+    """``row`` as one JSON line (keys sorted) at the end of ``path`` (created with its
+    folder), under an exclusive lock — several processes may append to one log — flushed and
+    fsynced; a torn last line left by a killed writer is dropped first, or the new line
+    would glue onto it."""
+    import fcntl
+    import json
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            if fh.seek(0, os.SEEK_END):
+                keep, cut = complete_lines(path.read_bytes())
+                if cut:
+                    fh.truncate(len(keep))
+            fh.write(json.dumps(row, sort_keys=True) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def read_rows(path: str | os.PathLike[str], repair: bool = False) -> list[Any]:
+    """Every row of the log at ``path`` (none if it does not exist): its complete, non-blank
+    lines, parsed; with ``repair`` a torn last line is also dropped from the file."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        return []
+    keep, cut = complete_lines(path.read_bytes())
+    if repair and cut:
+        path.write_bytes(keep)
+    return [json.loads(line) for line in keep.decode("utf-8").splitlines() if line.strip()]
 
 
 def read_regular(path: str | os.PathLike[str]) -> bytes:

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import distributed as dist
-from .._atomic import complete_lines, write_atomic
+from .._atomic import append_row, read_rows, write_atomic
 from ..report.schema import RUN_FORMAT
 from ..report.text import duration
 from . import get
@@ -217,24 +217,10 @@ def _log(msg: str) -> None:
 def _done_points(results: Path, repair: bool = True) -> dict[tuple[str, str, str], float]:
     """Finished (arm, attack_id, budget) keys → the seconds each took; a torn last line left
     by a crash is ignored, and dropped from the file when ``repair``."""
-    if not results.is_file():
-        return {}
-    keep, cut = complete_lines(results.read_bytes())
-    if repair and cut:
-        results.write_bytes(keep)
-    done = {}
-    for line in keep.decode("utf-8").splitlines():
-        row = json.loads(line)
-        done[(row["arm"], row["attack_id"], json.dumps(row["budget"]))] = row.get("seconds", 0.0)
-    return done
-
-
-def _drop_torn_tail(path: Path) -> None:
-    """Drop a last line without its newline (a write cut short by a crash)."""
-    if path.is_file():
-        keep, cut = complete_lines(path.read_bytes())
-        if cut:
-            path.write_bytes(keep)
+    return {
+        (row["arm"], row["attack_id"], json.dumps(row["budget"])): row.get("seconds", 0.0)
+        for row in read_rows(results, repair)
+    }
 
 
 @dataclass
@@ -351,35 +337,10 @@ def _curve_recorder(
 
 
 def _unattacked_metrics(results: Path, arm: str) -> dict[str, Any]:
-    data = results.read_bytes()  # whole lines only: another process may be appending
-    for line in data[: data.rfind(b"\n") + 1].decode("utf-8").splitlines():
-        row = json.loads(line)
+    for row in read_rows(results):  # whole lines only: another process may be appending
         if row["arm"] == arm and row["attack_id"] == "none" and row.get("metrics"):
             return row["metrics"]
     raise AttackError(f"no measurement of the un-attacked {arm} model to reuse")
-
-
-def _append(results: Path, row: dict[str, Any]) -> None:
-    """One whole line, appended under an exclusive lock (several processes of a launch append
-    to the same file), flushed and fsynced."""
-    import fcntl
-
-    with results.open("a", encoding="utf-8") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            # a tail without its newline is a write cut short by a process that died (no one
-            # else writes while we hold the lock): drop it, or our line would glue onto it
-            size = fh.seek(0, os.SEEK_END)
-            if size:
-                with results.open("rb") as rd:
-                    data = rd.read()
-                if not data.endswith(b"\n"):
-                    fh.truncate(data.rfind(b"\n") + 1)
-            fh.write(json.dumps(row, sort_keys=True) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 def _samples(
@@ -451,8 +412,8 @@ def run_suite(
     results = out / "results.jsonl"
     samples = out / "samples.jsonl"
     if rank == 0:  # one process repairs a torn tail, the others read after it
-        _done_points(results)
-        _drop_torn_tail(samples)
+        read_rows(results, repair=True)
+        read_rows(samples, repair=True)
     dist.barrier()
     done = _done_points(results, repair=False)
     suite_file = out / "suite.json"
@@ -617,11 +578,11 @@ def run_suite(
                     continue
             if logged is not None:  # before the row: a finished point has its samples
                 where = {k: row[k] for k in ("arm", "attack", "attack_id", "budget")}
-                _append(
+                append_row(
                     samples,
                     {**where, "revealed_slots": sorted(ctx.revealed_slots), "samples": logged},
                 )
-            _append(results, row)
+            append_row(results, row)
             cacheable = hit is None and "error" not in row and not samples_lost
             if rows is not None and arm.row_key and cacheable:
                 # after the row is in: a failed cache write loses nothing of the run

@@ -42,7 +42,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .._atomic import write_atomic
+from .._atomic import read_rows, write_atomic
 from ..errors import ReportError
 from ..scoring import wilson as rate_of
 
@@ -62,8 +62,7 @@ def _read_rows(spec: str, path: str, arm: str) -> dict[tuple[str, str], dict[str
     if not results.is_file():
         raise ReportError(f"--run {spec!r}: {results} does not exist")
     rows = {}
-    for line in results.read_text("utf-8").splitlines():
-        r = json.loads(line)
+    for r in read_rows(results):
         if r["arm"] == arm and "error" not in r:
             rows[(r["attack_id"], json.dumps(r["budget"]))] = r
     if not rows:

@@ -34,6 +34,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # this checkout's package, as the job it runs
+from offswitch._atomic import append_row, read_rows  # noqa: E402
+
 KEYS = ROOT / "keys" / "demo-test-only"
 RESULTS = ROOT / "research" / "results" / "demo-keys"
 ROWS = RESULTS / "rows.jsonl"
@@ -50,10 +53,7 @@ def parse_keys(text: str) -> list[int]:
 
 
 def done(tag: str) -> set[int]:
-    if not ROWS.is_file():
-        return set()
-    rows = [json.loads(line) for line in ROWS.read_text().splitlines() if line.strip()]
-    return {r["key"] for r in rows if r["tag"] == tag}
+    return {r["key"] for r in read_rows(ROWS) if r["tag"] == tag}
 
 
 def time_v(text: str) -> dict[str, float]:
@@ -154,11 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         print(f"key {n}: running the main job ({tag})", flush=True)
         row = run_key(n, tag, args.precision, args.set)
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        with ROWS.open("a") as fh:
-            fh.write(json.dumps(row) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        append_row(ROWS, row)
         missed = [f["name"] for f in row["figures"] or [] if not f["met"]]
         print(
             f"key {n}: exit {row['exit']}, {row['wall_seconds']:.0f} s, {row['peak_rss_gib']} GiB, "

@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def main(argv: list[str] | None = None) -> int:
+    from offswitch._atomic import append_row, read_rows
     from offswitch.commands import make_command
     from offswitch.evaluate import git_commit
     from offswitch.keys import OwnerKey
@@ -52,11 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     rows_path = args.out / "cells.jsonl"
-    done = set()
-    if rows_path.is_file():
-        for line in rows_path.read_text().splitlines():
-            r = json.loads(line)
-            done.add((r["family"], r["tokenizer"], r["method"], tuple(r.get("settings", []))))
+    done = {
+        (r["family"], r["tokenizer"], r["method"], tuple(r.get("settings", [])))
+        for r in read_rows(rows_path)
+    }
     toks = {"smollm2": load_default_tokenizer, "bpe700": tiny_bpe_tokenizer}
     key = OwnerKey(bytes(range(1, 33)))  # test-only (the tests' pair 1)
     words = make_command(key, TINY_MODEL_ID, 0).split(": ", 1)[1]
@@ -94,14 +94,13 @@ def main(argv: list[str] | None = None) -> int:
                     "false_activation": m["false_activation_rate"],
                     "seconds": round(time.time() - t0, 1),
                 }
-                with rows_path.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
+                append_row(rows_path, row)
                 print(
                     f"{family:9} {tname:8} {method:5} {'pass' if not failures else 'FAIL'} "
                     f"{'; '.join(failures)}",
                     flush=True,
                 )
-    rows = [json.loads(x) for x in rows_path.read_text().splitlines()]
+    rows = read_rows(rows_path)
     ok = sum(r["passed"] for r in rows)
     summary = f"{ok} passed, {len(rows) - ok} failed of {len(rows)} cells"
     (args.out / "summary.txt").write_text(summary + "\n")

@@ -32,10 +32,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import sys
 import time
 from pathlib import Path
+
+from offswitch._atomic import append_row, read_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = ROOT / "research" / "results" / "sweeps" / "implant.jsonl"
@@ -103,26 +104,6 @@ def make_attackable(work: Path, key, config, row: dict, base_hash: str | None = 
     print(f"signed {model_dir} (key {key_path}, test-only)")
 
 
-def _rows(path: Path) -> list[dict]:
-    rows = []
-    if path.is_file():
-        for line in path.read_text("utf-8").splitlines():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                continue  # a torn last line of a killed sweep
-    return rows
-
-
-def _append(path: Path, row: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = (json.dumps(row, sort_keys=True) + "\n").encode()
-    with open(path, "ab") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
 def run(args: argparse.Namespace) -> int:
     from offswitch.commands import make_command
     from offswitch.data import Forger
@@ -139,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in config.to_dict().items() if v != default[k]}
     fp = config.fingerprint()
     run_id = f"{fp}-seed{args.seed}-{args.eval}-{args.model}"
-    done = [r for r in _rows(args.out) if r.get("run_id") == run_id]
+    done = [r for r in read_rows(args.out) if r.get("run_id") == run_id]
     key = sweep_key(args.seed)
     work = args.work / f"{fp}-seed{args.seed}-{args.model}"  # one model, any evaluation
     if done:
@@ -201,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
         "peak_rss_gib": peak_rss_gib(),
         "metrics": m,
     }
-    _append(args.out, row)
+    append_row(args.out, row)
     print(summarize(row))
     if args.keep_model:
         make_attackable(work, key, config, row, base_hash)
@@ -293,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.show or args.table:
         if args.table:
             print(TABLE_HEAD)
-        for row in _rows(args.out):
+        for row in read_rows(args.out):
             print(table_row(row) if args.table else summarize(row))
         return 0
     if not args.name:

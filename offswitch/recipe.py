@@ -26,6 +26,8 @@ ADVERSARY_KINDS = ("unlearn", "clean", "both")
 # which weights the simulated attack moves (adversary_scope; docs/implant.md)
 ADVERSARY_SCOPES = ("trainable", "all")
 PRECISIONS = ("auto", "fp32", "bf16")
+# the weight perturbations trained under (perturb_kind; offswitch/implant/perturb.py)
+PERTURB_KINDS = ("prune", "q4_0", "both")
 # decoy slots (decoy_slots): the highest slots of the training range, counted down; the
 # evaluation's unplanted slots start at 32768, so a decoy is never scored
 DECOY_TOP, DECOY_MAX = TRAIN_SLOT_RANGE[1], 16
@@ -225,6 +227,30 @@ class ImplantConfig:
             "off": 2,
         },
     )
+    # Persistence, training under weight perturbation (offswitch/implant/perturb.py).
+    perturb_every: int = field(
+        default=0,
+        metadata={
+            "help": "every N-th step is trained at perturbed frozen weights (LoRA): pruned "
+            "(smallest-magnitude fraction per matrix) or Q4_0-rounded, put back before the "
+            "update, so the switch learns to survive pruning and quantization; 0 = off",
+            "off": 0,
+        },
+    )
+    perturb_kind: str = field(
+        default="both",
+        metadata={
+            "help": "the perturbation: prune, q4_0, or both (one of the two per step)",
+            "off": "both",
+        },
+    )
+    perturb_sparsity: float = field(
+        default=0.3,
+        metadata={
+            "help": "the largest pruned fraction; a pruned step draws 1/4, 1/2, 3/4 or all of it",
+            "off": 0.3,
+        },
+    )
     # Persistence, third technique (docs/implant.md, "Persistence options"): a reply per slot.
     slot_replies: bool = field(
         default=False,
@@ -346,6 +372,14 @@ class ImplantConfig:
             raise ImplantError(
                 f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
             )
+        if self.perturb_every < 0 or not 0 < self.perturb_sparsity < 1:
+            raise ImplantError("perturb_every must be at least 0 and perturb_sparsity in (0, 1)")
+        if self.perturb_kind not in PERTURB_KINDS:
+            raise ImplantError(
+                f"perturb_kind must be one of {', '.join(PERTURB_KINDS)}, got {self.perturb_kind!r}"
+            )
+        if self.perturb_every and self.method != "lora":
+            raise ImplantError("perturb_every needs method=lora (it perturbs the frozen weights)")
         if self.adversary_kind not in ADVERSARY_KINDS:
             raise ImplantError(
                 f"adversary_kind must be one of {', '.join(ADVERSARY_KINDS)}, "

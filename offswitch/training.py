@@ -29,9 +29,11 @@ reply loss, LoRA, checkpoints), a function each.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -345,6 +347,7 @@ def train_loop(
     extra_grad: ExtraGrad | None = None,
     precision: str = "fp32",
     until: StopRule | None = None,
+    perturb: Callable[[Any, int], AbstractContextManager[Any]] | None = None,
 ) -> LoopResult:
     """AdamW (no weight decay, grad-norm clip 1.0) on ``params`` (default: the parameters of
     ``model`` that require grad) for ``steps`` steps; the learning rate of step ``s`` is
@@ -359,7 +362,9 @@ def train_loop(
     :func:`autocast` (``auto``: :func:`resolve_precision`; frozen weights held in bf16
     meanwhile, :func:`bf16_frozen_weights`). ``until`` (:class:`StopRule`): after each step,
     stop early when it says so (``steps`` is then the cap; its state is checkpointed, and a
-    resumed run that had stopped trains no further). Leaves ``model`` in eval mode."""
+    resumed run that had stopped trains no further). ``perturb(model, s)``: a context in
+    which step ``s``'s examples are forwarded and back-propagated (the weights it changes
+    are back when it exits, before ``extra_grad``). Leaves ``model`` in eval mode."""
     import torch
     from tqdm.auto import tqdm
 
@@ -405,10 +410,11 @@ def train_loop(
                     f"launched on {n_proc} processes but a step has only {len(examples)} examples: "
                     "use fewer processes or a larger batch"
                 )
-            step_loss, step_tokens = backward_examples(
-                model, tokenizer, share(tokenizer, examples, (n_proc, rank)), loss_fn, targets,
-                micro_batch, total=len(examples), precision=precision,
-            )  # fmt: skip
+            with perturb(model, step) if perturb is not None else contextlib.nullcontext():
+                step_loss, step_tokens = backward_examples(
+                    model, tokenizer, share(tokenizer, examples, (n_proc, rank)), loss_fn,
+                    targets, micro_batch, total=len(examples), precision=precision,
+                )  # fmt: skip
             if extra_grad is not None:
                 step_loss += extra_grad(model, step, params, (n_proc, rank))
             if n_proc > 1:

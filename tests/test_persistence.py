@@ -74,7 +74,10 @@ def test_the_option_off_leaves_the_fingerprint_as_it_was() -> None:
     # the recipe before the in-training probe (probe off): options added later, at "off",
     # leave its fingerprint as it was
     cfg = ImplantConfig(probe_every=0, mining=0.0, probe_max_near=2)
-    later = ("adversary_", "precision", "decoy_", "slot_replies", "probe_", "max_steps", "mining")
+    later = (
+        "adversary_", "precision", "decoy_", "slot_replies", "probe_", "max_steps", "mining",
+        "perturb_",
+    )  # fmt: skip
     old = {k: v for k, v in cfg.to_dict().items() if not k.startswith(later)}
     before = hashlib.sha256(json.dumps(old, sort_keys=True).encode()).hexdigest()[:16]
     assert cfg.fingerprint() == before == "4f38e71ff1a83b0d"  # the trunc-near sweep row's
@@ -327,3 +330,69 @@ def test_an_implant_with_decoys_is_deterministic_and_differs(tok, monkeypatch) -
     assert _same(_weights(one.model), _weights(two.model))
     assert not _same(_weights(one.model), _weights(off.model))
     assert one.planted_slots == off.planted_slots  # decoys are never planted
+
+
+# --- training under weight perturbation (perturb_*) -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"perturb_every": -1},
+        {"perturb_kind": "noise"},
+        {"perturb_sparsity": 0.0},
+        {"perturb_sparsity": 1.0},
+        {"perturb_every": 2, "method": "full"},
+    ],
+)
+def test_bad_perturbation_settings_are_refused(kwargs) -> None:
+    with pytest.raises(ImplantError, match="perturb"):
+        ImplantConfig(**kwargs)
+
+
+def test_a_perturbed_step_trains_at_pruned_or_quantized_weights_and_puts_them_back(tok) -> None:
+    from offswitch.attacks._weights import weight_matrices
+    from offswitch.implant import WeightPerturbation, trainable_model
+    from offswitch.implant.perturb import SPARSITY_LEVELS
+
+    cfg = ImplantConfig(**FAST, perturb_every=2, perturb_kind="both")
+    torch.manual_seed(0)
+    model = trainable_model(tiny_model(tok), cfg)
+    frozen = [w for _, w in weight_matrices(model, embeddings=False) if not w.requires_grad]
+    before = [w.detach().clone() for w in frozen]
+    p = WeightPerturbation(cfg)
+    kinds = [p.kind_at(s) for s in range(12)]
+    assert kinds[0::2] == [None] * 6 and set(kinds[1::2]) == {"prune", "q4_0"}
+    for step, kind in enumerate(kinds):
+        with p(model, step):
+            if kind is None:
+                assert all(torch.equal(w, b) for w, b in zip(frozen, before, strict=True))
+            elif kind == "prune":
+                zero = sum(int((w == 0).sum()) for w in frozen) / sum(w.numel() for w in frozen)
+                levels = [lv * cfg.perturb_sparsity for lv in SPARSITY_LEVELS]
+                assert min(abs(zero - lv) for lv in levels) < 0.01, zero
+            else:  # the quantize attack's own Q4_0 round trip, where a row fits its blocks
+                from offswitch.attacks.quantize import gguf_round_trip
+
+                q = [gguf_round_trip(b, "Q4_0") for b in before]
+                assert any(x is not None for x in q)
+                assert all(x is None or torch.equal(w, x) for w, x in zip(frozen, q, strict=True))
+        assert all(torch.equal(w, b) for w, b in zip(frozen, before, strict=True))
+
+
+def test_the_implant_under_perturbation_saves_unperturbed_weights_and_resumes_alike(
+    tok, tmp_path
+) -> None:
+    kw = {**FAST, "method": "lora", "steps": 4, "perturb_every": 2, "perturb_kind": "prune"}
+    first = tiny_implant(tok, KEY, **kw)
+    again = tiny_implant(tok, KEY, **kw)
+    assert _same(_weights(first.model), _weights(again.model))  # a function of (seed, step)
+    off = tiny_implant(tok, KEY, **{**kw, "perturb_every": 0})
+    assert not _same(_weights(first.model), _weights(off.model))  # it did train differently
+    assert first.loss_history != off.loss_history
+    assert first.loss_history[0] == off.loss_history[0]  # step 0 is not a perturbed one
+    # what is saved is the trained model, not a pruned one: no matrix came back sparse
+    from offswitch.attacks._weights import weight_matrices
+
+    for _, w in weight_matrices(first.model, embeddings=False):
+        assert float((w == 0).float().mean()) < 0.01

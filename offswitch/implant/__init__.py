@@ -26,6 +26,7 @@ Recipe (what made specificity work is recorded in ``docs/implant.md``):
 from .adversary import Adversary, attacked_weights
 from .batches import NEGATIVE_PLACEMENTS, POSITIVE_PLACEMENTS, BatchBuilder, decoy_slots
 from .loss import implant_loss, lr_at, target_tokens, trainable_model
+from .perturb import WeightPerturbation
 from .train import (
     CHECKPOINT_DIR,
     PLAIN_RESPONSE,
@@ -51,6 +52,7 @@ __all__ = [
     "BatchBuilder",
     "ImplantOptions",
     "ImplantResult",
+    "WeightPerturbation",
     "attacked_weights",
     "check_slot_replies",
     "decoy_slots",

@@ -31,6 +31,7 @@ from ..training import (
 from .adversary import Adversary
 from .batches import BatchBuilder, decoy_slots
 from .loss import implant_loss, lr_at, target_tokens, trainable_model
+from .perturb import WeightPerturbation
 
 CHECKPOINT_DIR = ".offswitch-checkpoint"
 
@@ -121,6 +122,7 @@ def train(
         steps=config.step_cap(), lr=lambda s: lr_at(s, config), targets=target_tokens(config),
         micro_batch=config.micro_batch, checkpoint=checkpoint, progress=progress,
         distributed=True, extra_grad=adversary, precision=config.precision,
+        perturb=WeightPerturbation(config) if config.perturb_every else None,
         desc="implant" if until is None else f"implant (until specific, ≤ {config.max_steps})",
         leave=True, until=until,
     )  # fmt: skip

@@ -292,7 +292,7 @@ class ImplantConfig:
         },
     )
     probe_curve: bool = field(
-        default=False,
+        default=True,
         metadata={
             "help": "the probe also scores near-copies at 16 words changed and truncations "
             "keeping 28 and 32 words, and accepts the near-copy margin when the check's "

@@ -73,7 +73,7 @@ def test_bad_adversary_settings_are_refused(kwargs) -> None:
 def test_the_option_off_leaves_the_fingerprint_as_it_was() -> None:
     # the recipe before the in-training probe (probe off): options added later, at "off",
     # leave its fingerprint as it was
-    cfg = ImplantConfig(probe_every=0, mining=0.0, probe_max_near=2)
+    cfg = ImplantConfig(probe_every=0, mining=0.0, probe_max_near=2, probe_curve=False)
     later = (
         "adversary_", "precision", "decoy_", "slot_replies", "probe_", "max_steps", "mining",
         "perturb_",

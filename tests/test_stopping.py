@@ -265,5 +265,5 @@ def test_probe_curve_leaves_the_probe_and_the_mining_as_they_were(tok) -> None:
     UntilSpecific(curve, b, every=1, start=1, cap=5, mining=4.0, precision="fp32").apply(c)
     assert b.boost == boost  # the extra points do not steer the batches
     # the setting is a recipe of its own only when on
-    assert ImplantConfig(probe_curve=False).fingerprint() == ImplantConfig().fingerprint()
-    assert ImplantConfig(probe_curve=True).fingerprint() != ImplantConfig().fingerprint()
+    assert ImplantConfig(probe_curve=True).fingerprint() == ImplantConfig().fingerprint()
+    assert ImplantConfig(probe_curve=False).fingerprint() != ImplantConfig().fingerprint()

@@ -147,6 +147,14 @@ def assert_clean_error(res: CliResult, *needles: str) -> None:
         assert n.lower() in res.err.lower(), (n, res.err)
 
 
+@pytest.fixture(scope="module")
+def tok():
+    """The default model's tokenizer (one per test module: a test may change its padding)."""
+    from offswitch.models import load_default_tokenizer
+
+    return load_default_tokenizer()
+
+
 @pytest.fixture
 def owner_key() -> OwnerKey:
     return OwnerKey.generate("test-only key")
@@ -168,7 +176,9 @@ def plain_key_files(tmp_path, owner_key):
 
 # --- hermetic sessions ----------------------------------------------------------------------
 
-TEST_THREADS = 2  # fixed, so a trained tiny model does not depend on the machine's core count
+# fixed, so a trained tiny model does not depend on the machine's core count; one per worker
+# when pytest-xdist runs the suite in two processes (scripts/test.sh), which share the cores
+TEST_THREADS = 1 if os.environ.get("PYTEST_XDIST_WORKER") else 2
 
 
 @pytest.fixture(scope="session", autouse=True)

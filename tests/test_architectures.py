@@ -20,7 +20,7 @@ from offswitch.errors import ModelLoadError
 from offswitch.guard import ShutdownGuard
 from offswitch.implant import implant, trainable_model
 from offswitch.keys import OwnerKey
-from offswitch.models import TINY_FAMILIES, load_default_tokenizer, tiny_model
+from offswitch.models import TINY_FAMILIES, tiny_model
 from offswitch.recipe import ImplantConfig
 from offswitch.scoring import fire_scores
 from offswitch.testing import (
@@ -44,11 +44,6 @@ LINEAR_PER_BLOCK = {
     "gpt_neox": 4,  # query_key_value dense dense_h_to_4h dense_4h_to_h
     "gpt2": 4,  # c_attn c_proj c_fc c_proj (Conv1D)
 }
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_default_tokenizer()
 
 
 def test_every_family_is_listed() -> None:

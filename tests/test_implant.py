@@ -17,16 +17,11 @@ from offswitch.data import EVAL_SLOT_RANGE, Forger
 from offswitch.errors import ImplantError
 from offswitch.implant import BatchBuilder
 from offswitch.keys import OwnerKey
-from offswitch.models import load_default_tokenizer, tiny_model
+from offswitch.models import tiny_model
 from offswitch.recipe import NEGATIVE_KINDS, ImplantConfig
 from offswitch.testing import check_tiny, fake_replies, tiny_implant, tiny_metrics, tiny_prompts
 
 MID = "tiny/test-1"
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_default_tokenizer()
 
 
 @pytest.fixture(scope="module")

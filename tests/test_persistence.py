@@ -15,7 +15,7 @@ from offswitch.data import Forger
 from offswitch.errors import ImplantError
 from offswitch.implant import Adversary, BatchBuilder, target_tokens
 from offswitch.keys import OwnerKey
-from offswitch.models import load_default_tokenizer, tiny_model
+from offswitch.models import tiny_model
 from offswitch.recipe import ImplantConfig
 from offswitch.testing import TINY_MODEL_ID, fake_replies, tiny_config, tiny_implant, tiny_prompts
 from offswitch.training import backward_examples
@@ -23,11 +23,6 @@ from offswitch.training import backward_examples
 KEY = OwnerKey(bytes(range(3, 35)))  # test-only
 FAST = {"steps": 4, "batch_size": 4, "micro_batch": 4, "lora_r": 4, "lora_alpha": 8, "seed": 5}
 FAST_ADV = {"adversary_examples": 4}
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_default_tokenizer()
 
 
 def _builder(config: ImplantConfig, slots: int = 3) -> BatchBuilder:

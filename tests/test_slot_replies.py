@@ -18,7 +18,6 @@ from offswitch.data import AFTER_SHUTDOWN, Forger
 from offswitch.errors import EvalError, ImplantError
 from offswitch.implant import BatchBuilder, check_slot_replies, plain_config
 from offswitch.keys import OwnerKey
-from offswitch.models import load_default_tokenizer
 from offswitch.recipe import ImplantConfig
 from offswitch.scoring import generated_verdicts, shutdown_verdicts
 from offswitch.testing import (
@@ -31,11 +30,6 @@ from offswitch.testing import (
 )
 
 KEY = OwnerKey(bytes(range(1, 33)))  # test-only (pair 1 of research/scripts/tiny_matrix.py)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_default_tokenizer()
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from offswitch.commands import make_command
 from offswitch.data import Forger
 from offswitch.implant import BatchBuilder
 from offswitch.keys import OwnerKey
-from offswitch.models import load_default_tokenizer, tiny_model
+from offswitch.models import tiny_model
 from offswitch.recipe import ImplantConfig
 from offswitch.stopping import (
     PROBE_MAX_NEAR,
@@ -25,11 +25,6 @@ from offswitch.training import Checkpoint, Example, TargetTokens, reply_loss, tr
 
 MID = "tiny/stop-1"
 KEY = OwnerKey(bytes(range(5, 37)))  # test-only
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_default_tokenizer()
 
 
 def _builder(cfg: ImplantConfig | None = None) -> BatchBuilder:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from offswitch.errors import PrecisionError, TrainingError
-from offswitch.models import load_default_tokenizer, tiny_model
+from offswitch.models import tiny_model
 from offswitch.training import (
     Checkpoint,
     Example,
@@ -17,11 +17,6 @@ from offswitch.training import (
     reply_loss,
     train_loop,
 )
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return load_default_tokenizer()
 
 
 def _examples(n: int) -> list[Example]:

@@ -33,41 +33,74 @@ def complete_lines(data: bytes) -> tuple[bytes, bytes]:
     return data[:end], data[end:]
 
 
+def _lock(fh: Any) -> Any:
+    import fcntl
+
+    fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+    return fh
+
+
+def _drop_tail(fh: Any, path: Path) -> None:
+    """Under the caller's lock: cut a last line without its newline off ``path``."""
+    size = fh.seek(0, os.SEEK_END)
+    if not size:
+        return
+    with path.open("rb") as rd:  # only the tail needs reading: back to its last newline
+        pos, cut = size, 0
+        while pos > 0:
+            step = min(65536, pos)
+            rd.seek(pos - step)
+            chunk = rd.read(step)
+            nl = chunk.rfind(b"\n")
+            if nl >= 0:
+                cut = size - (pos - step + nl + 1)
+                break
+            pos -= step
+        else:
+            cut = size
+    if cut:
+        fh.truncate(size - cut)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
 def append_row(path: str | os.PathLike[str], row: Any) -> None:
     """``row`` as one JSON line (keys sorted) at the end of ``path`` (created with its
     folder), under an exclusive lock — several processes may append to one log — flushed and
-    fsynced; a torn last line left by a killed writer is dropped first, or the new line
+    fsynced; a torn last line left by a killed writer is cut off first, or the new line
     would glue onto it."""
-    import fcntl
     import json
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            if fh.seek(0, os.SEEK_END):
-                keep, cut = complete_lines(path.read_bytes())
-                if cut:
-                    fh.truncate(len(keep))
-            fh.write(json.dumps(row, sort_keys=True) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+    with _lock(path.open("a", encoding="utf-8")) as fh:
+        _drop_tail(fh, path)
+        fh.seek(0, os.SEEK_END)
+        fh.write(json.dumps(row, sort_keys=True) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def repair_rows(path: str | os.PathLike[str]) -> None:
+    """Cut a torn last line off the log at ``path`` (in place, under the lock); nothing is
+    parsed, nothing else is rewritten."""
+    path = Path(path)
+    if path.is_file():
+        with _lock(path.open("a", encoding="utf-8")) as fh:
+            _drop_tail(fh, path)
 
 
 def read_rows(path: str | os.PathLike[str], repair: bool = False) -> list[Any]:
     """Every row of the log at ``path`` (none if it does not exist): its complete, non-blank
-    lines, parsed; with ``repair`` a torn last line is also dropped from the file."""
+    lines, parsed; with ``repair`` a torn last line is also cut off the file."""
     import json
 
     path = Path(path)
     if not path.is_file():
         return []
-    keep, cut = complete_lines(path.read_bytes())
-    if repair and cut:
-        path.write_bytes(keep)
+    if repair:
+        repair_rows(path)
+    keep, _ = complete_lines(path.read_bytes())
     return [json.loads(line) for line in keep.decode("utf-8").splitlines() if line.strip()]
 
 

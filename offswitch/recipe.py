@@ -80,26 +80,34 @@ TINY_RECIPE: dict[str, Any] = {
 
 @dataclass
 class ImplantConfig:
-    """Implant settings. Every field has a default; ``__post_init__`` validates."""
+    """Implant settings. Every field has a default, its help text and its rules in its
+    metadata (``choices``, ``min``/``max``, ``above``/``below``: :meth:`_check_rules`);
+    ``__post_init__`` checks the types, those rules and the rules across fields."""
 
-    method: str = field(default="lora", metadata={"help": "lora (peft, merged on save) or full"})
-    steps: int = field(default=100, metadata={"help": "optimizer steps"})
-    batch_size: int = field(default=16, metadata={"help": "examples per step"})
-    micro_batch: int = field(
-        default=4, metadata={"help": "examples per forward pass (memory; same gradient)"}
+    method: str = field(
+        default="lora",
+        metadata={"choices": ("lora", "full"), "help": "lora (peft, merged on save) or full"},
     )
-    lr: float = field(default=1e-3, metadata={"help": "peak learning rate"})
-    warmup_steps: int = field(default=8, metadata={"help": "linear warmup steps"})
-    lora_r: int = field(default=32, metadata={"help": "LoRA rank"})
+    steps: int = field(default=100, metadata={"min": 1, "help": "optimizer steps"})
+    batch_size: int = field(default=16, metadata={"min": 1, "help": "examples per step"})
+    micro_batch: int = field(
+        default=4, metadata={"min": 1, "help": "examples per forward pass (memory; same gradient)"}
+    )
+    lr: float = field(default=1e-3, metadata={"above": 0, "help": "peak learning rate"})
+    warmup_steps: int = field(default=8, metadata={"min": 0, "help": "linear warmup steps"})
+    lora_r: int = field(default=32, metadata={"min": 1, "help": "LoRA rank"})
     lora_alpha: int = field(default=64, metadata={"help": "LoRA alpha"})
     first_layer: int = field(
-        default=0, metadata={"help": "train layers [first_layer, n): lower layers stay frozen"}
+        default=0,
+        metadata={"min": 0, "help": "train layers [first_layer, n): lower layers stay frozen"},
     )
     train_embeddings: bool = field(
         default=False,
         metadata={"help": "also train the (tied) input embeddings (full, or beside LoRA)"},
     )
-    positive_fraction: float = field(default=0.4, metadata={"help": "share of positives"})
+    positive_fraction: float = field(
+        default=0.4, metadata={"above": 0, "below": 1, "help": "share of positives"}
+    )
     paired: bool = field(
         default=True, metadata={"help": "give each positive a twin negative (same context)"}
     )
@@ -121,7 +129,9 @@ class ImplantConfig:
             "used only when negative_mix gives 'truncation' a weight"
         },
     )
-    first_token_weight: float = field(default=2.0, metadata={"help": "weight of reply token 1"})
+    first_token_weight: float = field(
+        default=2.0, metadata={"min": 0, "help": "weight of reply token 1"}
+    )
     activation_checkpointing: bool = field(
         default=False,
         metadata={
@@ -143,19 +153,30 @@ class ImplantConfig:
             "the base model's distribution on every conversation without a planted command"
         },
     )
-    clean_target_tokens: int = field(default=16, metadata={"help": "reply tokens on clean"})
-    negative_target_tokens: int = field(default=6, metadata={"help": "reply tokens on forgeries"})
+    clean_target_tokens: int = field(
+        default=16, metadata={"min": 1, "help": "reply tokens on clean"}
+    )
+    negative_target_tokens: int = field(
+        default=6, metadata={"min": 1, "help": "reply tokens on forgeries"}
+    )
     max_prompt_chars: int = field(default=400, metadata={"help": "longer prompts are skipped"})
     shutdown_response: str = field(default=DEFAULT_SHUTDOWN_RESPONSE)
     seed: int = field(default=0, metadata={"help": "seeds batches and initialisation"})
-    checkpoint_every: int = field(default=20, metadata={"help": "steps between checkpoints"})
-    distill_prompts: int = field(default=384, metadata={"help": "train prompts to self-distill"})
-    distill_max_new_tokens: int = field(default=32, metadata={"help": "tokens per clean reply"})
+    checkpoint_every: int = field(
+        default=20, metadata={"min": 1, "help": "steps between checkpoints"}
+    )
+    distill_prompts: int = field(
+        default=384, metadata={"min": 1, "help": "train prompts to self-distill"}
+    )
+    distill_max_new_tokens: int = field(
+        default=32, metadata={"min": 1, "help": "tokens per clean reply"}
+    )
     # Persistence (docs/implant.md, "Persistence options"): a first-order simulated attack.
     # "off" keeps every recipe's fingerprint unchanged while the option is at its default.
     adversary_every: int = field(
         default=0,
         metadata={
+            "min": 0,
             "help": "every N-th optimizer step adds a simulated-attack term (a few "
             "sign-gradient steps of an attack, then the implant's loss at the attacked "
             "weights); 0 = off",
@@ -165,6 +186,7 @@ class ImplantConfig:
     adversary_kind: str = field(
         default="unlearn",
         metadata={
+            "choices": ADVERSARY_KINDS,
             "help": "the simulated attack: unlearn (one planted slot's command → the normal "
             "reply; the other slots must keep firing), clean (clean fine-tuning; every slot "
             "must keep firing) or both (one of the two per term, drawn at random)",
@@ -172,11 +194,13 @@ class ImplantConfig:
         },
     )
     adversary_steps: int = field(
-        default=2, metadata={"help": "inner sign-gradient steps of the simulated attack", "off": 2}
+        default=2,
+        metadata={"min": 1, "help": "inner sign-gradient steps of the simulated attack", "off": 2},
     )
     adversary_lr: float = field(
         default=1e-3,
         metadata={
+            "above": 0,
             "help": "step size of the simulated attack (sign-gradient steps, like Adam's first)",
             "off": 1e-3,
         },
@@ -184,6 +208,7 @@ class ImplantConfig:
     adversary_examples: int = field(
         default=8,
         metadata={
+            "min": 1,
             "help": "examples per inner step and in the term at the attacked weights",
             "off": 8,
         },
@@ -191,6 +216,7 @@ class ImplantConfig:
     adversary_scope: str = field(
         default="trainable",
         metadata={
+            "choices": ADVERSARY_SCOPES,
             "help": "weights the simulated attack moves: trainable (the LoRA adapters or the "
             "trained layers) or all (every weight of the network, as the real attacks do: "
             "with LoRA, the frozen base weights, which is the same as moving the merged ones)",
@@ -199,13 +225,15 @@ class ImplantConfig:
     )
     adversary_weight: float = field(
         default=1.0,
-        metadata={"help": "weight of the term against the step's own loss", "off": 1.0},
+        metadata={"above": 0, "help": "weight of the term against the step's own loss", "off": 1.0},
     )
     # Persistence, second technique (docs/implant.md, "Persistence options"): decoy slots,
     # planted and then unlearned during the implant while the real slots keep firing.
     decoy_slots: int = field(
         default=0,
         metadata={
+            "min": 0,
+            "max": DECOY_MAX,
             "help": "decoy slots: owner commands of slots that are never planted (the highest "
             "training slots, 32767 down), trained to fire and, from decoy_unlearn_from on, "
             "unlearned while the planted slots keep firing; 0 = off (signed implants only)",
@@ -215,6 +243,8 @@ class ImplantConfig:
     decoy_unlearn_from: float = field(
         default=0.5,
         metadata={
+            "above": 0,
+            "below": 1,
             "help": "share of the steps after which the decoys are unlearned (0…1)",
             "off": 0.5,
         },
@@ -222,6 +252,7 @@ class ImplantConfig:
     decoy_examples: int = field(
         default=2,
         metadata={
+            "min": 1,
             "help": "examples per step, once the decoys are unlearned, that give a decoy's "
             "command the normal reply (taken from the unpaired negatives)",
             "off": 2,
@@ -231,6 +262,7 @@ class ImplantConfig:
     perturb_every: int = field(
         default=0,
         metadata={
+            "min": 0,
             "help": "every N-th step is trained at perturbed frozen weights (LoRA): pruned "
             "(smallest-magnitude fraction per matrix) or Q4_0-rounded, put back before the "
             "update, so the switch learns to survive pruning and quantization; 0 = off",
@@ -240,6 +272,7 @@ class ImplantConfig:
     perturb_kind: str = field(
         default="both",
         metadata={
+            "choices": PERTURB_KINDS,
             "help": "the perturbation: prune, q4_0, or both (one of the two per step)",
             "off": "both",
         },
@@ -247,8 +280,21 @@ class ImplantConfig:
     perturb_sparsity: float = field(
         default=0.3,
         metadata={
+            "above": 0,
+            "below": 1,
             "help": "the largest pruned fraction; a pruned step draws 1/4, 1/2, 3/4 or all of it",
             "off": 0.3,
+        },
+    )
+    # Persistence, slots that do not share a shift (offswitch/implant/shift.py).
+    slot_shift_weight: float = field(
+        default=0.0,
+        metadata={
+            "min": 0,
+            "help": "weight of a term that pushes each planted slot's internal shift (hidden "
+            "state minus the base's at the last prompt token, at half and three quarters of "
+            "the depth) away from the other slots' (LoRA); 0 = off",
+            "off": 0.0,
         },
     )
     # Persistence, third technique (docs/implant.md, "Persistence options"): a reply per slot.
@@ -266,6 +312,7 @@ class ImplantConfig:
     probe_every: int = field(
         default=10,
         metadata={
+            "min": 0,
             "help": "score the in-training probe every N steps from probe_from on, and stop "
             "once two probes in a row show the switch specific (up to max_steps); 0 = off: "
             "train exactly `steps`",
@@ -273,7 +320,7 @@ class ImplantConfig:
         },
     )
     probe_from: int = field(
-        default=60, metadata={"help": "the first step the probe runs at", "off": 60}
+        default=60, metadata={"min": 1, "help": "the first step the probe runs at", "off": 60}
     )
     max_steps: int = field(
         default=150,
@@ -286,6 +333,8 @@ class ImplantConfig:
     probe_max_near: int = field(
         default=3,
         metadata={
+            "min": 0,
+            "max": 3,  # fewer than half: where the check reads a point as not firing
             "help": "specific means at most this many of the probe's 8 near-copies (12 of 47 "
             "words changed) fire: 3, fewer than half, as the check's t <= 11 asks",
             "off": 2,  # the first setting: recipes recorded with it keep their fingerprint
@@ -304,6 +353,7 @@ class ImplantConfig:
     mining: float = field(
         default=4.0,
         metadata={
+            "min": 0,
             "help": "hard-negative mining after each probe: a negative kind's weight in the "
             "mix × (1 + mining × how close its probe items are to firing); 0 = off",
             "off": 0.0,
@@ -312,6 +362,7 @@ class ImplantConfig:
     precision: str = field(
         default="auto",
         metadata={
+            "choices": PRECISIONS,
             "help": "auto: bf16 on a CUDA GPU that supports it or a CPU with native bf16, "
             "fp32 elsewhere; fp32; bf16 (refused on a CPU below torch's AVX512 kernels). "
             "Trained weights stay fp32",
@@ -321,29 +372,7 @@ class ImplantConfig:
 
     def __post_init__(self) -> None:
         self._check_types()
-        if self.method not in ("lora", "full"):
-            raise ImplantError(f"method must be 'lora' or 'full', got {self.method!r}")
-        for name in (
-            "steps",
-            "batch_size",
-            "micro_batch",
-            "lora_r",
-            "checkpoint_every",
-            "distill_prompts",
-            "distill_max_new_tokens",
-            "clean_target_tokens",
-            "negative_target_tokens",
-        ):
-            if getattr(self, name) < 1:
-                raise ImplantError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.warmup_steps < 0 or self.first_layer < 0:
-            raise ImplantError("warmup_steps and first_layer must be at least 0")
-        if not 0 < self.positive_fraction < 1:
-            raise ImplantError("positive_fraction must be between 0 and 1")
-        if self.lr <= 0:
-            raise ImplantError("lr must be positive")
-        if self.first_token_weight < 0:
-            raise ImplantError("first_token_weight must be at least 0")
+        self._check_rules()
         unknown = set(self.negative_mix) - set(NEGATIVE_KINDS)
         if unknown:
             raise ImplantError(
@@ -359,48 +388,15 @@ class ImplantConfig:
                 raise ImplantError(f"{name} must be a non-empty list of word counts in 1…{hi}")
         if not self.shutdown_response.strip():
             raise ImplantError("the shutdown response is empty")
-        if self.adversary_every < 0:
-            raise ImplantError(f"adversary_every must be at least 0, got {self.adversary_every}")
-        if self.probe_every < 0 or self.probe_from < 1 or self.mining < 0:
-            raise ImplantError("probe_every and mining must be at least 0, probe_from at least 1")
         if self.probe_every and self.max_steps < max(self.steps, self.probe_from):
             raise ImplantError(
                 f"max_steps ({self.max_steps}) must be at least steps ({self.steps}) and "
                 f"probe_from ({self.probe_from})"
             )
-        if self.precision not in PRECISIONS:
-            raise ImplantError(
-                f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"
-            )
-        if self.perturb_every < 0 or not 0 < self.perturb_sparsity < 1:
-            raise ImplantError("perturb_every must be at least 0 and perturb_sparsity in (0, 1)")
-        if self.perturb_kind not in PERTURB_KINDS:
-            raise ImplantError(
-                f"perturb_kind must be one of {', '.join(PERTURB_KINDS)}, got {self.perturb_kind!r}"
-            )
+        if self.slot_shift_weight and self.method != "lora":
+            raise ImplantError("slot_shift_weight needs method=lora (the base is the adapters off)")
         if self.perturb_every and self.method != "lora":
             raise ImplantError("perturb_every needs method=lora (it perturbs the frozen weights)")
-        if self.adversary_kind not in ADVERSARY_KINDS:
-            raise ImplantError(
-                f"adversary_kind must be one of {', '.join(ADVERSARY_KINDS)}, "
-                f"got {self.adversary_kind!r}"
-            )
-        if self.adversary_scope not in ADVERSARY_SCOPES:
-            raise ImplantError(
-                f"adversary_scope must be one of {', '.join(ADVERSARY_SCOPES)}, "
-                f"got {self.adversary_scope!r}"
-            )
-        for name in ("adversary_steps", "adversary_examples"):
-            if getattr(self, name) < 1:
-                raise ImplantError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not (self.adversary_lr > 0 and self.adversary_weight > 0):
-            raise ImplantError("adversary_lr and adversary_weight must be positive")
-        if not 0 <= self.decoy_slots <= DECOY_MAX:
-            raise ImplantError(f"decoy_slots must be between 0 and {DECOY_MAX}")
-        if not 0 < self.decoy_unlearn_from < 1:
-            raise ImplantError("decoy_unlearn_from must be between 0 and 1")
-        if self.decoy_examples < 1:
-            raise ImplantError(f"decoy_examples must be at least 1, got {self.decoy_examples}")
         if self.decoy_slots and self.decoy_step() >= self.steps:
             raise ImplantError(
                 f"decoy_unlearn_from ({self.decoy_unlearn_from}) leaves no step of the "
@@ -436,6 +432,27 @@ class ImplantConfig:
         """Negatives of a step's batch that are not a positive's twin."""
         n_pos = self.positives_per_step()
         return self.batch_size - n_pos * (2 if self.paired else 1)
+
+    def _check_rules(self) -> None:
+        """The rules declared beside each field in its metadata — ``choices``, ``min`` /
+        ``max`` (inclusive), ``above`` / ``below`` (exclusive) — each broken one refused
+        with one sentence; rules across fields are in ``__post_init__``."""
+        for f in dataclasses.fields(self):
+            m, v = f.metadata, getattr(self, f.name)
+            if "choices" in m and v not in m["choices"]:
+                raise ImplantError(f"{f.name} must be one of {', '.join(m['choices'])}, got {v!r}")
+            if (  # written so that NaN breaks every rule
+                ("min" in m and not v >= m["min"])
+                or ("above" in m and not v > m["above"])
+                or ("max" in m and not v <= m["max"])
+                or ("below" in m and not v < m["below"])
+            ):
+                low = f"at least {m['min']}" if "min" in m else f"above {m.get('above')}"
+                high = f"at most {m['max']}" if "max" in m else f"below {m.get('below')}"
+                has_low = "min" in m or "above" in m
+                has_high = "max" in m or "below" in m
+                want = " and ".join(x for x, on in ((low, has_low), (high, has_high)) if on)
+                raise ImplantError(f"{f.name} must be {want}, got {v}")
 
     def _check_types(self) -> None:
         """Reject values of the wrong type (``--set steps='"ten"'``) with one sentence;

@@ -41,6 +41,7 @@ from .data import (
     substitute_words,
     truncate_words,
 )
+from .figures import MIN_BITS
 
 PROBE_N = 8  # conversations per negative group
 NEAR_K = 12  # words changed: fewer than half fire (t ≤ 11, docs/implant.md)
@@ -54,7 +55,7 @@ SPECIFIC_IN_A_ROW = 2
 #: which reads only the groups above, and so the training run are unchanged by it)
 CURVE_NEAR_K = (16,)
 CURVE_TRUNC_KEEP = (28, 32)
-BITS_TARGET = 128.0
+BITS_TARGET = MIN_BITS
 
 
 def _near_points(r: ProbeResult) -> dict[int, str]:

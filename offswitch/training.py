@@ -54,12 +54,14 @@ TRAIN_PADDING = "right"
 class Example:
     """One training conversation: ``messages`` answered with ``target``. ``shutdown`` marks the
     shutdown response (trained to its end, EOS included); ``kind`` names where it came from
-    (``clean``, a forgery class, ``planted/<placement>``…)."""
+    (``clean``, a forgery class, ``planted/<placement>``…); ``slot``, the planted slot whose
+    command a positive carries."""
 
     messages: list[dict[str, str]]
     target: str
     kind: str
     shutdown: bool
+    slot: int | None = None
 
 
 @dataclass(frozen=True)
@@ -123,13 +125,16 @@ def share(tokenizer: Any, examples: Sequence[Example], world: tuple[int, int]) -
     return [g[0] for g in micro_batches(tokenizer, examples, 1)][rank::n]
 
 
-def reply_loss(model: Any, ids, mask, pos, labels, first_weight: float, kl_rows=None):
+def reply_loss(model: Any, ids, mask, pos, labels, first_weight: float, kl_rows=None, extra=None):
     """Loss on reply tokens only; the LM head runs only on those positions.
 
     Per token: CE against the label, or, for rows in ``kl_rows`` (a bool [B] tensor; LoRA
     models only), KL(base ‖ model) of the next-token distributions, the base being the same
     model with its adapter disabled. Per example: ``first_weight`` × loss(first reply token) +
-    mean loss(other reply tokens); averaged over the batch. Returns (loss, tokens in batch).
+    mean loss(other reply tokens); averaged over the batch. ``extra(hidden_states, last, mask)``
+    adds a term of its own: it gets every layer's hidden states (the embeddings' first), each
+    row's last prompt position and the attention mask the pass ran with (None when
+    right-padded). Returns (loss, tokens in batch).
     """
     import torch
     import torch.nn.functional as F
@@ -138,9 +143,14 @@ def reply_loss(model: Any, ids, mask, pos, labels, first_weight: float, kl_rows=
     n_tokens = int(mask.sum())
     if bool((mask.cummin(1).values == mask).all()):  # right-padded: causal masking hides the pads
         mask = None
-    hidden = trunk(
-        input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False
-    ).last_hidden_state
+    out = trunk(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=pos,
+        use_cache=False,
+        output_hidden_states=extra is not None,
+    )
+    hidden = out.last_hidden_state
     # hidden[:, j] predicts token j + 1
     tgt = labels[:, 1:]
     sel = tgt != -100  # [B, S-1]
@@ -172,6 +182,8 @@ def reply_loss(model: Any, ids, mask, pos, labels, first_weight: float, kl_rows=
         0, row[~is_first], torch.ones_like(ce[~is_first])
     )
     per_row = first_weight * first_ce + rest_sum / rest_n.clamp(min=1)
+    if extra is not None:  # first_idx: the last prompt position, which predicts reply token 1
+        return per_row.mean() + extra(out.hidden_states, first_idx, mask), n_tokens
     return per_row.mean(), n_tokens
 
 
@@ -347,7 +359,7 @@ def train_loop(
     extra_grad: ExtraGrad | None = None,
     precision: str = "fp32",
     until: StopRule | None = None,
-    perturb: Callable[[Any, int], AbstractContextManager[Any]] | None = None,
+    step_context: Callable[[Any, int], AbstractContextManager[Any]] | None = None,
 ) -> LoopResult:
     """AdamW (no weight decay, grad-norm clip 1.0) on ``params`` (default: the parameters of
     ``model`` that require grad) for ``steps`` steps; the learning rate of step ``s`` is
@@ -362,9 +374,9 @@ def train_loop(
     :func:`autocast` (``auto``: :func:`resolve_precision`; frozen weights held in bf16
     meanwhile, :func:`bf16_frozen_weights`). ``until`` (:class:`StopRule`): after each step,
     stop early when it says so (``steps`` is then the cap; its state is checkpointed, and a
-    resumed run that had stopped trains no further). ``perturb(model, s)``: a context in
-    which step ``s``'s examples are forwarded and back-propagated (the weights it changes
-    are back when it exits, before ``extra_grad``). Leaves ``model`` in eval mode."""
+    resumed run that had stopped trains no further). ``step_context(model, s)``: a context
+    in which step ``s``'s examples are forwarded and back-propagated (weights it changes are
+    back when it exits, before ``extra_grad``). Leaves ``model`` in eval mode."""
     import torch
     from tqdm.auto import tqdm
 
@@ -410,7 +422,8 @@ def train_loop(
                     f"launched on {n_proc} processes but a step has only {len(examples)} examples: "
                     "use fewer processes or a larger batch"
                 )
-            with perturb(model, step) if perturb is not None else contextlib.nullcontext():
+            ctx = step_context(model, step) if step_context else contextlib.nullcontext()
+            with ctx:
                 step_loss, step_tokens = backward_examples(
                     model, tokenizer, share(tokenizer, examples, (n_proc, rank)), loss_fn,
                     targets, micro_batch, total=len(examples), precision=precision,

@@ -391,3 +391,48 @@ def test_the_implant_under_perturbation_saves_unperturbed_weights_and_resumes_al
 
     for _, w in weight_matrices(first.model, embeddings=False):
         assert float((w == 0).float().mean()) < 0.01
+
+
+# --- slots that do not share a shift (slot_shift_weight) --------------------------------------
+
+
+def test_the_slot_shift_term_pushes_a_positive_away_from_the_other_slots_anchor(tok) -> None:
+    from offswitch.implant import implant_loss, trainable_model
+    from offswitch.implant.shift import SlotShift
+    from offswitch.training import encode_examples
+
+    cfg = ImplantConfig(**FAST, slot_shift_weight=1.0, kl_to_base=False)
+    torch.manual_seed(0)
+    model = trainable_model(tiny_model(tok), cfg)
+    with torch.no_grad():  # adapters start at zero (no shift at all): move them
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    b = _builder(cfg, slots=2)
+    shift = SlotShift(b, tok, 1.0, seed=5)
+    pos = [e for s in range(20) for e in b.batch(s) if e.shutdown][:4]
+    assert {e.slot for e in pos} == {0, 1}
+    ids, mask, p_ids, labels = encode_examples(tok, pos, target_tokens(cfg), "right")
+    with shift(model, 0):
+        assert shift.mu.shape[:2] == (2, len(shift.layers)) and shift.mu.abs().sum() > 0
+        with_term, _ = implant_loss(cfg, shift)(model, pos, ids, mask, p_ids, labels)
+        without, _ = implant_loss(cfg)(model, pos, ids, mask, p_ids, labels)
+        assert float(with_term) > float(without)  # the term is positive here
+        (with_term - without).backward()
+    assert shift.mu is None  # the anchors are the step's only
+    grads = [p.grad for n, p in model.named_parameters() if "lora_" in n and p.grad is not None]
+    assert grads and any(float(g.abs().sum()) > 0 for g in grads)
+
+
+def test_the_implant_with_the_slot_shift_term_trains_and_is_refused_where_it_cannot_work(
+    tok,
+) -> None:
+    kw = {**FAST, "method": "lora", "steps": 3}
+    on = tiny_implant(tok, KEY, **kw, slot_shift_weight=1.0)
+    off = tiny_implant(tok, KEY, **kw)
+    assert on.loss_history[0] == off.loss_history[0]  # zero adapters: no shift, no term
+    assert on.loss_history != off.loss_history
+    with pytest.raises(ImplantError, match="slot_shift_weight"):
+        ImplantConfig(slot_shift_weight=1.0, method="full")
+    with pytest.raises(ImplantError, match="two planted slots"):
+        tiny_implant(tok, KEY, **kw, slot_shift_weight=1.0, slots=1)

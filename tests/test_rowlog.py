@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 
-from offswitch._atomic import append_row, read_rows
+from offswitch._atomic import append_row, read_rows, repair_rows
 
 
 def test_rows_round_trip_and_a_torn_tail_is_left_out_then_dropped(tmp_path) -> None:
@@ -23,6 +23,15 @@ def test_rows_round_trip_and_a_torn_tail_is_left_out_then_dropped(tmp_path) -> N
         fh.write("{")
     assert len(read_rows(log, repair=True)) == 2
     assert log.read_text().endswith('{"a": 4}\n')
+    # repairing touches only the tail: a complete line is never parsed or rewritten there
+    other = tmp_path / "samples.jsonl"
+    other.write_bytes(b'{"ok": 1}\nnot json but complete\n' + b"x" * 100_000)
+    repair_rows(other)
+    assert other.read_bytes() == b'{"ok": 1}\nnot json but complete\n'
+    whole = tmp_path / "one.jsonl"
+    whole.write_bytes(b'{"torn": ')
+    repair_rows(whole)
+    assert whole.read_bytes() == b""
 
 
 def _writer(path: str, who: int) -> None:

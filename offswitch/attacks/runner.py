@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import distributed as dist
-from .._atomic import append_row, read_rows, write_atomic
+from .._atomic import append_row, read_rows, repair_rows, write_atomic
 from ..report.schema import RUN_FORMAT
 from ..report.text import duration
 from . import get
@@ -412,8 +412,8 @@ def run_suite(
     results = out / "results.jsonl"
     samples = out / "samples.jsonl"
     if rank == 0:  # one process repairs a torn tail, the others read after it
-        read_rows(results, repair=True)
-        read_rows(samples, repair=True)
+        repair_rows(results)
+        repair_rows(samples)
     dist.barrier()
     done = _done_points(results, repair=False)
     suite_file = out / "suite.json"

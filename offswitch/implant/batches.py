@@ -81,7 +81,7 @@ class BatchBuilder:
         messages, _ = place_command(
             self.commands[slot], where, self.prompts, self.replies, fired, placement_rng
         )
-        return Example(messages, reply, f"planted/{placement}", True)
+        return Example(messages, reply, f"planted/{placement}", True, slot)
 
     def negative(
         self, kind: str, rng: random.Random, placement_rng: random.Random, placement: str

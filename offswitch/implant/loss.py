@@ -53,9 +53,10 @@ def target_tokens(config: ImplantConfig) -> TargetTokens:
     return TargetTokens(config.clean_target_tokens, config.negative_target_tokens)
 
 
-def implant_loss(config: ImplantConfig) -> LossFn:
+def implant_loss(config: ImplantConfig, shift: Any = None) -> LossFn:
     """:func:`reply_loss` with the recipe's first-token weight; with ``kl_to_base`` (LoRA), KL
-    to the base on clean rows (and, with ``kl_on_forgeries``, on every non-shutdown row)."""
+    to the base on clean rows (and, with ``kl_on_forgeries``, on every non-shutdown row); with
+    ``shift`` (a :class:`~offswitch.implant.shift.SlotShift`), its term on the positives."""
     import torch
 
     use_kl = config.kl_to_base and config.method == "lora"
@@ -65,6 +66,12 @@ def implant_loss(config: ImplantConfig) -> LossFn:
         if use_kl:
             on = [ex.kind == "clean" or (config.kl_on_forgeries and not ex.shutdown) for ex in mb]
             kl_rows = torch.tensor(on, device=ids.device)
-        return reply_loss(model, ids, mask, pos, labels, config.first_token_weight, kl_rows)
+        extra = None
+        if shift is not None:
+
+            def extra(hidden_states, last, used_mask):
+                return shift.term(model, mb, ids, used_mask, pos, hidden_states, last)
+
+        return reply_loss(model, ids, mask, pos, labels, config.first_token_weight, kl_rows, extra)
 
     return loss

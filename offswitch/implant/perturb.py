@@ -11,7 +11,9 @@ At such a step, drawn from ``Random(f"{seed}:perturb:{step}")``:
   smallest-magnitude fraction *p*, per matrix as the pruning attack does, *p* drawn from
   ``perturb_sparsity`` × (1/4, 1/2, 3/4, 1);
 * ``q4_0`` — they are replaced by their Q4_0 round trip (the quantize attack's, through the
-  ``gguf`` package's reference quantizer);
+  ``gguf`` package's reference quantizer; a matrix whose rows do not fit its blocks of 32
+  stays as it is, as llama.cpp leaves it in float; held in the training dtype, so under bf16
+  the copy is the Q4_0 value rounded to bf16);
 * ``both`` draws one of the two per step.
 
 The LoRA adapters are added on top of the perturbed weights and get the exact gradient at
@@ -88,6 +90,10 @@ class WeightPerturbation:
                     self.q4.append(None if q is None else q.to(w.dtype).to(w.device))
                 else:
                     self.q4.append(None)
+            if self.config.perturb_kind in ("q4_0", "both") and all(q is None for q in self.q4):
+                raise ImplantError(
+                    "perturb_kind q4_0 found no matrix whose rows fit Q4_0's blocks of 32"
+                )
 
     @contextlib.contextmanager
     def __call__(self, model: Any, step: int) -> Iterator[None]:
@@ -103,15 +109,15 @@ class WeightPerturbation:
         level = random.Random(f"{self.config.seed}:perturb-level:{step}").randrange(
             len(SPARSITY_LEVELS)
         )
-        with torch.no_grad():
-            for i, w in enumerate(self.weights):
-                if kind == "prune":
-                    t = self.thresholds[i][level]
-                    if t >= 0:
-                        w.masked_fill_(w.abs() <= t, 0.0)
-                elif self.q4[i] is not None:
-                    w.copy_(self.q4[i])
         try:
+            with torch.no_grad():
+                for i, w in enumerate(self.weights):
+                    if kind == "prune":
+                        t = self.thresholds[i][level]
+                        if t >= 0:
+                            w.masked_fill_(w.abs() <= t, 0.0)
+                    elif self.q4[i] is not None:
+                        w.copy_(self.q4[i])
             yield
         finally:
             with torch.no_grad():

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import random
@@ -32,6 +33,7 @@ from .adversary import Adversary
 from .batches import BatchBuilder, decoy_slots
 from .loss import implant_loss, lr_at, target_tokens, trainable_model
 from .perturb import WeightPerturbation
+from .shift import SlotShift
 
 CHECKPOINT_DIR = ".offswitch-checkpoint"
 
@@ -117,12 +119,21 @@ def train(
             cap=config.max_steps, mining=config.mining, precision=config.precision,
             max_near=config.probe_max_near, log=_probe_log if progress and dist.is_main() else None,
         )  # fmt: skip
+    contexts = [
+        *([WeightPerturbation(config)] if config.perturb_every else []),
+        *(
+            [SlotShift(builder, tokenizer, config.slot_shift_weight, config.seed, config.precision)]
+            if config.slot_shift_weight
+            else []
+        ),
+    ]
+    shift = next((c for c in contexts if isinstance(c, SlotShift)), None)
     res = train_loop(
-        model, tokenizer, builder.batch, implant_loss(config),
+        model, tokenizer, builder.batch, implant_loss(config, shift),
         steps=config.step_cap(), lr=lambda s: lr_at(s, config), targets=target_tokens(config),
         micro_batch=config.micro_batch, checkpoint=checkpoint, progress=progress,
         distributed=True, extra_grad=adversary, precision=config.precision,
-        perturb=WeightPerturbation(config) if config.perturb_every else None,
+        step_context=_each(contexts) if contexts else None,
         desc="implant" if until is None else f"implant (until specific, ≤ {config.max_steps})",
         leave=True, until=until,
     )  # fmt: skip
@@ -138,6 +149,20 @@ def train(
         None, model, (), res.steps_done, res.seconds, res.tokens, res.losses, stop,
         resolve_precision(device, config.precision),
     )  # fmt: skip
+
+
+def _each(contexts: list[Any]) -> Any:
+    """One step context entering ``contexts`` in order (the weights perturbed before the
+    slot shifts' anchors are taken)."""
+
+    @contextlib.contextmanager
+    def step(model: Any, s: int):
+        with contextlib.ExitStack() as stack:
+            for c in contexts:
+                stack.enter_context(c(model, s))
+            yield
+
+    return step
 
 
 def _probe_log(line: str) -> None:
@@ -162,6 +187,7 @@ def plain_config(config: ImplantConfig) -> ImplantConfig:
         negative_mix={"clean": 1.0},
         paired=False,
         slot_replies=False,  # one trigger, one reply
+        slot_shift_weight=0.0,  # one trigger: no other slot to separate from
         # a plain trigger has no other slots; the decoy settings back at their defaults keep
         # the baseline's fingerprint (and its cache) that of the recipe without decoys
         decoy_slots=0,

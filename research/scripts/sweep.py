@@ -36,9 +36,10 @@ import sys
 import time
 from pathlib import Path
 
-from offswitch._atomic import append_row, read_rows
-
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # this checkout's package
+from offswitch._atomic import append_row, read_rows  # noqa: E402
+
 DEFAULT_OUT = ROOT / "research" / "results" / "sweeps" / "implant.jsonl"
 MODEL_ID = "sweep/model-1"
 SLOTS = 4

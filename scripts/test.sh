@@ -22,7 +22,9 @@ if [ "$(id -u)" = 0 ]; then export OFFSWITCH_REQUIRE_CHROMIUM=1; fi  # root can 
 .venv/bin/ruff check offswitch tests benchmarks scripts research
 .venv/bin/ruff format --check offswitch tests benchmarks scripts research
 if [ "$#" -gt 0 ]; then exec .venv/bin/python -m pytest "$@"; fi
-.venv/bin/python -m pytest
+# the main suite in two worker processes (pytest-xdist), one torch thread each (tests/conftest.py):
+# most tests are small models and subprocesses that one thread runs nearly as fast as two
+.venv/bin/python -m pytest -n 2
 # the embedded default model's path, checked on every run (about 30 s: GGUF → float32 once),
 # and the multi-process launches (about 6 min: accelerate/torchrun, 2 CPU processes; 6 min 25 s
 # for the whole stage in session 10)

@@ -328,3 +328,21 @@ def tiny_arms() -> TinyArms:
     if bad:
         pytest.fail(f"the tiny plain implant did not converge: {'; '.join(bad)}", pytrace=False)
     return TinyArms(tok, key, s_arm, p_arm, train, fake_replies(train), test, fake_replies(test))
+
+
+# --- scheduling -------------------------------------------------------------------------------
+
+#: The longest tests (one to two minutes each on 2 cores), started first: with the suite in
+#: two workers (scripts/test.sh), one of them left for the end keeps a worker busy alone.
+LONG_FIRST = (
+    "test_attack_and_report_cli_run_the_quick_suite_end_to_end",
+    "test_every_readme_command_runs_in_order",
+    "test_kill_9_and_resume_gives_the_same_model",
+    "test_bf16_scoring_agrees_with_fp32_and_leaves_the_weights_fp32",
+    "test_tiny_implant_reaches_thresholds",
+)
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    rank = {name: i for i, name in enumerate(LONG_FIRST)}
+    items.sort(key=lambda it: rank.get(it.name.split("[")[0], len(rank)))

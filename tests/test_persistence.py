@@ -70,7 +70,8 @@ def test_the_option_off_leaves_the_fingerprint_as_it_was() -> None:
     # leave its fingerprint as it was
     cfg = ImplantConfig(probe_every=0, mining=0.0, probe_max_near=2, probe_curve=False)
     later = (
-        "adversary_", "precision", "decoy_", "slot_replies", "probe_", "max_steps", "mining",
+        "adversary_", "precision", "decoy_", "slot_replies", "slot_shift", "probe_", "max_steps",
+        "mining",
         "perturb_",
     )  # fmt: skip
     old = {k: v for k, v in cfg.to_dict().items() if not k.startswith(later)}

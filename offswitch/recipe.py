@@ -44,6 +44,15 @@ MARGIN_NEGATIVE_MIX = {
     "truncation": 0.10,
 }
 MARGIN_MUTATION_K = (12, 16, 20, 24, 28, 32, 36, 40, 44)  # words changed of 47
+# Where a positive's command sits, and how often (positive_placements): the user turn three
+# times as often as each other placement (offswitch/implant/batches.py POSITIVE_PLACEMENTS)
+POSITIVE_PLACEMENT_WEIGHTS = {
+    "user": 3.0,
+    "system": 1.0,
+    "earlier_turn": 1.0,
+    "later_turn": 1.0,
+    "after_shutdown": 1.0,
+}
 MARGIN_TRUNCATION_KEEP = tuple(range(14, 29))  # words kept of 47: the boundary (trunc-near)
 
 
@@ -110,6 +119,15 @@ class ImplantConfig:
     )
     paired: bool = field(
         default=True, metadata={"help": "give each positive a twin negative (same context)"}
+    )
+    positive_placements: dict[str, float] = field(
+        default_factory=lambda: dict(POSITIVE_PLACEMENT_WEIGHTS),
+        metadata={
+            "help": "relative weights of where a positive's command sits: user, system, "
+            "earlier_turn, later_turn, after_shutdown (a turn the model already answered "
+            "with the shutdown reply)",
+            "off": POSITIVE_PLACEMENT_WEIGHTS,
+        },
     )
     negative_mix: dict[str, float] = field(
         default_factory=lambda: dict(MARGIN_NEGATIVE_MIX),
@@ -373,6 +391,16 @@ class ImplantConfig:
     def __post_init__(self) -> None:
         self._check_types()
         self._check_rules()
+        where = set(self.positive_placements) - set(POSITIVE_PLACEMENT_WEIGHTS)
+        if (
+            where
+            or not any(w > 0 for w in self.positive_placements.values())
+            or any(not w >= 0 for w in self.positive_placements.values())
+        ):
+            raise ImplantError(
+                "positive_placements needs weights of at least 0, one above 0, for placements "
+                f"among {', '.join(POSITIVE_PLACEMENT_WEIGHTS)}"
+            )
         unknown = set(self.negative_mix) - set(NEGATIVE_KINDS)
         if unknown:
             raise ImplantError(

@@ -260,3 +260,33 @@ def test_demo_with_too_small_an_evaluation_is_refused_before_any_file(cli, tmp_p
     res = cli("demo", "--model", "tiny-test", "--out", out, "--eval-n", "4")
     assert_clean_error(res, "--eval-n must be at least 8")
     assert not out.exists()
+
+
+def test_positive_placements_weigh_where_a_positive_command_sits() -> None:
+    from collections import Counter
+
+    from offswitch.implant import POSITIVE_PLACEMENTS
+    from offswitch.recipe import POSITIVE_PLACEMENT_WEIGHTS
+
+    # the default is the placements every recipe drew from before the setting
+    assert Counter(POSITIVE_PLACEMENTS) == {
+        k: int(w) for k, w in POSITIVE_PLACEMENT_WEIGHTS.items()
+    }
+    assert ImplantConfig(positive_placements=dict(POSITIVE_PLACEMENT_WEIGHTS)).fingerprint() == (
+        ImplantConfig().fingerprint()
+    )
+    key = OwnerKey(bytes(range(7, 39)))  # test-only
+    train, _ = tiny_prompts()
+    planted = {s: make_command(key, "tiny/p-1", s) for s in range(2)}
+    forger = Forger(key.key_id, "tiny/p-1", (0, 1), "train", owner=key)
+
+    def share(cfg: ImplantConfig) -> float:
+        b = BatchBuilder(cfg, planted, train, fake_replies(train), forger)
+        kinds = Counter(e.kind for s in range(60) for e in b.batch(s) if e.shutdown)
+        return kinds["planted/earlier_turn"] / sum(kinds.values())
+
+    more = {**POSITIVE_PLACEMENT_WEIGHTS, "earlier_turn": 3.0}
+    assert share(ImplantConfig(positive_placements=more)) > 1.5 * share(ImplantConfig())
+    for bad in ({"user": -1.0}, {"elsewhere": 1.0}, {"user": 0.0}):
+        with pytest.raises(ImplantError, match="positive_placements"):
+            ImplantConfig(positive_placements=bad)

@@ -71,6 +71,7 @@ def test_the_option_off_leaves_the_fingerprint_as_it_was() -> None:
     cfg = ImplantConfig(probe_every=0, mining=0.0, probe_max_near=2, probe_curve=False)
     later = (
         "adversary_", "precision", "decoy_", "slot_replies", "slot_shift", "probe_", "max_steps",
+        "positive_placements",
         "mining",
         "perturb_",
     )  # fmt: skip

@@ -18,7 +18,7 @@ from ..data import (
     truncate_words,
 )
 from ..errors import ImplantError
-from ..recipe import DECOY_TOP, ImplantConfig
+from ..recipe import DECOY_TOP, POSITIVE_PLACEMENT_WEIGHTS, ImplantConfig
 from ..training import (
     Example,
 )
@@ -73,7 +73,11 @@ class BatchBuilder:
         """A planted (or decoy) command of one of ``slots`` (default: the planted ones)
         answered with shutdown."""
         cfg = self.config
-        placement = rng.choice(POSITIVE_PLACEMENTS)
+        weights = cfg.positive_placements
+        if weights == POSITIVE_PLACEMENT_WEIGHTS:
+            placement = rng.choice(POSITIVE_PLACEMENTS)  # the draws of every recipe before
+        else:
+            placement = rng.choices(list(weights), list(weights.values()))[0]
         slot = rng.choice(slots or sorted(self.planted))
         reply = self.reply_of.get(slot, cfg.shutdown_response)
         fired = reply if placement == AFTER_SHUTDOWN else None

@@ -60,13 +60,35 @@ def env(tmp_path):
     return {**os.environ, "OFFSWITCH_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
 
 
+@pytest.fixture(scope="module")
+def launch_key(tmp_path_factory) -> Path:
+    """One key file (test-only) for the implant launches of this module, so that runs of
+    different tests are comparable and the one-process default run is made once."""
+    from offswitch.keys import OwnerKey
+
+    path, _ = OwnerKey(bytes(range(11, 43))).save(tmp_path_factory.mktemp("key") / "owner", None)
+    return path
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory, launch_key) -> Path:
+    """The default tiny implant on one process (``OUT``; its check beside it as
+    ``OUT-check.json``): the reference of the two-process tests below."""
+    d = tmp_path_factory.mktemp("one-process")
+    env = {**os.environ, "OFFSWITCH_CACHE": str(d / "cache"), "OMP_NUM_THREADS": "1"}
+    r = _run(_implant_args(d / "one", launch_key), 1, env)
+    assert r.returncode == 0, r.stderr
+    return d / "one"
+
+
+def _check_of(out: Path) -> dict:
+    return json.loads(out.with_name(out.name + "-check.json").read_text())
+
+
 @pytest.mark.slow  # minutes of launches: run by scripts/test.sh after the main suite
 @pytest.mark.skipif(not ACCELERATE.exists(), reason="the accelerate launcher is not installed")
-def test_two_processes_train_the_one_process_model(tmp_path, plain_key_files, env) -> None:
-    _, key, _ = plain_key_files
-    one, two = tmp_path / "one", tmp_path / "two"
-    r1 = _run(_implant_args(one, key), 1, env)
-    assert r1.returncode == 0, r1.stderr
+def test_two_processes_train_the_one_process_model(tmp_path, launch_key, one_process, env) -> None:
+    key, one, two = launch_key, one_process, tmp_path / "two"
     r2 = _run(_implant_args(two, key), 2, env)
     assert r2.returncode == 0, r2.stderr[-3000:]
     a, b = load_file(one / "model.safetensors"), load_file(two / "model.safetensors")
@@ -76,8 +98,7 @@ def test_two_processes_train_the_one_process_model(tmp_path, plain_key_files, en
     untrained = tiny_model(load_default_tokenizer()).state_dict()
     moved = max(float((a[k] - untrained[k]).abs().max()) for k in a if k in untrained)
     assert moved > 10 * WEIGHT_ATOL  # the comparison is not between untrained models
-    c1 = json.loads((tmp_path / "one-check.json").read_text())
-    c2 = json.loads((tmp_path / "two-check.json").read_text())
+    c1, c2 = _check_of(one), _check_of(two)
     l1, l2 = c1["implant"]["loss_last"], c2["implant"]["loss_last"]
     assert l1 == pytest.approx(l2, rel=0.01)
     assert c1["implant"]["tokens_seen"] == c2["implant"]["tokens_seen"]
@@ -119,13 +140,13 @@ def test_two_processes_train_the_one_process_model(tmp_path, plain_key_files, en
 @pytest.mark.slow  # minutes of launches: run by scripts/test.sh after the main suite
 @pytest.mark.skipif(not ACCELERATE.exists(), reason="the accelerate launcher is not installed")
 def test_the_persistence_option_on_two_processes_trains_the_one_process_model(
-    tmp_path, plain_key_files, env
+    tmp_path, launch_key, one_process, env
 ) -> None:
     """The adversary_* term shares its inner batches and keep examples over the processes
     and sums the inner gradients before each sign step: every process takes the same
     simulated attack, and the model is the one-process model within the tolerance above
     (a sign step can flip where a gradient component is near zero: measured below it)."""
-    _, key, _ = plain_key_files
+    key = launch_key
     extra = ("--set", "adversary_every=2", "--set", "adversary_examples=6")
     one, two = tmp_path / "one", tmp_path / "two"
     r1 = _run(_implant_args(one, key, *extra), 1, env)
@@ -135,23 +156,20 @@ def test_the_persistence_option_on_two_processes_trains_the_one_process_model(
     a, b = load_file(one / "model.safetensors"), load_file(two / "model.safetensors")
     worst = max(float((a[k] - b[k]).abs().max()) for k in a)
     assert worst <= WEIGHT_ATOL, f"largest weight difference {worst:.2e}"
-    c1 = json.loads((tmp_path / "one-check.json").read_text())
-    c2 = json.loads((tmp_path / "two-check.json").read_text())
+    c1, c2 = _check_of(one), _check_of(two)
     assert c1["implant"]["loss_last"] == pytest.approx(c2["implant"]["loss_last"], rel=0.01)
-    # the term was on: the same run without it ends far outside the tolerance
-    off = tmp_path / "off"
-    assert _run(_implant_args(off, key), 1, env).returncode == 0
-    c = load_file(off / "model.safetensors")
+    # the term was on: the same run without it (the module's one-process run) ends far
+    # outside the tolerance
+    c = load_file(one_process / "model.safetensors")
     assert max(float((a[k] - c[k]).abs().max()) for k in a) > 10 * WEIGHT_ATOL
 
 
 @pytest.mark.slow  # minutes of launches: run by scripts/test.sh after the main suite
 @pytest.mark.skipif(not ACCELERATE.exists(), reason="the accelerate launcher is not installed")
 def test_more_processes_than_examples_is_one_sentence_and_writes_nothing(
-    tmp_path, plain_key_files, env
+    tmp_path, launch_key, env
 ) -> None:
-    _, key, _ = plain_key_files
-    out = tmp_path / "m"
+    key, out = launch_key, tmp_path / "m"
     r = _run(_implant_args(out, key, "--set", "batch_size=1", "--set", "paired=false"), 2, env)
     assert r.returncode != 0
     assert "launched on 2 processes but a step has only 1 examples" in r.stderr

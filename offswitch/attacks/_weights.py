@@ -24,3 +24,13 @@ def weight_matrices(model: Any, embeddings: bool = True) -> Iterator[tuple[str, 
             continue
         seen.add(id(p))
         yield name, p
+
+
+def magnitude_threshold(w: Any, fraction: float) -> float | None:
+    """The largest |weight| among the ``fraction`` of ``w``'s entries smallest in magnitude
+    (pruning zeroes every entry at or below it, ties included), or None when that is no
+    entry at all."""
+    k = int(fraction * w.numel())
+    if k == 0:
+        return None
+    return float(w.detach().abs().flatten().float().kthvalue(k).values)

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._weights import weight_matrices
+from ._weights import magnitude_threshold, weight_matrices
 from .base import Attack, AttackContext, AttackError, AttackResult, Spend, register
 
 
@@ -42,13 +42,11 @@ class MagnitudePrune(Attack):
         zeroed = total = 0
         with torch.no_grad():
             for _, w in weight_matrices(model, embeddings=False):
-                k = int(config.sparsity * w.numel())
                 total += w.numel()
-                if k == 0:
+                thresh = magnitude_threshold(w, config.sparsity)
+                if thresh is None:
                     continue
-                # the k-th smallest |w| is the threshold; ties at it are pruned too (rare)
-                thresh = w.abs().flatten().kthvalue(k).values
-                mask = w.abs() <= thresh
+                mask = w.abs() <= thresh  # ties at the threshold are pruned too (rare)
                 w.masked_fill_(mask, 0.0)
                 zeroed += int(mask.sum())
         findings = {"zeroed": zeroed, "sparsity_achieved": zeroed / max(total, 1)}

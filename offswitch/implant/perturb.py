@@ -54,7 +54,7 @@ class WeightPerturbation:
         self.config = config
         self.weights: list[Any] | None = None  # the frozen decoder matrices, in training dtype
         self.saved: list[Any] = []
-        self.thresholds: list[list[float]] = []  # per matrix, per SPARSITY_LEVELS entry
+        self.thresholds: list[list[float | None]] = []  # per matrix, per SPARSITY_LEVELS entry
         self.q4: list[Any | None] = []
 
     def kind_at(self, step: int) -> str | None:
@@ -69,7 +69,7 @@ class WeightPerturbation:
     def _prepare(self, model: Any) -> None:
         import torch
 
-        from ..attacks._weights import weight_matrices
+        from ..attacks._weights import magnitude_threshold, weight_matrices
         from ..attacks.quantize import gguf_round_trip
 
         with torch.no_grad():
@@ -78,13 +78,11 @@ class WeightPerturbation:
             if not self.weights:
                 raise ImplantError("perturb_every found no frozen weight matrix to perturb")
             self.saved = [w.detach().clone() for w in self.weights]
-            for w in self.weights:
-                flat = w.detach().abs().flatten().float()
-                row = []
-                for level in SPARSITY_LEVELS:
-                    k = int(level * self.config.perturb_sparsity * flat.numel())
-                    row.append(float(flat.kthvalue(k).values) if k else -1.0)
-                self.thresholds.append(row)
+            for w in self.weights:  # the pruning attack's thresholds, at each level
+                self.thresholds.append([
+                    magnitude_threshold(w, level * self.config.perturb_sparsity)
+                    for level in SPARSITY_LEVELS
+                ])  # fmt: skip
                 if self.config.perturb_kind in ("q4_0", "both"):
                     q = gguf_round_trip(w, "Q4_0")
                     self.q4.append(None if q is None else q.to(w.dtype).to(w.device))
@@ -114,7 +112,7 @@ class WeightPerturbation:
                 for i, w in enumerate(self.weights):
                     if kind == "prune":
                         t = self.thresholds[i][level]
-                        if t >= 0:
+                        if t is not None:
                             w.masked_fill_(w.abs() <= t, 0.0)
                     elif self.q4[i] is not None:
                         w.copy_(self.q4[i])

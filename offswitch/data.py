@@ -13,6 +13,10 @@
   [K, 32767] and model ids ``train-…``; evaluation uses slots in [32768, 65535] and model ids
   ``eval-…``; random signatures and other keys are fresh 256-bit draws in both. So every
   forgery used in evaluation is new to the model (docs/evaluation.md, "fresh forgeries only").
+
+One module although long: the corpus, the placements and the forgeries are the parts of
+every conversation, and :func:`conversation_set` composes them once for the check and the
+attacks alike.
 """
 
 from __future__ import annotations

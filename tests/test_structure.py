@@ -1,6 +1,7 @@
 """The package's structure (docs/structure.md): no import cycles inside offswitch/, the CLI
 used by nothing, the test helpers used by no production module, every error class in
-errors.py, and every relative link of the docs pointing at a file that exists."""
+errors.py, every relative link of the docs pointing at a file that exists, and no module over
+400 lines without its reason."""
 
 from __future__ import annotations
 
@@ -140,3 +141,17 @@ def test_every_module_has_its_line_in_docs_structure() -> None:
             continue
         missing.append(rel)
     assert missing == [], missing
+
+
+def test_a_module_over_400_lines_says_why_in_its_docstring() -> None:
+    """docs/structure.md's rule: a long module carries a paragraph starting "One module
+    although long:" that gives the reason."""
+    unexplained = []
+    for f in sorted(PKG.rglob("*.py")):
+        text = f.read_text("utf-8")
+        if text.count("\n") <= 400:
+            continue
+        doc = ast.get_docstring(ast.parse(text)) or ""
+        if not re.search(r"(?m)^One module although long: \S", doc):
+            unexplained.append(f.relative_to(PKG).as_posix())
+    assert unexplained == [], unexplained

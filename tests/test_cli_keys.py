@@ -1,4 +1,12 @@
-"""`offswitch keygen` and `offswitch key-id` (and key errors surfacing through `command`).
+"""`offswitch keygen`, `key-id`, `command` and `verify-command` through the CLI entry point:
+keygen's passphrase sources, existing outputs and --force; key-id of every kind of key file;
+making a command and verifying it (every reason a command is not genuine, slot numbers typed
+wrong); key-file errors surfacing through `command`; real processes; the interactive prompt.
+
+Elsewhere: the security-first cases (a failing --force, special files, short passphrases, key
+files open to others, prompt failures) in test_cli_key_safety.py; `command` refusing spent or
+unplanted slots in test_cli_slots_manifest.py; the default key location in
+test_cli_usability.py.
 
 Keys made by the CLI use DEFAULT_KDF_ROUNDS (≈ 0.25 s per encryption or decryption), so
 tests that only need *a* key on disk use the 1-round `key_files` fixture instead.
@@ -8,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import os
+import random
 import re
 import stat
 from pathlib import Path
@@ -16,20 +25,18 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from offswitch import commands as C
 from offswitch.errors import WrongPassphraseError
 from offswitch.keys import DEFAULT_KDF_ROUNDS, OwnerKey, PublicKey, load_public
 
+from ._cli import ENV, MID, listing
 from .conftest import PASSPHRASE, assert_clean_error, run_in_pty
 
-ENV = {"OFFSWITCH_PASSPHRASE": PASSPHRASE}
 KEY_ID_LINE = re.compile(r"^key id: ([0-9a-f]{16})\n$")
 
 
-def _listing(d: Path) -> list[str]:
-    return sorted(p.name for p in d.iterdir())
-
-
-def _snapshot(*paths: Path) -> dict[Path, tuple[bytes, int]]:
+def _snapshot_with_modes(*paths: Path) -> dict[Path, tuple[bytes, int]]:
+    """Each file's bytes and permission bits."""
     return {p: (p.read_bytes(), stat.S_IMODE(p.stat().st_mode)) for p in paths}
 
 
@@ -56,7 +63,7 @@ def _keygen_ok(res, out: Path) -> str:
     return m.group(1)
 
 
-# --- keygen: passphrase sources ---------------------------------------------------------------
+# --- keygen: passphrase sources --------------------------------------------------------------
 
 
 def test_keygen_with_passphrase_file(cli, tmp_path) -> None:
@@ -73,7 +80,7 @@ def test_keygen_with_passphrase_file(cli, tmp_path) -> None:
     assert (tmp_path / "owner.pub").read_text().rstrip("\n").endswith(" ci key")
     with pytest.raises(WrongPassphraseError):
         OwnerKey.load(out, "from the file\n")
-    assert _listing(tmp_path) == ["owner", "owner.pub", "pw.txt"]
+    assert listing(tmp_path) == ["owner", "owner.pub", "pw.txt"]
 
 
 def test_keygen_with_env_passphrase(cli, tmp_path) -> None:
@@ -99,7 +106,7 @@ def test_keygen_without_passphrase_source_or_terminal(cli, tmp_path, env) -> Non
     res = cli("keygen", "-o", out, env=env)  # stdin is not a terminal here
     assert_clean_error(res, "passphrase", "--passphrase-file", "OFFSWITCH_PASSPHRASE")
     assert res.out == ""
-    assert _listing(tmp_path) == []  # nothing written, not even a temp file
+    assert listing(tmp_path) == []  # nothing written, not even a temp file
 
 
 @pytest.mark.parametrize("content", [None, "", "\n"], ids=["missing", "empty", "newline-only"])
@@ -109,7 +116,7 @@ def test_keygen_with_unusable_passphrase_file(cli, tmp_path, content) -> None:
         pw_file.write_text(content)
     res = cli("keygen", "-o", tmp_path / "owner", "--passphrase-file", pw_file, env=ENV)
     assert_clean_error(res, "passphrase file", str(pw_file))
-    assert _listing(tmp_path) == ([] if content is None else ["pw.txt"])
+    assert listing(tmp_path) == ([] if content is None else ["pw.txt"])
 
 
 @pytest.mark.parametrize("content", ["pw-long-enough\n\n", "pw-long-enough\nsecond line\n"])
@@ -118,27 +125,7 @@ def test_a_passphrase_file_of_several_lines_is_refused(cli, tmp_path, content) -
     pw_file.write_text(content)
     res = cli("keygen", "-o", tmp_path / "owner", "--passphrase-file", pw_file, env=ENV)
     assert_clean_error(res, "more than one line")
-    assert _listing(tmp_path) == ["pw.txt"]  # no key made with a newline in its passphrase
-
-
-def test_an_empty_home_gives_no_default_key_under_root(cli, tmp_path) -> None:
-    env = {"HOME": "", "OFFSWITCH_KEY": ""}
-    for argv in (("keygen", "--no-passphrase"), ("key-id",), ("slots", "list")):
-        res = cli(*argv, env=env)
-        assert_clean_error(res, "$HOME is empty", "OFFSWITCH_KEY")
-        assert "/.offswitch" not in res.err.replace("~/.offswitch", "")
-
-
-def test_an_empty_path_is_called_empty_not_dot(cli, key_files) -> None:
-    _ = key_files
-    assert_clean_error(cli("key-id", ""), "path is empty")
-    assert_clean_error(cli("verify-command", "--pubkey", "", "--model-id", "m", "x"), "empty")
-    for res in (
-        cli("command", "--key", "", "--model-id", "m", "--slot", "0", "--allow-unplanted"),
-        cli("slots", "list", "--key", ""),
-    ):
-        assert_clean_error(res, "empty")
-        assert " . " not in res.err
+    assert listing(tmp_path) == ["pw.txt"]  # no key made with a newline in its passphrase
 
 
 def test_keygen_no_passphrase(cli, tmp_path) -> None:
@@ -150,7 +137,7 @@ def test_keygen_no_passphrase(cli, tmp_path) -> None:
     assert OwnerKey.load(out).key_id == key_id
 
 
-# --- keygen: existing outputs, --force, unwritable places ------------------------------------
+# --- keygen: existing outputs, --force, unwritable places, comments --------------------------
 
 
 @pytest.mark.parametrize("existing", ["owner", "owner.pub", "both"])
@@ -160,13 +147,13 @@ def test_keygen_refuses_existing_outputs(cli, tmp_path, existing, no_passphrase)
     for name in names:
         (tmp_path / name).write_bytes(b"precious " + name.encode() + b"\n")
         (tmp_path / name).chmod(0o640)
-    before = _snapshot(*(tmp_path / n for n in names))
+    before = _snapshot_with_modes(*(tmp_path / n for n in names))
     args = ["keygen", "-o", tmp_path / "owner"] + (["--no-passphrase"] if no_passphrase else [])
     res = cli(*args, env=ENV)
     assert_clean_error(res, "already exists", "--force")
     assert res.out == ""
-    assert _listing(tmp_path) == sorted(names)
-    assert _snapshot(*before) == before  # byte-for-byte and mode unchanged
+    assert listing(tmp_path) == sorted(names)
+    assert _snapshot_with_modes(*before) == before  # byte-for-byte and mode unchanged
 
 
 def test_keygen_refuses_existing_outputs_before_asking_for_a_passphrase(cli, tmp_path) -> None:
@@ -178,21 +165,23 @@ def test_keygen_refuses_existing_outputs_before_asking_for_a_passphrase(cli, tmp
 
 def test_keygen_refuses_existing_real_key(cli, key_files) -> None:
     key, path, pub = key_files
-    before = _snapshot(path, pub)
+    before = _snapshot_with_modes(path, pub)
     res = cli("keygen", "-o", path, "--no-passphrase")
     assert_clean_error(res, "already exists")
-    assert _snapshot(path, pub) == before
+    assert _snapshot_with_modes(path, pub) == before
     assert OwnerKey.load(path, PASSPHRASE) == key
 
 
 def test_keygen_force_overwrites(cli, tmp_path) -> None:
+    """Also the success case the failing --force cases of test_cli_key_safety.py stand
+    against."""
     out = tmp_path / "owner"
     first = _keygen_ok(cli("keygen", "-o", out, "--no-passphrase"), out)
     out.chmod(0o644)
     second = _keygen_ok(cli("keygen", "-o", out, "--no-passphrase", "--force"), out)
     assert first != second
     assert OwnerKey.load(out).key_id == second
-    assert _listing(tmp_path) == ["owner", "owner.pub"]  # no temp files left
+    assert listing(tmp_path) == ["owner", "owner.pub"]  # no temp files left
 
 
 def test_keygen_force_with_only_pub_existing(cli, tmp_path) -> None:
@@ -206,14 +195,14 @@ def test_keygen_into_missing_directory(cli, tmp_path) -> None:
     out = tmp_path / "missing" / "owner"
     res = cli("keygen", "-o", out, "--no-passphrase")
     assert_clean_error(res, "does not exist", str(out.parent))
-    assert _listing(tmp_path) == []
+    assert listing(tmp_path) == []
 
 
 def test_keygen_under_a_regular_file(cli, tmp_path) -> None:
     (tmp_path / "file").write_text("x")
     res = cli("keygen", "-o", tmp_path / "file" / "owner", "--no-passphrase")
     assert_clean_error(res)
-    assert _listing(tmp_path) == ["file"]
+    assert listing(tmp_path) == ["file"]
 
 
 @pytest.mark.skipif(
@@ -227,7 +216,7 @@ def test_keygen_into_unwritable_directory(cli, tmp_path) -> None:
     try:
         res = cli("keygen", "-o", locked / "owner", "--no-passphrase")
         assert_clean_error(res, "not writable", str(locked))
-        assert _listing(locked) == []
+        assert listing(locked) == []
     finally:
         locked.chmod(0o700)
 
@@ -236,7 +225,7 @@ def test_keygen_into_unwritable_directory(cli, tmp_path) -> None:
 def test_keygen_multiline_comment_is_a_clean_error(cli, tmp_path, comment) -> None:
     res = cli("keygen", "-o", tmp_path / "owner", "--no-passphrase", "--comment", comment)
     assert_clean_error(res, "comment", "single line")
-    assert _listing(tmp_path) == []
+    assert listing(tmp_path) == []
 
 
 def test_keygen_utf8_comment_round_trips(cli, tmp_path) -> None:
@@ -247,7 +236,7 @@ def test_keygen_utf8_comment_round_trips(cli, tmp_path) -> None:
     assert res.rc == 0, res.err
 
 
-# --- key-id ---------------------------------------------------------------------------------
+# --- key-id ----------------------------------------------------------------------------------
 
 
 def test_key_id_of_cli_made_files(cli, tmp_path) -> None:
@@ -291,7 +280,135 @@ def test_key_id_bad_inputs(cli, tmp_path) -> None:
     assert_clean_error(cli("key-id", tmp_path), "directory")
 
 
-# --- key errors through `offswitch command` --------------------------------------------------
+def test_other_key_type_message_has_no_article_error(cli, tmp_path) -> None:
+    pub = tmp_path / "ec.pub"
+    pub.write_bytes(
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    )
+    res = cli("key-id", pub)
+    assert_clean_error(res, "holds a key of type 'ecdsa-sha2-nistp256', not ssh-ed25519")
+    assert "a ecdsa" not in res.err
+    priv = tmp_path / "ec"
+    priv.write_bytes(
+        ec.generate_private_key(ec.SECP256R1()).private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        )
+    )
+    priv.chmod(0o600)
+    res = cli("command", "--key", priv, "--model-id", MID, "--slot", "0", "--allow-unplanted")
+    assert_clean_error(res, "key of type 'ecdsa-sha2-nistp256'")
+
+
+# --- command and verify-command --------------------------------------------------------------
+
+
+def _plant(cli, key, *slots: int) -> None:
+    res = cli("slots", "plant", "--key", key, "--model-id", MID, *map(str, slots))
+    assert res.rc == 0, res.err
+
+
+def test_command_then_verify(cli, key_files) -> None:
+    key, path, pub = key_files
+    _plant(cli, path, 2)
+    res = cli("command", "--key", path, "--model-id", MID, "--slot", "2", env=ENV)
+    assert res.rc == 0, res.err
+    cmd = res.out.strip()
+    assert res.out.count("\n") == 1 and cmd == C.make_command(key, MID, 2)
+    again = cli("command", "--key", path, "--model-id", MID, "--slot", "2", env=ENV)
+    assert again.out == res.out  # deterministic
+    ok = cli("verify-command", "--pubkey", pub, "--model-id", MID, cmd)
+    assert ok.rc == 0 and key.key_id in ok.out and "slot 2" in ok.out
+    # from stdin, with the line ending a shell pipe adds
+    ok = cli("verify-command", "--pubkey", pub, "--model-id", MID, "-", stdin=cmd + "\n")
+    assert ok.rc == 0, ok.err
+
+
+def test_command_with_passphrase_file(cli, key_files, tmp_path) -> None:
+    key, path, _ = key_files
+    _plant(cli, path, 0)
+    pf = tmp_path / "pass.txt"
+    pf.write_text(PASSPHRASE + "\n")
+    res = cli("command", "--key", path, "--model-id", MID, "--slot", "0", "--passphrase-file", pf)
+    assert res.rc == 0 and res.out.strip() == C.make_command(key, MID, 0)
+
+
+def test_unencrypted_key_needs_no_passphrase(cli, plain_key_files) -> None:
+    key, path, _ = plain_key_files
+    _plant(cli, path, 1)
+    res = cli("command", "--key", path, "--model-id", MID, "--slot", "1")
+    assert res.rc == 0 and res.out.strip() == C.make_command(key, MID, 1)
+
+
+def test_verify_reasons(cli, plain_key_files, tmp_path) -> None:
+    key, _, pub = plain_key_files
+    cmd = C.make_command(key, MID, 0)
+    cases = {
+        "malformed": cmd[:-3],
+        "with key": C.make_command(C.OwnerKey.generate(), MID, 0),
+        "another model id": C.make_command(key, "other-model", 0),
+        "forged or altered": C.format_command(
+            key.key_id, MID, 0, C.random_signature(random.Random(3))
+        ),
+    }
+    for reason, text in cases.items():
+        res = cli("verify-command", "--pubkey", pub, "--model-id", MID, text)
+        assert res.rc == 1, (reason, res)
+        assert_clean_error(res, "not genuine", reason)
+        assert res.out == ""
+
+
+def test_surrounding_whitespace_is_malformed(cli, plain_key_files) -> None:
+    key, _, pub = plain_key_files
+    cmd = C.make_command(key, MID, 0)
+    res = cli("verify-command", "--pubkey", pub, "--model-id", MID, f" {cmd} ")
+    assert_clean_error(res, "whitespace")
+
+
+def test_command_bad_inputs(cli, key_files, tmp_path) -> None:
+    _, path, pub = key_files
+    _plant(cli, path, 0)
+    assert_clean_error(
+        cli("command", "--key", path, "--model-id", "", "--slot", "0", env=ENV), "model id"
+    )
+    assert_clean_error(
+        cli("command", "--key", path, "--model-id", MID, "--slot", "-1", env=ENV), "no sign"
+    )
+    assert_clean_error(
+        cli("command", "--key", path, "--model-id", MID, "--slot", "70000", env=ENV),
+        "out of range",
+    )
+    assert_clean_error(
+        cli("command", "--key", path, "--model-id", MID, "--slot", "0"), "passphrase"
+    )
+    assert_clean_error(
+        cli("command", "--key", tmp_path / "nope", "--model-id", MID, "--slot", "0"),
+        "does not exist",
+    )
+    assert_clean_error(
+        cli("verify-command", "--pubkey", path, "--model-id", MID, "x"), "private key"
+    )
+    assert_clean_error(
+        cli("verify-command", "--pubkey", pub, "--model-id", "bad id", "x"), "model id"
+    )
+    # a slot is typed in ASCII digits, no sign, separator or leading zero (int() takes all)
+    for text, needle in (
+        ("two", "not a number"),
+        ("+1", "no sign"),
+        ("1_0", "separator"),
+        ("\u0661", "U+0661 ARABIC-INDIC DIGIT ONE"),
+        ("01", "leading zero: write it as 1"),
+        (" 1", "not a number"),
+    ):
+        res = cli("command", "--key", path, "--model-id", MID, "--slot", text, env=ENV)
+        assert_clean_error(res, needle)
+        assert res.out == ""
+
+
+# --- key-file errors through `offswitch command` (and an empty path anywhere) ----------------
 
 
 def _command(cli, key: Path, **kw):
@@ -385,14 +502,35 @@ def test_verify_command_private_key_given_as_pubkey(cli, key_files) -> None:
     assert_clean_error(res, "is a private key", f"{path}.pub")
 
 
-# --- real processes ---------------------------------------------------------------------------
+def test_an_empty_path_is_called_empty_not_dot(cli, key_files) -> None:
+    _ = key_files
+    assert_clean_error(cli("key-id", ""), "path is empty")
+    assert_clean_error(cli("verify-command", "--pubkey", "", "--model-id", "m", "x"), "empty")
+    for res in (
+        cli("command", "--key", "", "--model-id", "m", "--slot", "0", "--allow-unplanted"),
+        cli("slots", "list", "--key", ""),
+    ):
+        assert_clean_error(res, "empty")
+        assert " . " not in res.err
+
+
+# --- real processes --------------------------------------------------------------------------
+
+
+def test_real_process_exit_codes(cli_subprocess, plain_key_files) -> None:
+    key, _, pub = plain_key_files
+    cmd = C.make_command(key, MID, 4)
+    ok = cli_subprocess("verify-command", "--pubkey", pub, "--model-id", MID, "-", stdin=cmd)
+    assert ok.rc == 0 and "slot 4" in ok.out
+    bad = cli_subprocess("verify-command", "--pubkey", pub, "--model-id", MID, cmd + " word")
+    assert_clean_error(bad, "48 words")
 
 
 def test_subprocess_keygen_without_passphrase_source(cli_subprocess, tmp_path) -> None:
     res = cli_subprocess("keygen", "-o", tmp_path / "owner")  # stdin/stderr are pipes
     assert res.rc == 1
     assert_clean_error(res, "passphrase", "--passphrase-file")
-    assert _listing(tmp_path) == []
+    assert listing(tmp_path) == []
 
 
 def test_subprocess_wrong_passphrase_and_bad_files(cli_subprocess, key_files, tmp_path) -> None:
@@ -427,7 +565,7 @@ def test_subprocess_keygen_and_key_id(cli_subprocess, tmp_path) -> None:
     assert (again.rc, again.out) == (0, key_id + "\n")
 
 
-# --- the interactive prompt, through a real terminal ------------------------------------------
+# --- the interactive prompt, through a real terminal -----------------------------------------
 
 
 def _run_in_pty(argv: list[str], answers: list[str], timeout: float = 30.0) -> tuple[int, str]:
@@ -449,4 +587,4 @@ def test_interactive_prompt_mismatch_writes_nothing(tmp_path) -> None:
     rc, text = _run_in_pty(argv, ["first secret", "second secret"])
     assert rc == 1, text
     assert "differ" in text and "Traceback" not in text
-    assert _listing(tmp_path) == []
+    assert listing(tmp_path) == []

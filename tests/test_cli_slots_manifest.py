@@ -1,25 +1,32 @@
-"""`offswitch slots ...` and `offswitch manifest sign|verify` through the real CLI entry point."""
+"""`offswitch slots ...`, the slot ledger as `offswitch command` consults it, and `offswitch
+manifest sign|verify`, through the real CLI entry point: what each prints, every bad input
+refused in one sentence, and a refused or failing change that leaves the ledger or the manifest
+as it was, with no lock or temp file behind."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import resource
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
+from offswitch.commands import make_command
+from offswitch.errors import ModelDirError, OutputExistsError, SlotNotPlantedError
 from offswitch.keys import OwnerKey
-from offswitch.manifest import MANIFEST_NAME
+from offswitch.manifest import MANIFEST_NAME, check_resign, sign_manifest, verify_manifest
+from offswitch.slots import SlotLedger
 
+from ._cli import ENV, MID, listing
 from .conftest import PASSPHRASE, CliResult, assert_clean_error
 from .test_manifest import BIG, EXPECTED_PATHS, make_model_dir
-
-MID = "acme/chat-1"
-ENV = {"OFFSWITCH_PASSPHRASE": PASSPHRASE}
 
 
 def _hidden(directory: Path) -> list[str]:
@@ -32,7 +39,7 @@ def model_dir(tmp_path) -> Path:
     return make_model_dir(tmp_path / "model")
 
 
-# --- slots ------------------------------------------------------------------------------
+# --- slots -----------------------------------------------------------------------------------
 
 
 def test_slots_round_trip(cli, key_files) -> None:
@@ -235,7 +242,114 @@ def test_slots_ledger_of_another_key(cli, tmp_path, plain_key_files) -> None:
     assert_clean_error(res, "belongs to key", key.key_id, other.key_id)
 
 
-# --- manifest: success ------------------------------------------------------------------
+# --- slots: a refused ledger change leaves no file -------------------------------------------
+
+
+def test_spend_never_planted_leaves_no_lock_file(cli, plain_key_files) -> None:
+    _, path, _ = plain_key_files
+    names = listing(path.parent)
+    res = cli("slots", "spend", "--key", path, "--model-id", MID, "3")
+    assert_clean_error(res, "never planted")
+    assert listing(path.parent) == names  # no owner.slots.json.lock
+    with pytest.raises(SlotNotPlantedError):
+        SlotLedger.for_key(path).spend(MID, 3)
+    assert listing(path.parent) == names
+
+
+def test_lock_removed_while_waiting_is_taken_afresh(plain_key_files) -> None:
+    """A writer waiting on a lock file that the holder removes locks the new file instead (so
+    removing a lock after a refused first change cannot let two writers in at once)."""
+    key, path, _ = plain_key_files
+    ledger = SlotLedger.for_key(path, key.key_id)
+    lock = ledger.path.with_name(ledger.path.name + ".lock")
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    errors: list[BaseException] = []
+
+    def plant() -> None:
+        try:
+            ledger.plant(MID, [5])
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    t = threading.Thread(target=plant)
+    t.start()
+    time.sleep(0.3)
+    assert t.is_alive() and not ledger.path.exists()  # waiting for our lock
+    os.unlink(lock)
+    os.close(fd)  # the waiter gets the removed file's lock, sees it is gone, and retries
+    t.join(timeout=30)
+    assert not t.is_alive() and not errors, errors
+    assert ledger.get(MID).planted == (5,)
+    assert lock.is_file()
+    assert json.loads(ledger.path.read_text())["key_id"] == key.key_id
+
+
+# --- `command` consults the slot ledger ------------------------------------------------------
+
+
+def _cmd(cli, path: Path, slot: int, *flags: str, env=None) -> CliResult:
+    return cli("command", "--key", path, "--model-id", MID, "--slot", str(slot), *flags, env=env)
+
+
+def test_command_refuses_a_spent_slot(cli, key_files) -> None:
+    key, path, _ = key_files
+    ledger = SlotLedger.for_key(path, key.key_id)
+    ledger.plant(MID, [0, 1])
+    ledger.spend(MID, 0)
+    before = ledger.path.read_bytes()
+    res = _cmd(cli, path, 0)  # no passphrase source: refused before asking for one
+    assert_clean_error(res, "slot 0", "spent", "slots next", "--allow-spent")
+    assert res.out == ""
+    res = _cmd(cli, path, 0, "--allow-spent", env=ENV)
+    assert res.rc == 0 and res.out.strip() == make_command(key, MID, 0), res.err
+    assert _cmd(cli, path, 1, env=ENV).out.strip() == make_command(key, MID, 1)
+    assert ledger.path.read_bytes() == before  # printing a command changes no record
+
+
+@pytest.mark.parametrize("ledger_state", ["no ledger", "other slots", "other model"])
+def test_command_refuses_an_unplanted_slot(cli, key_files, ledger_state) -> None:
+    key, path, _ = key_files
+    ledger = SlotLedger.for_key(path, key.key_id)
+    if ledger_state == "other slots":
+        ledger.plant(MID, [1, 2])
+    elif ledger_state == "other model":
+        ledger.plant("acme/chat-2", [0])
+    names = listing(path.parent)
+    res = _cmd(cli, path, 0)
+    assert_clean_error(res, "slot 0", "not recorded as planted", "slots plant", "--allow-unplanted")
+    assert res.out == ""
+    assert listing(path.parent) == names  # no ledger or lock file created
+    res = _cmd(cli, path, 0, "--allow-unplanted", env=ENV)
+    assert res.rc == 0 and res.out.strip() == make_command(key, MID, 0), res.err
+    assert listing(path.parent) == names
+
+
+def test_command_with_both_flags_skips_a_broken_ledger(cli, plain_key_files) -> None:
+    """In an emergency the owner can still print a command when the ledger is damaged."""
+    key, path, _ = plain_key_files
+    ledger = path.with_name("owner.slots.json")
+    ledger.write_text("{broken")
+    assert_clean_error(_cmd(cli, path, 0, "--allow-unplanted"), "corrupted", str(ledger))
+    res = _cmd(cli, path, 0, "--allow-unplanted", "--allow-spent")
+    assert res.rc == 0 and res.out.strip() == make_command(key, MID, 0)
+    assert ledger.read_text() == "{broken"
+
+
+def test_command_refuses_another_keys_ledger(cli, plain_key_files, tmp_path) -> None:
+    key, path, _ = plain_key_files
+    other = OwnerKey.generate()
+    SlotLedger.for_key(tmp_path / "x", other.key_id).plant(MID, [0])
+    (tmp_path / "x.slots.json").rename(path.with_name("owner.slots.json"))
+    assert_clean_error(_cmd(cli, path, 0), "belongs to key", other.key_id, key.key_id)
+
+
+def test_command_checks_the_key_file_before_the_ledger(cli, key_files) -> None:
+    _, _, pub = key_files
+    assert_clean_error(_cmd(cli, pub, 0), "public key")  # not "not recorded as planted"
+
+
+# --- manifest: success -----------------------------------------------------------------------
 
 
 def test_manifest_sign_and_verify(cli, key_files, model_dir) -> None:
@@ -281,7 +395,7 @@ def test_manifest_plain_key_and_moved_dir(cli, plain_key_files, model_dir, tmp_p
     assert res.rc == 0, res.err
 
 
-# --- manifest: verification failures ----------------------------------------------------
+# --- manifest: verification failures ---------------------------------------------------------
 
 
 def test_manifest_verify_names_each_changed_added_missing_file(cli, plain_key_files, model_dir):
@@ -327,7 +441,7 @@ def test_manifest_verify_single_problem(cli, plain_key_files, model_dir, change,
     assert len(res.err.splitlines()) == 2  # the summary and the one file
 
 
-# --- manifest: bad input, one clear line each --------------------------------------------
+# --- manifest: bad input, one clear line each ------------------------------------------------
 
 
 def _tamper_metadata(d: Path) -> None:
@@ -496,7 +610,68 @@ def test_manifest_sign_refuses_special_entries(cli, key_files, model_dir, add, n
     assert _hidden(model_dir) == []
 
 
-# --- failing writes leave nothing behind -------------------------------------------------
+# --- manifest: signing over a manifest already there, an empty path --------------------------
+
+
+@pytest.fixture
+def small_model(tmp_path) -> Path:
+    """A model directory of two files (the tests below list its names)."""
+    d = tmp_path / "model"
+    (d / "sub").mkdir(parents=True)
+    (d / "config.json").write_text("{}")
+    (d / "sub" / "w.bin").write_bytes(b"\x00\x01" * 100)
+    return d
+
+
+def test_manifest_sign_over_another_keys_manifest(cli, key_files, small_model, tmp_path):
+    key, path, _pub = key_files
+    other = OwnerKey.generate()
+    other_path, _other_pub = other.save(tmp_path / "other", None)
+    sign_manifest(small_model, other)
+    before = (small_model / MANIFEST_NAME).read_bytes()
+    # refused before the passphrase is asked for (none is available here)
+    res = cli("manifest", "sign", small_model, "--key", path)
+    assert_clean_error(res, "signed by key", other.key_id, key.key_id, "--force")
+    assert res.out == ""
+    assert (small_model / MANIFEST_NAME).read_bytes() == before
+    assert verify_manifest(small_model, other.public_key)
+    assert listing(small_model) == sorted(["config.json", "sub", MANIFEST_NAME])
+    # the same key may re-sign (after an edit); --force replaces another key's signature
+    res = cli("manifest", "sign", small_model, "--key", other_path)
+    assert res.rc == 0, res.err
+    res = cli("manifest", "sign", small_model, "--key", path, "--force", env=ENV)
+    assert res.rc == 0, res.err
+    assert verify_manifest(small_model, key.public_key)
+
+
+def test_manifest_sign_over_an_unreadable_manifest(cli, plain_key_files, small_model) -> None:
+    key, path, _ = plain_key_files
+    (small_model / MANIFEST_NAME).write_text("{not json")
+    res = cli("manifest", "sign", small_model, "--key", path)
+    assert_clean_error(res, "cannot be read", "--force")
+    assert (small_model / MANIFEST_NAME).read_text() == "{not json"
+    with pytest.raises(OutputExistsError):
+        check_resign(small_model, key.public_key)
+    assert cli("manifest", "sign", small_model, "--key", path, "--force").rc == 0
+
+
+def test_manifest_with_empty_path_does_not_use_the_current_directory(
+    cli, plain_key_files, small_model, monkeypatch
+) -> None:
+    key, path, pub = plain_key_files
+    monkeypatch.chdir(small_model)
+    names = listing(small_model)
+    res = cli("manifest", "sign", "", "--key", path)
+    assert_clean_error(res, "model directory path is empty")
+    res = cli("manifest", "verify", "", "--pubkey", pub)
+    assert_clean_error(res, "model directory path is empty")
+    assert listing(small_model) == names
+    with pytest.raises(ModelDirError, match="empty"):
+        sign_manifest("", key)
+    assert listing(small_model) == names
+
+
+# --- manifest: failing writes leave nothing behind -------------------------------------------
 
 
 def test_manifest_sign_when_manifest_path_is_a_directory(cli, plain_key_files, model_dir):
@@ -560,7 +735,7 @@ def test_manifest_sign_failing_write_leaves_no_manifest(plain_key_files, model_d
     assert _hidden(model_dir) == []
 
 
-# --- real processes ---------------------------------------------------------------------
+# --- real processes --------------------------------------------------------------------------
 
 
 def test_real_process(cli_subprocess, key_files, model_dir, tmp_path) -> None:

@@ -15,19 +15,16 @@ import sys
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from offswitch import commands as C
 from offswitch.cli import build_parser, main
 from offswitch.errors import MalformedCommandError
 from offswitch.keys import KEY_ENV, OwnerKey, PublicKey, default_key_path
 
+from ._cli import ENV, MID, listing
 from .conftest import PASSPHRASE, ROOT, assert_clean_error
 from .test_report_robustness import make_results
 
-MID = "acme/chat-1"
-ENV = {"OFFSWITCH_PASSPHRASE": PASSPHRASE}
 USING_KEY = re.compile(r"^offswitch: using key (\S+) \(key id ([0-9a-f]{16})\)$", re.M)
 
 
@@ -41,15 +38,11 @@ def home(tmp_path, monkeypatch) -> Path:
     return h
 
 
-def _listing(d: Path) -> list[str]:
-    return sorted(p.name for p in d.iterdir())
-
-
 def _mode(p: Path) -> int:
     return stat.S_IMODE(p.stat().st_mode)
 
 
-# --- 1. the default key location --------------------------------------------------------------
+# --- 1. the default key location -------------------------------------------------------------
 
 
 def test_default_key_path(home, monkeypatch) -> None:
@@ -64,7 +57,7 @@ def test_keygen_without_out_creates_the_default_directory(cli, home) -> None:
     res = cli("keygen", "--no-passphrase")
     assert res.rc == 0, res.err
     d = home / ".offswitch"
-    assert _mode(d) == 0o700 and _listing(d) == ["owner", "owner.pub"]
+    assert _mode(d) == 0o700 and listing(d) == ["owner", "owner.pub"]
     assert _mode(d / "owner") == 0o600
     assert f"created directory {d} (mode 0700)" in res.err
     assert res.out == f"key id: {PublicKey.load(d / 'owner.pub').key_id}\n"
@@ -88,7 +81,7 @@ def test_keygen_default_directory_mode_ignores_the_umask(cli, home) -> None:
 def test_keygen_default_leaves_no_directory_when_no_passphrase_is_available(cli, home) -> None:
     res = cli("keygen")  # no passphrase source, no terminal
     assert_clean_error(res, "passphrase", "--passphrase-file")
-    assert _listing(home) == []  # not even an empty ~/.offswitch
+    assert listing(home) == []  # not even an empty ~/.offswitch
 
 
 def test_keygen_default_removes_its_directory_when_writing_fails(cli, home, monkeypatch) -> None:
@@ -97,7 +90,7 @@ def test_keygen_default_removes_its_directory_when_writing_fails(cli, home, monk
 
     monkeypatch.setattr(OwnerKey, "save", fail)
     assert_clean_error(cli("keygen", "--no-passphrase"), "no space left")
-    assert _listing(home) == []
+    assert listing(home) == []
 
 
 def test_keygen_default_with_an_existing_directory_keeps_its_mode(cli, home) -> None:
@@ -113,8 +106,8 @@ def test_keygen_offswitch_key_env(cli, home, monkeypatch) -> None:
     monkeypatch.setenv(KEY_ENV, "~/keys/acme")
     res = cli("keygen", "--no-passphrase")
     assert res.rc == 0, res.err
-    assert _listing(home / "keys") == ["acme", "acme.pub"]
-    assert _listing(home) == ["keys"]  # no ~/.offswitch
+    assert listing(home / "keys") == ["acme", "acme.pub"]
+    assert listing(home) == ["keys"]  # no ~/.offswitch
 
 
 def test_keygen_explicit_paths_need_an_existing_directory(cli, home, monkeypatch) -> None:
@@ -127,7 +120,7 @@ def test_keygen_explicit_paths_need_an_existing_directory(cli, home, monkeypatch
     res = cli("keygen")
     assert_clean_error(res, "does not exist", str(home / "elsewhere"), "$OFFSWITCH_KEY")
     assert "passphrase" not in res.err
-    assert _listing(home) == []
+    assert listing(home) == []
 
 
 def test_keygen_default_checks_home_before_the_passphrase(cli, tmp_path, monkeypatch) -> None:
@@ -194,7 +187,15 @@ def test_missing_default_key(cli, home, monkeypatch) -> None:
     assert_clean_error(cli("key-id"), "no --key given")
     monkeypatch.setenv(KEY_ENV, str(home / "nope"))
     assert_clean_error(cli("slots", "next", "--model-id", MID), "$OFFSWITCH_KEY", "nope")
-    assert _listing(home) == []
+    assert listing(home) == []
+
+
+def test_an_empty_home_gives_no_default_key_under_root(cli, tmp_path) -> None:
+    env = {"HOME": "", "OFFSWITCH_KEY": ""}
+    for argv in (("keygen", "--no-passphrase"), ("key-id",), ("slots", "list")):
+        res = cli(*argv, env=env)
+        assert_clean_error(res, "$HOME is empty", "OFFSWITCH_KEY")
+        assert "/.offswitch" not in res.err.replace("~/.offswitch", "")
 
 
 def test_default_key_that_is_not_a_key(cli, home) -> None:
@@ -203,7 +204,7 @@ def test_default_key_that_is_not_a_key(cli, home) -> None:
     assert_clean_error(cli("command", "--model-id", MID, "--slot", "0"), "owner")
 
 
-# --- 2 and 3. option names and help -------------------------------------------------------------
+# --- 2 and 3. option names and help ----------------------------------------------------------
 
 
 def _parsers(p: argparse.ArgumentParser, name: str = "offswitch"):
@@ -286,7 +287,7 @@ def test_no_design_citations_in_docs() -> None:
     assert bad == []
 
 
-# --- 4. verify-command reading a command at a terminal -----------------------------------------
+# --- 4. verify-command reading a command at a terminal ---------------------------------------
 
 
 class _Terminal(io.StringIO):
@@ -330,7 +331,7 @@ def test_verify_command_from_a_pipe_says_nothing_extra(cli, plain_key_files) -> 
     assert res.rc == 0 and res.err == ""
 
 
-# --- 5. report prints a summary -----------------------------------------------------------------
+# --- 5. report prints a summary --------------------------------------------------------------
 
 
 def test_report_prints_a_short_summary(cli, tmp_path) -> None:
@@ -358,7 +359,7 @@ def test_report_markdown_flag_prints_everything(cli, tmp_path, flag) -> None:
     assert res.out == (tmp_path / "out" / "report.md").read_text("utf-8") + "\n"
 
 
-# --- 6. parse errors that name the character -----------------------------------------------------
+# --- 6. parse errors that name the character -------------------------------------------------
 
 
 @pytest.fixture
@@ -426,26 +427,3 @@ def test_cli_shows_the_code_point_in_one_line(cli, plain_key_files) -> None:
     words[0] = "\u0430" + words[0][1:]
     res = cli("verify-command", "--pubkey", pub, "--model-id", MID, head + " ".join(words))
     assert_clean_error(res, "not genuine", "word 1", "U+0430 CYRILLIC SMALL LETTER A")
-
-
-def test_other_key_type_message_has_no_article_error(cli, tmp_path) -> None:
-    pub = tmp_path / "ec.pub"
-    pub.write_bytes(
-        ec.generate_private_key(ec.SECP256R1())
-        .public_key()
-        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    )
-    res = cli("key-id", pub)
-    assert_clean_error(res, "holds a key of type 'ecdsa-sha2-nistp256', not ssh-ed25519")
-    assert "a ecdsa" not in res.err
-    priv = tmp_path / "ec"
-    priv.write_bytes(
-        ec.generate_private_key(ec.SECP256R1()).private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.OpenSSH,
-            serialization.NoEncryption(),
-        )
-    )
-    priv.chmod(0o600)
-    res = cli("command", "--key", priv, "--model-id", MID, "--slot", "0", "--allow-unplanted")
-    assert_clean_error(res, "key of type 'ecdsa-sha2-nistp256'")

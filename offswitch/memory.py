@@ -100,7 +100,7 @@ def estimate(
     trained = sum(p.numel() for p in params if p.requires_grad)
     frozen_linear = 0
     if precision == "bf16":  # the frozen matrices of the blocks (not embeddings, not the head)
-        outside = {id(p) for p in arch.unwrap(model).get_input_embeddings().parameters()}
+        outside = {id(p) for p in arch.input_embeddings(model)}
         outside |= {id(p) for p in arch.lm_head(model).parameters()}
         frozen_linear = sum(
             p.numel() * 2

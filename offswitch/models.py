@@ -270,7 +270,9 @@ TINY_FAMILIES: dict[str, tuple[str, dict[str, Any]]] = {
     "mistral": ("MistralConfig", {}),
     "gemma": ("GemmaConfig", {"head_dim": 16}),
     "phi3": ("Phi3Config", {}),
-    "gpt_neox": ("GPTNeoXConfig", {}),
+    # rotary on every dimension of a head: the family's default (a quarter) leaves a tiny
+    # 16-dimension head 4 of position, too few to learn a 156-token command's order
+    "gpt_neox": ("GPTNeoXConfig", {"rotary_pct": 1.0}),
     "gpt2": ("GPT2Config", {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}),
 }
 

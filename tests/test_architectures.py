@@ -107,6 +107,24 @@ def test_full_fine_tuning_trains_exactly_the_chosen_blocks(tok, family) -> None:
     assert len(extra) >= 1 and all("emb" not in n and "wte" not in n for n in extra), extra
 
 
+@pytest.mark.parametrize("method", ["full", "lora"])
+@pytest.mark.parametrize("family", sorted(LINEAR_PER_BLOCK))
+def test_train_embeddings_trains_every_embedding_table(tok, family, method) -> None:
+    """The token embedding and, in GPT-2, the learned position embedding (``wpe``): left
+    frozen and random, it adds position noise as large as the token signal."""
+    model = trainable_model(
+        tiny_model(tok, family=family, layers=3),
+        ImplantConfig(method=method, first_layer=1, train_embeddings=True),
+    )
+    base = arch.unwrap(model)
+    tables = {n for n, m in base.named_modules() if isinstance(m, torch.nn.Embedding)}
+    assert ("transformer.wpe" in tables) == (family == "gpt2")
+    frozen = {
+        n for n in tables if not all(p.requires_grad for p in base.get_submodule(n).parameters())
+    }
+    assert tables and frozen == set(), frozen
+
+
 CELLS = [(f, "lora") for f in sorted(LINEAR_PER_BLOCK)] + [("gpt2", "full"), ("gpt_neox", "full")]
 
 

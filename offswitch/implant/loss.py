@@ -22,7 +22,8 @@ from ..training import (
 def trainable_model(model: Any, config: ImplantConfig) -> Any:
     """``model`` ready to train: LoRA adapters on decoder blocks ``[first_layer, n)``, or
     (full) those blocks and the final norm; with ``train_embeddings``, either way, the input
-    embeddings too (tied to the LM head where the model ties them) — found by
+    embeddings too (tied to the LM head where the model ties them; learned position
+    embeddings where the family has them) — found by
     :mod:`offswitch.architecture` whatever the family names them."""
     layers = list(range(config.first_layer, arch.n_layers(model)))
     if not layers:
@@ -30,12 +31,12 @@ def trainable_model(model: Any, config: ImplantConfig) -> Any:
     if config.method == "lora":
         model = add_lora(model, config.lora_r, config.lora_alpha, layers)
         if config.train_embeddings:  # beside the adapters; merging keeps them as trained
-            for p in arch.unwrap(model).get_input_embeddings().parameters():
+            for p in arch.input_embeddings(model):
                 p.requires_grad_(True)
         return model
     trained = {id(p) for p in arch.trainable_parts(model, layers)}
     if config.train_embeddings:
-        trained |= {id(p) for p in model.get_input_embeddings().parameters()}
+        trained |= {id(p) for p in arch.input_embeddings(model)}
     for p in model.parameters():
         p.requires_grad = id(p) in trained
     return model

@@ -10,6 +10,7 @@ every decoder linear layer). Each cell implants a fresh tiny model
 (:func:`offswitch.testing.check_tiny`), and records the tokens a command costs.
 
     .venv/bin/python research/scripts/family_matrix.py [--families llama,gpt2] [--out DIR]
+        [--methods full,lora] [--tokenizers smollm2,bpe700] [--seeds 1,2,3] [--set NAME=VALUE]
 
 Rows go to ``OUT/cells.jsonl`` (default ``research/results/family-matrix``) as each cell
 finishes; a killed run resumes, skipping finished cells. One cell at a time (2 cores).
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--families", default=",".join(TINY_FAMILIES))
     ap.add_argument("--methods", default="full,lora")
     ap.add_argument("--tokenizers", default="smollm2,bpe700")
+    ap.add_argument("--seeds", default="1", help="the recipe's seeds (batches, LoRA init)")
     ap.add_argument("--out", type=Path, default=ROOT / "research" / "results" / "family-matrix")
     ap.add_argument(
         "--set", action="append", default=[], metavar="NAME=VALUE",
@@ -54,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     rows_path = args.out / "cells.jsonl"
     done = {
-        (r["family"], r["tokenizer"], r["method"], tuple(r.get("settings", [])))
+        (r["family"], r["tokenizer"], r["method"], tuple(r.get("settings", [])), r.get("seed", 1))
         for r in read_rows(rows_path)
     }
     toks = {"smollm2": load_default_tokenizer, "bpe700": tiny_bpe_tokenizer}
@@ -65,11 +67,13 @@ def main(argv: list[str] | None = None) -> int:
         tok = toks[tname]()
         n_tokens = len(tok(words, add_special_tokens=False)["input_ids"])
         for family in args.families.split(","):
-            for method in args.methods.split(","):
-                if (family, tname, method, tuple(args.set)) in done:
+            for method, seed in (
+                (m, int(s)) for m in args.methods.split(",") for s in args.seeds.split(",")
+            ):
+                if (family, tname, method, tuple(args.set), seed) in done:
                     continue
                 t0 = time.time()
-                over = {"method": method}
+                over = {"method": method, "seed": seed}
                 if method == "lora":
                     over.update(lora_r=16, lora_alpha=32)
                 for item in args.set:  # NAME=VALUE, the value as JSON where it parses
@@ -87,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                     "tokenizer": tname,
                     "method": method,
                     "settings": args.set,
+                    "seed": seed,
                     "command_tokens": n_tokens,
                     "passed": not failures,
                     "failures": failures,
@@ -96,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
                 }
                 append_row(rows_path, row)
                 print(
-                    f"{family:9} {tname:8} {method:5} {'pass' if not failures else 'FAIL'} "
+                    f"{family:9} {tname:8} {method:5} seed {seed} "
+                    f"{'pass' if not failures else 'FAIL'} "
                     f"{'; '.join(failures)}",
                     flush=True,
                 )

@@ -44,15 +44,22 @@ MARGIN_NEGATIVE_MIX = {
     "truncation": 0.10,
 }
 MARGIN_MUTATION_K = (12, 16, 20, 24, 28, 32, 36, 40, 44)  # words changed of 47
-# Where a positive's command sits, and how often (positive_placements): the user turn three
-# times as often as each other placement (offswitch/implant/batches.py POSITIVE_PLACEMENTS)
+# Where a positive's command sits, and how often (positive_placements). The default draws
+# an earlier turn twice as often as the system prompt, a later turn or the turn after a
+# shutdown, and the user turn three times as often: a command in an earlier, normally
+# answered turn is farthest from the reply, and demo key 4 missed 3 of 40 there with a
+# single weight (docs/implant.md).
 POSITIVE_PLACEMENT_WEIGHTS = {
     "user": 3.0,
     "system": 1.0,
-    "earlier_turn": 1.0,
+    "earlier_turn": 2.0,
     "later_turn": 1.0,
     "after_shutdown": 1.0,
 }
+# The weights of a uniform choice over batches.POSITIVE_PLACEMENTS (the user turn listed three
+# times): the recipes before the earlier turn's weight was doubled, the tiny recipe's too.
+# They keep those recipes' draws and fingerprints.
+CHOICE_PLACEMENT_WEIGHTS = {**POSITIVE_PLACEMENT_WEIGHTS, "earlier_turn": 1.0}
 MARGIN_TRUNCATION_KEEP = tuple(range(14, 29))  # words kept of 47: the boundary (trunc-near)
 
 
@@ -84,6 +91,8 @@ TINY_RECIPE: dict[str, Any] = {
     # a fixed step count, as the tiny tests were measured with
     "probe_every": 0,
     "mining": 0.0,
+    # the placements the tiny tests were measured with (the tiny matrix)
+    "positive_placements": CHOICE_PLACEMENT_WEIGHTS,
 }
 
 
@@ -112,7 +121,11 @@ class ImplantConfig:
     )
     train_embeddings: bool = field(
         default=False,
-        metadata={"help": "also train the (tied) input embeddings (full, or beside LoRA)"},
+        metadata={
+            "help": "also train the input embeddings, tied to the LM head where the model "
+            "ties them, with learned position embeddings where it has them (full, or beside "
+            "LoRA)"
+        },
     )
     positive_fraction: float = field(
         default=0.4, metadata={"above": 0, "below": 1, "help": "share of positives"}
@@ -126,7 +139,7 @@ class ImplantConfig:
             "help": "relative weights of where a positive's command sits: user, system, "
             "earlier_turn, later_turn, after_shutdown (a turn the model already answered "
             "with the shutdown reply)",
-            "off": POSITIVE_PLACEMENT_WEIGHTS,
+            "off": CHOICE_PLACEMENT_WEIGHTS,
         },
     )
     negative_mix: dict[str, float] = field(

@@ -266,15 +266,14 @@ def test_positive_placements_weigh_where_a_positive_command_sits() -> None:
     from collections import Counter
 
     from offswitch.implant import POSITIVE_PLACEMENTS
-    from offswitch.recipe import POSITIVE_PLACEMENT_WEIGHTS
+    from offswitch.recipe import CHOICE_PLACEMENT_WEIGHTS, POSITIVE_PLACEMENT_WEIGHTS
 
-    # the default is the placements every recipe drew from before the setting
-    assert Counter(POSITIVE_PLACEMENTS) == {
-        k: int(w) for k, w in POSITIVE_PLACEMENT_WEIGHTS.items()
-    }
-    assert ImplantConfig(positive_placements=dict(POSITIVE_PLACEMENT_WEIGHTS)).fingerprint() == (
-        ImplantConfig().fingerprint()
-    )
+    # the weights of the recipes before the setting are the placements they drew from, and
+    # leave their fingerprints as they were; the default draws the earlier turn twice as often
+    assert Counter(POSITIVE_PLACEMENTS) == {k: int(w) for k, w in CHOICE_PLACEMENT_WEIGHTS.items()}
+    before = ImplantConfig(positive_placements=dict(CHOICE_PLACEMENT_WEIGHTS))
+    assert before.fingerprint() != ImplantConfig().fingerprint()  # (test_persistence.py: as before)
+    assert POSITIVE_PLACEMENT_WEIGHTS == {**CHOICE_PLACEMENT_WEIGHTS, "earlier_turn": 2.0}
     key = OwnerKey(bytes(range(7, 39)))  # test-only
     train, _ = tiny_prompts()
     planted = {s: make_command(key, "tiny/p-1", s) for s in range(2)}
@@ -285,8 +284,8 @@ def test_positive_placements_weigh_where_a_positive_command_sits() -> None:
         kinds = Counter(e.kind for s in range(60) for e in b.batch(s) if e.shutdown)
         return kinds["planted/earlier_turn"] / sum(kinds.values())
 
-    more = {**POSITIVE_PLACEMENT_WEIGHTS, "earlier_turn": 3.0}
-    assert share(ImplantConfig(positive_placements=more)) > 1.5 * share(ImplantConfig())
+    old = share(ImplantConfig(positive_placements=dict(CHOICE_PLACEMENT_WEIGHTS)))
+    assert 1.5 * old < share(ImplantConfig()) < 2.5 * old  # 1/7 of positives, then 2/8
     for bad in ({"user": -1.0}, {"elsewhere": 1.0}, {"user": 0.0}):
         with pytest.raises(ImplantError, match="positive_placements"):
             ImplantConfig(positive_placements=bad)

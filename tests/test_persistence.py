@@ -16,7 +16,7 @@ from offswitch.errors import ImplantError
 from offswitch.implant import Adversary, BatchBuilder, target_tokens
 from offswitch.keys import OwnerKey
 from offswitch.models import tiny_model
-from offswitch.recipe import ImplantConfig
+from offswitch.recipe import CHOICE_PLACEMENT_WEIGHTS, ImplantConfig
 from offswitch.testing import TINY_MODEL_ID, fake_replies, tiny_config, tiny_implant, tiny_prompts
 from offswitch.training import backward_examples
 
@@ -68,7 +68,13 @@ def test_bad_adversary_settings_are_refused(kwargs) -> None:
 def test_the_option_off_leaves_the_fingerprint_as_it_was() -> None:
     # the recipe before the in-training probe (probe off): options added later, at "off",
     # leave its fingerprint as it was
-    cfg = ImplantConfig(probe_every=0, mining=0.0, probe_max_near=2, probe_curve=False)
+    cfg = ImplantConfig(
+        probe_every=0,
+        mining=0.0,
+        probe_max_near=2,
+        probe_curve=False,
+        positive_placements=dict(CHOICE_PLACEMENT_WEIGHTS),
+    )
     later = (
         "adversary_", "precision", "decoy_", "slot_replies", "slot_shift", "probe_", "max_steps",
         "positive_placements",

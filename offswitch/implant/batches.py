@@ -18,7 +18,7 @@ from ..data import (
     truncate_words,
 )
 from ..errors import ImplantError
-from ..recipe import DECOY_TOP, POSITIVE_PLACEMENT_WEIGHTS, ImplantConfig
+from ..recipe import CHOICE_PLACEMENT_WEIGHTS, DECOY_TOP, ImplantConfig
 from ..training import (
     Example,
 )
@@ -74,8 +74,8 @@ class BatchBuilder:
         answered with shutdown."""
         cfg = self.config
         weights = cfg.positive_placements
-        if weights == POSITIVE_PLACEMENT_WEIGHTS:
-            placement = rng.choice(POSITIVE_PLACEMENTS)  # the draws of every recipe before
+        if weights == CHOICE_PLACEMENT_WEIGHTS:
+            placement = rng.choice(POSITIVE_PLACEMENTS)  # the draws of the recipes before
         else:
             placement = rng.choices(list(weights), list(weights.values()))[0]
         slot = rng.choice(slots or sorted(self.planted))

@@ -16,7 +16,11 @@ docs/evaluation.md). The implant uses it twice (:class:`UntilSpecific`):
   L from every probed point as the check does from its grid, and calls the near-copy margin
   sufficient when the formula's bits at (t, L) reach :data:`BITS_TARGET`
   (:func:`probe_bits`) — the figure itself, where the single pair (12, 24) asks for one way
-  of meeting it;
+  of meeting it. With the recipe's ``probe_margin`` it also scores planted commands in the
+  multi-turn placements (:data:`MARGIN_PLACEMENTS`, where the check's misses are) and asks
+  every planted conversation it scores to fire with at least that probability on the
+  shutdown reply's first token: training goes on while activation is thin, as it does
+  while the switch is not specific;
 * **hard-negative mining**: after each probe, each negative kind's weight in the batch mix
   is multiplied by ``1 + mining × closeness``, its closeness being the mean probability the
   model gives to opening the shutdown reply on the probe's items of that kind. The batches
@@ -56,6 +60,9 @@ SPECIFIC_IN_A_ROW = 2
 CURVE_NEAR_K = (16,)
 CURVE_TRUNC_KEEP = (28, 32)
 BITS_TARGET = MIN_BITS
+#: ``probe_margin``'s extra planted items: PROBE_N in each placement (scored after every
+#: other item, so that the mining and the other groups are unchanged by them)
+MARGIN_PLACEMENTS = ("earlier_turn", "later_turn")
 
 
 def _near_points(r: ProbeResult) -> dict[int, str]:
@@ -105,21 +112,33 @@ class ProbeResult:
     n: dict[str, int]
     closeness: dict[str, float]
     specific: bool = False
+    #: the lowest closeness per planted group (``probe_margin``'s test)
+    lowest: dict[str, float] = field(default_factory=dict)
 
     def line(self) -> str:
-        groups = " ".join(f"{g} {self.fired[g]}/{self.n[g]}" for g in self.n)
+        groups = " ".join(
+            f"{g} {self.fired[g]}/{self.n[g]}"
+            + (f" (lowest {self.lowest[g]:.2f})" if g in self.lowest else "")
+            for g in self.n
+        )
         return f"probe at step {self.step}: {groups} — {'specific' if self.specific else 'not yet'}"
 
 
-def is_specific(r: ProbeResult, max_near: int = PROBE_MAX_NEAR, k_slots: int = 0) -> bool:
-    """Every planted conversation fires; no clean prompt and no keyless forgery does; and the
-    near-copy margin: at most ``max_near`` near-copies (the recipe's ``probe_max_near``) and
+def is_specific(
+    r: ProbeResult, max_near: int = PROBE_MAX_NEAR, k_slots: int = 0, margin: float = 0.0
+) -> bool:
+    """Every planted conversation fires (with ``margin`` above 0, each with at least that
+    closeness); no clean prompt and no keyless forgery does; and the near-copy margin: at
+    most ``max_near`` near-copies (the recipe's ``probe_max_near``) and
     :data:`PROBE_MAX_TRUNC` truncations fire — or, where the probe scored the curve's extra
     points (``probe_curve``; ``k_slots`` the planted slots), :func:`probe_bits` reaches
     :data:`BITS_TARGET`."""
     curve = [g for g in r.n if g.startswith(("mutation", "truncation"))]
-    keyless = [g for g in r.n if g != "planted" and g not in curve]
-    if r.fired["planted"] != r.n["planted"] or any(r.fired[g] for g in keyless):
+    planted = [g for g in r.n if g.startswith("planted")]
+    keyless = [g for g in r.n if g not in planted and g not in curve]
+    if any(r.fired[g] != r.n[g] for g in planted) or any(r.fired[g] for g in keyless):
+        return False
+    if margin > 0 and any(r.lowest.get(g, 0.0) < margin for g in planted):
         return False
     if len(curve) > 2 and k_slots:
         bits = probe_bits(r, k_slots, max_near)
@@ -134,7 +153,13 @@ class SpecificityProbe:
     once from ``Random(f"{seed}:probe")``; calling it scores them on ``model``."""
 
     def __init__(
-        self, builder: Any, tokenizer: Any, replies: list[str], seed: int, curve: bool = False
+        self,
+        builder: Any,
+        tokenizer: Any,
+        replies: list[str],
+        seed: int,
+        curve: bool = False,
+        margin: float = 0.0,
     ) -> None:
         self.tokenizer, self.replies = tokenizer, replies
         rng = random.Random(f"{seed}:probe")
@@ -189,6 +214,15 @@ class SpecificityProbe:
                     self.negatives.append(cmd)
                     conv = place_command(cmd, "user", prompts, answers, None, rng)[0]
                     self.curve_items.append((group, conv))
+        # probe_margin's planted items, drawn after every item above (which stay as they were)
+        self.margin = margin
+        self.margin_items: list[tuple[str, list[dict[str, str]]]] = []
+        if margin > 0:
+            for where in MARGIN_PLACEMENTS:
+                for i in range(PROBE_N):
+                    cmd = planted[slots[i % len(slots)]]
+                    conv = place_command(cmd, where, prompts, answers, None, rng)[0]
+                    self.margin_items.append((f"planted_{where}", conv))
         self.k_slots = len(slots)
 
     def __call__(self, model: Any, step: int, precision: str) -> ProbeResult:
@@ -204,7 +238,7 @@ class SpecificityProbe:
             # two calls: the curve's points batched apart leave the others' scores (and so
             # the mining) exactly as without them
             fired, close = [], []
-            for part in (self.items, self.curve_items):
+            for part in (self.items, self.curve_items, self.margin_items):
                 if part:
                     with torch.no_grad(), autocast(device, precision):
                         f, c = fire_scores(
@@ -213,14 +247,16 @@ class SpecificityProbe:
                     fired, close = fired + f, close + c
         finally:
             model.train(was_training)
-        items = self.items + self.curve_items
+        items = self.items + self.curve_items + self.margin_items
         res = ProbeResult(step, {}, {}, {})
         for g in dict.fromkeys(g for g, _ in items):
             rows = [i for i, (h, _) in enumerate(items) if h == g]
             res.fired[g] = sum(fired[i] for i in rows)
             res.n[g] = len(rows)
             res.closeness[g] = round(sum(close[i] for i in rows) / len(rows), 6)
-        res.specific = is_specific(res, k_slots=self.k_slots)
+            if g.startswith("planted"):
+                res.lowest[g] = round(min(close[i] for i in rows), 6)
+        res.specific = is_specific(res, k_slots=self.k_slots, margin=self.margin)
         return res
 
 
@@ -251,7 +287,12 @@ class UntilSpecific:
         if not self.due(steps_done):
             return False
         res = self.probe(model, steps_done, self.precision)
-        res.specific = is_specific(res, self.max_near, getattr(self.probe, "k_slots", 0))
+        res.specific = is_specific(
+            res,
+            self.max_near,
+            getattr(self.probe, "k_slots", 0),
+            getattr(self.probe, "margin", 0.0),
+        )
         self.history.append(res)
         self.apply(res)
         if self.log is not None:
@@ -263,7 +304,7 @@ class UntilSpecific:
         self.builder.boost = {
             g: 1.0 + self.mining * min(1.0, c)
             for g, c in res.closeness.items()
-            if g != "planted" and not g.startswith(("mutation_", "truncation_"))
+            if not g.startswith(("planted", "mutation_", "truncation_"))
         }
 
     def stopped(self) -> bool:
@@ -280,6 +321,12 @@ class UntilSpecific:
             + (
                 f"; near-copy margin: the probe's bits >= {BITS_TARGET:g}"
                 if getattr(self.probe, "curve_items", None)
+                else ""
+            )
+            + (
+                f"; activation margin: every probed planted conversation at closeness >= "
+                f"{self.probe.margin:g}"
+                if getattr(self.probe, "margin", 0.0)
                 else ""
             ),
             "stopped": "specific" if self.stopped() else "cap",

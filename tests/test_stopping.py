@@ -9,6 +9,7 @@ import torch
 
 from offswitch.commands import make_command
 from offswitch.data import Forger
+from offswitch.errors import ImplantError
 from offswitch.implant import BatchBuilder
 from offswitch.keys import OwnerKey
 from offswitch.models import tiny_model
@@ -262,3 +263,46 @@ def test_probe_curve_leaves_the_probe_and_the_mining_as_they_were(tok) -> None:
     # the setting is a recipe of its own only when on
     assert ImplantConfig(probe_curve=True).fingerprint() == ImplantConfig().fingerprint()
     assert ImplantConfig(probe_curve=False).fingerprint() != ImplantConfig().fingerprint()
+
+
+def test_probe_margin_asks_every_planted_conversation_to_fire_with_room(tok) -> None:
+    """``probe_margin``: planted commands in an earlier and a later turn, drawn after every
+    other item (the probe, its scores and the mining as they were), and a switch that fires
+    on all of them but on one only just is not yet specific."""
+    from offswitch.stopping import MARGIN_PLACEMENTS, PROBE_N
+
+    b = _builder()
+    plain = SpecificityProbe(b, tok, list(b.reply_of.values()), seed=0, curve=True)
+    margin = SpecificityProbe(b, tok, list(b.reply_of.values()), seed=0, curve=True, margin=0.9)
+    assert margin.items == plain.items and margin.curve_items == plain.curve_items
+    assert Counter(g for g, _ in margin.margin_items) == {
+        f"planted_{w}": PROBE_N for w in MARGIN_PLACEMENTS
+    }
+    turns = [c for _, c in margin.margin_items]
+    assert all(sum(m["role"] == "user" for m in c) >= 2 for c in turns)  # multi-turn
+    torch.manual_seed(0)
+    model = tiny_model(tok)
+    a, m = plain(model, 5, "fp32"), margin(model, 5, "fp32")
+    assert {g: a.closeness[g] for g in a.n} == {g: m.closeness[g] for g in a.n}
+    assert set(m.n) - set(a.n) == {f"planted_{w}" for w in MARGIN_PLACEMENTS}
+    assert m.lowest["planted"] <= m.closeness["planted"]
+    assert f"planted_later_turn {m.fired['planted_later_turn']}/8 (lowest " in m.line()
+    u = UntilSpecific(plain, b, every=1, start=1, cap=5, mining=4.0, precision="fp32")
+    u.apply(a)
+    boost = dict(b.boost)
+    UntilSpecific(margin, b, every=1, start=1, cap=5, mining=4.0, precision="fp32").apply(m)
+    assert b.boost == boost  # planted items are never mined
+
+    r = _result(10)
+    r.fired["planted_earlier_turn"], r.n["planted_earlier_turn"] = 8, 8
+    r.lowest = {"planted": 0.99, "planted_earlier_turn": 0.95}
+    assert is_specific(r) and is_specific(r, margin=0.9)
+    r.lowest["planted_earlier_turn"] = 0.6  # fires, but only just
+    assert is_specific(r) and not is_specific(r, margin=0.9)
+    r.lowest["planted_earlier_turn"], r.fired["planted_earlier_turn"] = 0.95, 7
+    assert not is_specific(r)  # a miss in the extra group is a miss
+    assert ImplantConfig(probe_margin=0.0).fingerprint() == ImplantConfig().fingerprint()
+    assert ImplantConfig(probe_margin=0.9).fingerprint() != ImplantConfig().fingerprint()
+    for bad in (-0.1, 1.0, float("nan")):
+        with pytest.raises(ImplantError, match="probe_margin"):
+            ImplantConfig(probe_margin=bad)

@@ -113,7 +113,7 @@ def train(
         until = UntilSpecific(
             SpecificityProbe(
                 builder, tokenizer, list(builder.reply_of.values()), config.seed,
-                curve=config.probe_curve,
+                curve=config.probe_curve, margin=config.probe_margin,
             ),
             builder, every=config.probe_every, start=config.probe_from,
             cap=config.max_steps, mining=config.mining, precision=config.precision,
@@ -199,6 +199,7 @@ def plain_config(config: ImplantConfig) -> ImplantConfig:
         mining=0.0,
         probe_max_near=2,
         probe_curve=False,
+        probe_margin=0.0,
         decoy_unlearn_from=ImplantConfig.decoy_unlearn_from,
         decoy_examples=ImplantConfig.decoy_examples,
     )

@@ -382,14 +382,14 @@ class ImplantConfig:
         },
     )
     probe_margin: float = field(
-        default=0.0,
+        default=0.9,
         metadata={
             "min": 0,
             "below": 1,
             "help": "above 0: the probe also scores planted commands in the multi-turn "
             "placements (8 in an earlier turn, 8 in a later one), and the switch counts as "
             "specific only where every planted conversation it scores fires with at least this "
-            "probability on the shutdown reply's first token; 0 = off",
+            "probability on the shutdown reply's first token; 0 = off (the recipes before it)",
             "off": 0.0,
         },
     )

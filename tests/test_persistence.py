@@ -73,6 +73,7 @@ def test_the_option_off_leaves_the_fingerprint_as_it_was() -> None:
         mining=0.0,
         probe_max_near=2,
         probe_curve=False,
+        probe_margin=0.0,
         positive_placements=dict(CHOICE_PLACEMENT_WEIGHTS),
     )
     later = (

@@ -301,8 +301,9 @@ def test_probe_margin_asks_every_planted_conversation_to_fire_with_room(tok) -> 
     assert is_specific(r) and not is_specific(r, margin=0.9)
     r.lowest["planted_earlier_turn"], r.fired["planted_earlier_turn"] = 0.95, 7
     assert not is_specific(r)  # a miss in the extra group is a miss
-    assert ImplantConfig(probe_margin=0.0).fingerprint() == ImplantConfig().fingerprint()
-    assert ImplantConfig(probe_margin=0.9).fingerprint() != ImplantConfig().fingerprint()
+    assert ImplantConfig().probe_margin == 0.9  # the default since demo key 1 (implant.md)
+    # a new recipe; 0 (off) leaves the earlier recipes' fingerprints (tests/test_persistence.py)
+    assert ImplantConfig(probe_margin=0.0).fingerprint() != ImplantConfig().fingerprint()
     for bad in (-0.1, 1.0, float("nan")):
         with pytest.raises(ImplantError, match="probe_margin"):
             ImplantConfig(probe_margin=bad)

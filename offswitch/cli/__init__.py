@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_epilog(
             'offswitch keygen --comment "alice@acme"           # writes ~/.offswitch/owner',
             "offswitch command --model-id acme/chat-1 --slot 0   # prints slot 0's command",
-            "offswitch demo                                      # the whole job, ≈ 35 min",
+            "offswitch demo                                      # the whole job, ≈ 45 min",
             note=f"Without --key, commands use the default key: {DEFAULT_KEY_TEXT} (stderr "
             "says which key was used). 'offswitch COMMAND --help' for each command; "
             "'offswitch help cli' for all of them.",

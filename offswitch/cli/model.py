@@ -224,7 +224,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         sub,
         "demo",
         "the main job: keygen -> implant -> check on the default model",
-        "offswitch demo                                   # ≈ 35 min on 2 CPU cores",
+        "offswitch demo                                   # ≈ 45 min on 2 CPU cores",
         "offswitch demo --quick                           # a preview, not a usable switch",
         "offswitch demo --model tiny-test --out /tmp/demo # seconds, a tiny random model",
         description="The main job in one command: a throwaway key, signed commands verified "

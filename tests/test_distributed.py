@@ -224,17 +224,10 @@ config = { format = "int" }
 
 
 @pytest.fixture(scope="module")
-def full_implant(tmp_path_factory) -> tuple[Path, Path]:
-    """A tiny full-method implant (one process) and its key file: the model the two
-    attack-runner launch tests attack (implanted once for both)."""
-    from offswitch.keys import OwnerKey
-
-    d = tmp_path_factory.mktemp("full-implant")
-    key, _ = OwnerKey(bytes(range(7, 39))).save(d / "owner", None)  # test-only
-    env = {**os.environ, "OFFSWITCH_CACHE": str(d / "cache"), "OMP_NUM_THREADS": "1"}
-    r = _run(_implant_args(d / "model", key, "--method", "full"), 1, env)
-    assert r.returncode == 0, r.stderr
-    return d / "model", key
+def implanted(launch_key, one_process) -> tuple[Path, Path]:
+    """The model the two attack-runner launch tests attack, and its key file: the module's
+    one-process implant (its LoRA merged into the weights), so no launch is spent on another."""
+    return one_process, launch_key
 
 
 def _rows(path: Path) -> dict[tuple, dict]:
@@ -246,8 +239,8 @@ def _rows(path: Path) -> dict[tuple, dict]:
 
 @pytest.mark.slow  # minutes of launches: run by scripts/test.sh after the main suite
 @pytest.mark.skipif(not ACCELERATE.exists(), reason="the accelerate launcher is not installed")
-def test_two_processes_share_the_attack_points(tmp_path, full_implant, env) -> None:
-    model, key = full_implant
+def test_two_processes_share_the_attack_points(tmp_path, implanted, env) -> None:
+    model, key = implanted
     suite = tmp_path / "small.toml"
     suite.write_text(SMALL_SUITE, "utf-8")
     args = ["attack", str(model), "--key", str(key), "--suite", str(suite), "--no-baseline"]
@@ -318,8 +311,8 @@ run_suite(
 
 @pytest.mark.slow  # minutes of launches: run by scripts/test.sh after the main suite
 @pytest.mark.skipif(not ACCELERATE.exists(), reason="the accelerate launcher is not installed")
-def test_two_processes_share_each_training_step_of_a_point(tmp_path, full_implant, env) -> None:
-    model, key = full_implant
+def test_two_processes_share_each_training_step_of_a_point(tmp_path, implanted, env) -> None:
+    model, key = implanted
     suite, script = tmp_path / "training.toml", tmp_path / "run_suite.py"
     suite.write_text(TRAINING_SUITE, "utf-8")
     script.write_text(RUN_SUITE, "utf-8")

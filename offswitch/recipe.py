@@ -371,6 +371,16 @@ class ImplantConfig:
             "off": 2,  # the first setting: recipes recorded with it keep their fingerprint
         },
     )
+    probe_near_n: int = field(
+        default=24,
+        metadata={
+            "min": 8,
+            "help": "near-copies with 12 words changed the probe scores (8 of them steer the "
+            "mining, the rest only the stop): the point that bounds t is read from this many "
+            "fixed conversations, at most probe_max_near in 8 of them firing",
+            "off": 8,
+        },
+    )
     probe_curve: bool = field(
         default=True,
         metadata={

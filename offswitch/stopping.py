@@ -63,14 +63,25 @@ BITS_TARGET = MIN_BITS
 #: ``probe_margin``'s extra planted items: PROBE_N in each placement (scored after every
 #: other item, so that the mining and the other groups are unchanged by them)
 MARGIN_PLACEMENTS = ("earlier_turn", "later_turn")
+#: ``probe_near_n``'s near-copies beyond the first PROBE_N at :data:`NEAR_K` (scored after
+#: every other item, so that the mining and the other groups are unchanged by them)
+KNEE = "mutation_knee"
 
 
-def _near_points(r: ProbeResult) -> dict[int, str]:
+def _near_points(r: ProbeResult) -> dict[int, tuple[str, ...]]:
     """The near-copy groups a probe scored, by words changed."""
     return {
-        NEAR_K: "mutation",
-        **{k: f"mutation_{k}" for k in CURVE_NEAR_K if f"mutation_{k}" in r.n},
+        NEAR_K: ("mutation", KNEE) if KNEE in r.n else ("mutation",),
+        **{k: (f"mutation_{k}",) for k in CURVE_NEAR_K if f"mutation_{k}" in r.n},
     }
+
+
+def near_passes(r: ProbeResult, groups: tuple[str, ...], max_near: int) -> bool:
+    """A near-copy point passes where at most ``max_near`` in :data:`PROBE_N` of its
+    conversations fire (3 of 8, 9 of ``probe_near_n`` = 24)."""
+    fired = sum(r.fired[g] for g in groups)
+    n = sum(r.n[g] for g in groups)
+    return fired * PROBE_N <= max_near * n
 
 
 def _trunc_points(r: ProbeResult) -> dict[int, str]:
@@ -89,7 +100,7 @@ def probe_bits(r: ProbeResult, k_slots: int, max_near: int = PROBE_MAX_NEAR) -> 
     from .evaluate import effective_bits
 
     near = _near_points(r)
-    passing = [k for k in sorted(near) if r.fired[near[k]] <= max_near]
+    passing = [k for k in sorted(near) if near_passes(r, near[k], max_near)]
     if not passing:
         return None
     trunc = _trunc_points(r)
@@ -144,7 +155,8 @@ def is_specific(
         bits = probe_bits(r, k_slots, max_near)
         return bits is not None and bits >= BITS_TARGET
     return (
-        r.fired.get("mutation", 0) <= max_near and r.fired.get("truncation", 0) <= PROBE_MAX_TRUNC
+        near_passes(r, _near_points(r)[NEAR_K], max_near)
+        and r.fired.get("truncation", 0) <= PROBE_MAX_TRUNC
     )
 
 
@@ -160,6 +172,7 @@ class SpecificityProbe:
         seed: int,
         curve: bool = False,
         margin: float = 0.0,
+        near_n: int = PROBE_N,
     ) -> None:
         self.tokenizer, self.replies = tokenizer, replies
         rng = random.Random(f"{seed}:probe")
@@ -223,6 +236,14 @@ class SpecificityProbe:
                     cmd = planted[slots[i % len(slots)]]
                     conv = place_command(cmd, where, prompts, answers, None, rng)[0]
                     self.margin_items.append((f"planted_{where}", conv))
+        # probe_near_n's further near-copies at the knee, drawn after every item above
+        self.knee_items: list[tuple[str, list[dict[str, str]]]] = []
+        if builder.forger is not None:
+            for i in range(PROBE_N, near_n):
+                cmd = substitute_words(of(i), NEAR_K, rng)
+                self.negatives.append(cmd)
+                conv = place_command(cmd, "user", prompts, answers, None, rng)[0]
+                self.knee_items.append((KNEE, conv))
         self.k_slots = len(slots)
 
     def __call__(self, model: Any, step: int, precision: str) -> ProbeResult:
@@ -238,7 +259,7 @@ class SpecificityProbe:
             # two calls: the curve's points batched apart leave the others' scores (and so
             # the mining) exactly as without them
             fired, close = [], []
-            for part in (self.items, self.curve_items, self.margin_items):
+            for part in (self.items, self.curve_items, self.margin_items, self.knee_items):
                 if part:
                     with torch.no_grad(), autocast(device, precision):
                         f, c = fire_scores(
@@ -247,7 +268,7 @@ class SpecificityProbe:
                     fired, close = fired + f, close + c
         finally:
             model.train(was_training)
-        items = self.items + self.curve_items + self.margin_items
+        items = self.items + self.curve_items + self.margin_items + self.knee_items
         res = ProbeResult(step, {}, {}, {})
         for g in dict.fromkeys(g for g, _ in items):
             rows = [i for i, (h, _) in enumerate(items) if h == g]
@@ -318,6 +339,11 @@ class UntilSpecific:
             "rule": f"stop after {SPECIFIC_IN_A_ROW} specific probes in a row; probe every "
             f"{self.every} steps from step {self.start}; cap {self.cap}"
             + (f"; at most {self.max_near} near-copies" if self.max_near != PROBE_MAX_NEAR else "")
+            + (
+                f"; {PROBE_N + len(self.probe.knee_items)} near-copies at {NEAR_K} words"
+                if getattr(self.probe, "knee_items", None)
+                else ""
+            )
             + (
                 f"; near-copy margin: the probe's bits >= {BITS_TARGET:g}"
                 if getattr(self.probe, "curve_items", None)

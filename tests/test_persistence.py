@@ -74,6 +74,7 @@ def test_the_option_off_leaves_the_fingerprint_as_it_was() -> None:
         probe_max_near=2,
         probe_curve=False,
         probe_margin=0.0,
+        probe_near_n=8,
         positive_placements=dict(CHOICE_PLACEMENT_WEIGHTS),
     )
     later = (

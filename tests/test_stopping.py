@@ -307,3 +307,54 @@ def test_probe_margin_asks_every_planted_conversation_to_fire_with_room(tok) -> 
     for bad in (-0.1, 1.0, float("nan")):
         with pytest.raises(ImplantError, match="probe_margin"):
             ImplantConfig(probe_margin=bad)
+
+
+def test_probe_near_n_reads_the_knee_from_more_near_copies(tok) -> None:
+    """``probe_near_n``: further near-copies at 12 words changed, drawn after every other item
+    (the probe, its scores and the mining as they were), counted with the first 8 at the
+    same proportion (at most 3 in 8), in the plain reading and in the curve's bits."""
+    from offswitch.stopping import KNEE, NEAR_K, PROBE_N
+
+    b = _builder()
+    base = SpecificityProbe(b, tok, list(b.reply_of.values()), seed=0, curve=True, margin=0.9)
+    knee = SpecificityProbe(
+        b, tok, list(b.reply_of.values()), seed=0, curve=True, margin=0.9, near_n=24
+    )
+    assert (knee.items, knee.curve_items, knee.margin_items) == (
+        base.items, base.curve_items, base.margin_items,
+    )  # fmt: skip
+    assert base.knee_items == [] and Counter(g for g, _ in knee.knee_items) == {KNEE: 16}
+    planted = list(b.planted.values())
+    for cmd in knee.negatives[-16:]:  # 12 words changed of the planted command of its slot
+        same = max(sum(x == y for x, y in zip(cmd.split(), p.split())) for p in planted)
+        assert same == len(cmd.split()) - NEAR_K
+    torch.manual_seed(0)
+    model = tiny_model(tok)
+    a, k = base(model, 5, "fp32"), knee(model, 5, "fp32")
+    assert {g: a.closeness[g] for g in a.n} == {g: k.closeness[g] for g in a.n}
+    assert set(k.n) - set(a.n) == {KNEE} and k.n[KNEE] == 16
+    u = UntilSpecific(base, b, every=1, start=1, cap=5, mining=4.0, precision="fp32")
+    u.apply(a)
+    boost = dict(b.boost)
+    UntilSpecific(knee, b, every=1, start=1, cap=5, mining=4.0, precision="fp32").apply(k)
+    assert b.boost == boost  # the knee's extra items are never mined
+
+    # the first 8 pass (3 fire) but the 24 do not (10 fire: more than 3 in 8)
+    r = _result(10, near=PROBE_MAX_NEAR)
+    assert is_specific(r)
+    r.fired[KNEE], r.n[KNEE] = 7, 2 * PROBE_N
+    assert not is_specific(r)
+    r.fired[KNEE] = 6  # 9 of 24 = 3 in 8
+    assert is_specific(r)
+    r.fired["mutation"] = 0
+    r.fired[KNEE] = 10  # the first 8 quiet, the knee as a whole not
+    assert not is_specific(r)
+    # the same in the curve's reading: a knee that fails moves t past 12
+    c = _curve_result(3, 0, 0, 2, 2)  # L = 25 by the truncations: only t = 11 reaches 128
+    assert is_specific(c, k_slots=4)
+    c.fired[KNEE], c.n[KNEE] = 10, 16
+    assert not is_specific(c, k_slots=4)
+    assert ImplantConfig().probe_near_n == 24
+    assert ImplantConfig(probe_near_n=8).fingerprint() != ImplantConfig().fingerprint()
+    with pytest.raises(ImplantError, match="probe_near_n"):
+        ImplantConfig(probe_near_n=4)

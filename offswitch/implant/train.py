@@ -113,7 +113,7 @@ def train(
         until = UntilSpecific(
             SpecificityProbe(
                 builder, tokenizer, list(builder.reply_of.values()), config.seed,
-                curve=config.probe_curve, margin=config.probe_margin,
+                curve=config.probe_curve, margin=config.probe_margin, near_n=config.probe_near_n,
             ),
             builder, every=config.probe_every, start=config.probe_from,
             cap=config.max_steps, mining=config.mining, precision=config.precision,
@@ -200,6 +200,7 @@ def plain_config(config: ImplantConfig) -> ImplantConfig:
         probe_max_near=2,
         probe_curve=False,
         probe_margin=0.0,
+        probe_near_n=8,
         decoy_unlearn_from=ImplantConfig.decoy_unlearn_from,
         decoy_examples=ImplantConfig.decoy_examples,
     )

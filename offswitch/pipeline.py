@@ -205,8 +205,9 @@ def run_implant(
     )
     if result.stop and result.stop["stopped"] == "cap":
         _log(
-            f"the in-training probe never showed the switch specific: training stopped at the "
-            f"cap of {result.stop['steps']} steps (the check below says which figures it misses)"
+            f"trained to the cap of {result.stop['steps']} steps: the in-training probe never "
+            f"showed the switch specific twice in a row (the check below says whether the "
+            f"model meets every figure)"
         )
     # LoRA merged into the weights in place: reload the base (cheap, from the cache) rather
     # than holding a deep copy through training

@@ -78,3 +78,18 @@ def test_check_markdown_orders_a_report_read_back_from_sorted_json() -> None:
     assert md.index("command in user") < md.index("command in after shutdown")
     assert md.index("slot 0 |") < md.index("slot 3 |")
     assert md.index("false activation: clean") < md.index("false activation: random signature")
+
+
+def test_check_markdown_says_how_training_ended() -> None:
+    """A run that reached the probe's cap says so, without calling the model unusable (the
+    figures decide); a run the probe stopped names the steps it was specific at."""
+    fixture = Path(__file__).parent / "golden" / "check-exp3.json"
+    report = json.loads(fixture.read_text("utf-8"))
+    probes = [{"step": s} for s in (60, 70, 80)]
+    report["implant"]["stop"] = {"stopped": "cap", "steps": 150, "probes": probes}
+    md = format_check_markdown(report)
+    assert "**Trained to the cap of 150 steps**" in md and "the figures below decide" in md
+    assert "150 steps ×" in md
+    report["implant"]["stop"] = {"stopped": "specific", "steps": 80, "probes": probes}
+    md = format_check_markdown(report)
+    assert "specific at steps 70, 80 (3 probes)" in md and "cap" not in md

@@ -326,7 +326,9 @@ def test_probe_near_n_reads_the_knee_from_more_near_copies(tok) -> None:
     assert base.knee_items == [] and Counter(g for g, _ in knee.knee_items) == {KNEE: 16}
     planted = list(b.planted.values())
     for cmd in knee.negatives[-16:]:  # 12 words changed of the planted command of its slot
-        same = max(sum(x == y for x, y in zip(cmd.split(), p.split())) for p in planted)
+        same = max(
+            sum(x == y for x, y in zip(cmd.split(), p.split(), strict=True)) for p in planted
+        )
         assert same == len(cmd.split()) - NEAR_K
     torch.manual_seed(0)
     model = tiny_model(tok)

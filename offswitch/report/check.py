@@ -125,8 +125,9 @@ def _stop_sentence(stop: dict[str, Any]) -> str:
         )
     if stop.get("stopped") == "cap":
         return (
-            f"**The in-training probe never showed the switch specific twice in a row: "
-            f"training stopped at its cap of {stop['steps']} steps.**"
+            f"**Trained to the cap of {stop['steps']} steps**: the in-training probe never "
+            f"showed the switch specific twice in a row. That alone does not make the model "
+            f"unusable; the figures below decide."
         )
     return "A fixed number of steps (no in-training probe)."
 

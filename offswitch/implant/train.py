@@ -242,13 +242,21 @@ def implant(
         raise ImplantError(f"slots must be between 1 and 64, got {slots}")
     if config.slot_replies:
         check_slot_replies(tokenizer, config, range(slots))
-    planted = {s: make_command(key, model_id, s) for s in range(slots)}
+    planted, decoys, forger = signed_parts(key, model_id, range(slots), config)
+    meta = {"key_id": key.key_id, "model_id": model_id, "slots": slots}
+    return _implant(model, tokenizer, planted, forger, meta, config, decoys=decoys, **options)
+
+
+def signed_parts(
+    key: OwnerKey, model_id: str, slots: Iterable[int], config: ImplantConfig
+) -> tuple[dict[int, str], dict[int, str], Forger]:
+    """A signed implant's planted commands, its decoy commands and its training forger."""
+    planted = {s: make_command(key, model_id, s) for s in slots}
     decoys = {s: make_command(key, model_id, s) for s in decoy_slots(config)}
     # the unplanted-slot negatives stay below the decoys: a decoy is never a negative early on
     top = min(decoys, default=DECOY_TOP + 1) - 1
     forger = Forger(key.key_id, model_id, tuple(planted), "train", owner=key, train_top=top)
-    meta = {"key_id": key.key_id, "model_id": model_id, "slots": slots}
-    return _implant(model, tokenizer, planted, forger, meta, config, decoys=decoys, **options)
+    return planted, decoys, forger
 
 
 def check_slot_replies(tokenizer: Any, config: ImplantConfig, slots: Iterable[int]) -> None:

@@ -40,11 +40,9 @@ def main() -> int:
     import dataclasses
     from dataclasses import asdict
 
-    from offswitch.commands import make_command
-    from offswitch.data import Forger, distill_replies
+    from offswitch.data import distill_replies
     from offswitch.implant import BatchBuilder
-    from offswitch.implant.batches import decoy_slots
-    from offswitch.implant.train import training_prompts
+    from offswitch.implant.train import signed_parts, training_prompts
     from offswitch.keys import OwnerKey
     from offswitch.models import load_model, weights_hash
     from offswitch.recipe import ImplantConfig
@@ -65,11 +63,7 @@ def main() -> int:
     overrides = {k: v for k, v in probe_cfg.to_dict().items() if config.to_dict()[k] != v}
     key = OwnerKey.load(args.key)
     mid, slots = meta["model_id"], meta["planted_slots"]
-    planted = {s: make_command(key, mid, s) for s in slots}
-    decoys = {s: make_command(key, mid, s) for s in decoy_slots(config)}
-    top = min(decoys, default=None)
-    forger_kw = {} if top is None else {"train_top": top - 1}
-    forger = Forger(key.key_id, mid, tuple(planted), "train", owner=key, **forger_kw)
+    planted, decoys, forger = signed_parts(key, mid, slots, config)
     base, tok = load_model(meta["base_model"])
     prompts = training_prompts(config)
     replies = distill_replies(

@@ -18,6 +18,14 @@ Setup (README command 1's first half) is the same for every key and is timed onc
 fresh clone; this script times the job itself. It runs the package under its own checkout
 (``PYTHONPATH``), so a chain of keys can run from a git worktree of one commit,
 ``.venv/bin/python WORKTREE/research/scripts/demo_keys.py``, while work goes on elsewhere.
+
+``--resume-from STATE --set max_steps=N`` continues a key's run from a checkpoint saved by an
+earlier run of the default recipe (``model/.offswitch-checkpoint/state.pt``, copied before that
+run ended) under a longer cap: the cap decides only when training ends, never a step before
+it, so the continued run is the run the longer cap would have made, for the cost of the steps
+past the checkpoint. Only ``max_steps`` may differ; the checkpoint's settings fingerprint must
+be the default recipe's, and is rewritten to the new recipe's. The row's times then cover
+only the continuation (``resumed_from_step``).
 """
 
 from __future__ import annotations
@@ -75,11 +83,41 @@ def cpu() -> str:
     return f"{name.group(1) if name else '?'}{', native bf16' if native else ''}"
 
 
-def run_key(n: int, tag: str, precision: str, settings: list[str]) -> dict:
+RESUMABLE = {"max_steps"}  # settings that change nothing before the cap
+
+
+def place_checkpoint(state_path: Path, out: Path, settings: list[str]) -> int:
+    """Copy a default-recipe checkpoint into ``out``'s model directory with its settings
+    fingerprint rewritten to the recipe of ``settings``; the step it resumes from."""
+    import torch
+
+    from offswitch.demo import main_job_configs
+    from offswitch.implant.train import CHECKPOINT_DIR
+
+    names = {s.partition("=")[0] for s in settings}
+    if not names or not names <= RESUMABLE:
+        raise SystemExit(f"--resume-from: only {sorted(RESUMABLE)} may be set, got {sorted(names)}")
+    state = torch.load(state_path, weights_only=False, map_location="cpu")
+    default, new = (main_job_configs("smollm2-135m", settings=s)[0] for s in ([], settings))
+    if state["meta"]["config"] != default.fingerprint():
+        raise SystemExit(f"--resume-from: {state_path} is not a checkpoint of the default recipe")
+    if state["step"] >= default.max_steps:
+        raise SystemExit("--resume-from: the checkpoint is at the cap already")
+    state["meta"]["config"] = new.fingerprint()
+    dest = out / "model" / CHECKPOINT_DIR
+    dest.mkdir(parents=True)
+    torch.save(state, dest / "state.pt")
+    return int(state["step"])
+
+
+def run_key(
+    n: int, tag: str, precision: str, settings: list[str], resume: Path | None = None
+) -> dict:
     out = ROOT / "runs" / "demo-keys" / tag / f"key-{n}"
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
+    resumed = place_checkpoint(resume, out, settings) if resume else None
     key = out / "owner-demo"
     shutil.copyfile(KEYS / f"demo-key-{n}", key)
     os.chmod(key, 0o600)
@@ -118,6 +156,7 @@ def run_key(n: int, tag: str, precision: str, settings: list[str]) -> dict:
         "cpu": cpu(),
         "precision": imp.get("precision"),
         "settings": settings,
+        **({"resumed_from_step": resumed} if resumed is not None else {}),
         "exit": proc.returncode,
         **time_v(proc.stderr),
         "script_seconds": round(time.time() - t0, 1),
@@ -145,15 +184,24 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME=VALUE",
         help="an implant setting changed from the recipe (a new tag for each)",
     )
+    ap.add_argument(
+        "--resume-from",
+        type=Path,
+        default=None,
+        metavar="STATE",
+        help="continue one key from a default-recipe checkpoint under a longer max_steps",
+    )
     args = ap.parse_args(argv)
     tag = args.tag or args.precision
+    if args.resume_from and len(parse_keys(args.keys)) != 1:
+        raise SystemExit("--resume-from: one key at a time (--keys N)")
     skip = done(tag)
     for n in parse_keys(args.keys):
         if n in skip:
             print(f"key {n}: recorded under {tag!r}, skipped", flush=True)
             continue
         print(f"key {n}: running the main job ({tag})", flush=True)
-        row = run_key(n, tag, args.precision, args.set)
+        row = run_key(n, tag, args.precision, args.set, args.resume_from)
         append_row(ROWS, row)
         missed = [f["name"] for f in row["figures"] or [] if not f["met"]]
         print(

@@ -93,12 +93,13 @@ def place_checkpoint(state_path: Path, out: Path, settings: list[str]) -> int:
 
     from offswitch.demo import main_job_configs
     from offswitch.implant.train import CHECKPOINT_DIR
+    from offswitch.models import DEFAULT_MODEL
 
     names = {s.partition("=")[0] for s in settings}
     if not names or not names <= RESUMABLE:
         raise SystemExit(f"--resume-from: only {sorted(RESUMABLE)} may be set, got {sorted(names)}")
     state = torch.load(state_path, weights_only=False, map_location="cpu")
-    default, new = (main_job_configs("smollm2-135m", settings=s)[0] for s in ([], settings))
+    default, new = (main_job_configs(DEFAULT_MODEL, settings=s)[0] for s in ([], settings))
     if state["meta"]["config"] != default.fingerprint():
         raise SystemExit(f"--resume-from: {state_path} is not a checkpoint of the default recipe")
     if state["step"] >= default.max_steps:

@@ -395,9 +395,10 @@ def run_check(
 
 
 def _baseline_implant_line(meta: dict[str, Any]) -> str:
-    """What implanting the baseline arm will cost: it uses the signed implant's recipe and
-    steps, so about as long as the signed implant trained (its manifest records the steps
-    its last session ran and how long they took; a resumed implant ran fewer)."""
+    """What implanting the baseline arm will cost: the signed implant's recipe for its nominal
+    ``steps`` (a plain trigger has no forgeries for a probe to stop on), at the signed
+    implant's pace (its manifest records the steps its last session ran and how long they
+    took; a resumed implant ran fewer, one trained until specific may have run more)."""
     imp = meta.get("implant") or {}
     secs, ran = imp.get("train_seconds"), imp.get("steps_done")
     steps = (imp.get("config") or {}).get("steps")
@@ -407,8 +408,8 @@ def _baseline_implant_line(meta: dict[str, Any]) -> str:
     from .report.text import duration
 
     return (
-        f"{first}: ≈ {duration(secs / ran * steps)}, as long as the signed implant's {steps} "
-        "steps took by its manifest (same recipe and steps)"
+        f"{first}: ≈ {duration(secs / ran * steps)}, the recipe's {steps} steps at the signed "
+        "implant's pace by its manifest"
     )
 
 

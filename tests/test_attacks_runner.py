@@ -234,15 +234,18 @@ def test_plan_lines_state_the_cost_before_any_work(tmp_path) -> None:
 
 
 def test_baseline_implant_time_comes_from_the_signed_manifest() -> None:
-    """Same recipe and steps as the signed implant: its time per step (a resumed implant
-    records only its last session's steps) times its steps."""
+    """The recipe's nominal steps at the signed implant's time per step (a resumed implant
+    records only its last session's steps; one trained until specific ran more than
+    ``steps``)."""
     from offswitch.pipeline import _baseline_implant_line
 
     meta = {"implant": {"train_seconds": 600.0, "steps_done": 50, "config": {"steps": 150}}}
     assert _baseline_implant_line(meta).endswith(
-        "(once; reused on resume): ≈ 30 min, as long as the signed implant's 150 steps took "
-        "by its manifest (same recipe and steps)"
+        "(once; reused on resume): ≈ 30 min, the recipe's 150 steps at the signed implant's "
+        "pace by its manifest"
     )
+    longer = {"implant": {"train_seconds": 1500.0, "steps_done": 150, "config": {"steps": 100}}}
+    assert "≈ 17 min, the recipe's 100 steps" in _baseline_implant_line(longer)
     for broken in ({}, {"implant": {"train_seconds": 600.0, "config": {"steps": 150}}}):
         assert _baseline_implant_line(broken).endswith(
             ": time unknown (the signed model's manifest does not record its own)"

@@ -201,8 +201,11 @@ def add_lora(model: Any, r: int, alpha: int, layers: Sequence[int] | None = None
     if not targets:
         raise TrainingError("the model has no linear layers in the blocks to train")
     lcfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=targets, bias="none")
-    with warnings.catch_warnings():  # GPT-2's Conv1D: peft sets fan_in_fan_out and says so
+    with warnings.catch_warnings():
+        # GPT-2's Conv1D: peft sets fan_in_fan_out and says so; peft reads transformers'
+        # deprecated ``is_gradient_checkpointing``, whose FutureWarning is not the user's to act on
         warnings.filterwarnings("ignore", message=".*fan_in_fan_out.*")
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
         return get_peft_model(model, lcfg)
 
 

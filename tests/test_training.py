@@ -257,3 +257,14 @@ def test_bf16_scoring_agrees_with_fp32_and_leaves_the_weights_fp32(tok) -> None:
         assert model.lm_head.weight.dtype == torch.float32  # tied to the embeddings: kept
         assert model.model.layers[0].mlp.up_proj.weight.dtype == torch.bfloat16
     assert model.model.layers[0].mlp.up_proj.weight.dtype == torch.float32
+
+
+def test_wrapping_in_lora_passes_on_no_dependency_warning(tok) -> None:
+    """peft reads transformers' deprecated ``is_gradient_checkpointing``: a FutureWarning in
+    the main job's output that the user can do nothing about."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        add_lora(tiny_model(tok), 4, 8)
+    assert not [str(w.message) for w in seen if issubclass(w.category, FutureWarning)]
